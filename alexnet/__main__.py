@@ -1,0 +1,7 @@
+"""``python -m alexnet``."""
+
+import sys
+
+from alexnet.cli import main
+
+sys.exit(main())

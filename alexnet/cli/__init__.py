@@ -1,0 +1,61 @@
+"""The ``alexnet`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
+
+User errors (:class:`~alexnet.errors.UserError`, bad flags) print one line and exit 2; no
+traceback. To add a command, write a module with ``add_parser(subparsers)`` that sets
+``func=run`` on its parser and list it in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from alexnet.errors import UserError
+
+EXIT_USAGE = 2
+
+# Subcommand modules, in the order `alexnet --help` lists them.
+COMMANDS = (
+    "alexnet.cli.models_cmd",
+    "alexnet.cli.bench_cmd",
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (what is wrong, where to look) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> ArgumentParser:
+    """The full parser with every subcommand registered."""
+    from alexnet import __version__
+
+    parser = ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al. 2012) on PyTorch.")
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=ArgumentParser)
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``alexnet`` console script and ``python -m alexnet``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"alexnet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("alexnet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `alexnet ... | head`
+        return 0

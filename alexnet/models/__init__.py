@@ -1,0 +1,96 @@
+"""Model registry: ``create(name, num_classes, **options)``.
+
+=================  ===========================================================  =====
+name               what                                                         input
+=================  ===========================================================  =====
+``alexnet``        the paper's two-tower net with LRN (60,965,224 parameters)   227
+``alexnet-owt``    torchvision's single-tower layout, torchvision-compatible    224
+``alexnet-small``  the paper's topology at CPU size, for 28-32 px data          28
+=================  ===========================================================  =====
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.models.alexnet import PAPER_SHAPE, SMALL_SHAPE, AlexNet
+from alexnet.models.owt import AlexNetOWT
+
+__all__ = ["MODELS", "ModelInfo", "available", "count_parameters", "create", "info"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model: how to build it and what input it expects."""
+
+    name: str
+    description: str
+    image_size: int
+    build: Callable[..., nn.Module]
+    default_options: tuple[tuple[str, object], ...] = ()
+
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo("alexnet", "paper-exact AlexNet: 2 towers, LRN, overlapping pooling", 227, partial(AlexNet, shape=PAPER_SHAPE)),
+        ModelInfo("alexnet-owt", "torchvision's single-tower 'one weird trick' AlexNet", 224, AlexNetOWT),
+        ModelInfo(
+            "alexnet-small",
+            "the paper's topology sized for 28-32 px images (CPU demo, ablations)",
+            28,
+            partial(AlexNet, shape=SMALL_SHAPE),
+            (("init", "kaiming"),),
+        ),
+    )
+}
+
+
+def available() -> list[str]:
+    """Names of all registered models."""
+    return list(MODELS)
+
+
+def info(name: str) -> ModelInfo:
+    """The registry entry for ``name``; a :class:`UserError` naming the choices if unknown."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)} (see `alexnet models`)") from None
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options that ``create(name, ...)`` accepts."""
+    sig = inspect.signature(info(name).build)
+    return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "shape"]
+
+
+def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs.
+
+    ``options`` are the model's keyword arguments (for ``alexnet``/``alexnet-small``:
+    ``in_channels, image_size, activation, lrn, lrn_convention, lrn_k, pooling, towers, dropout,
+    init``; for ``alexnet-owt``: ``in_channels, dropout, init``). Unknown names and bad values
+    raise :class:`UserError`.
+    """
+    entry = info(name)
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
+    kwargs = dict(entry.default_options) | options
+    try:
+        return entry.build(num_classes=num_classes, **kwargs)
+    except ValueError as e:
+        raise UserError(f"model {name!r}: {e}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

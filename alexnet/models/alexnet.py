@@ -1,0 +1,186 @@
+"""The paper's network (Krizhevsky, Sutskever, Hinton 2012, section 3 and Figure 2).
+
+One class builds both the ImageNet net (``alexnet``, 227x227x3 input) and the CPU-sized net
+(``alexnet-small``, 28-32 px, any channel count): same topology, different widths, kernel sizes
+and strides, given by an :class:`AlexNetShape`. Ablation switches are constructor options.
+
+Layer names follow the paper (``conv1`` .. ``conv5``, ``fc6`` .. ``fc8``) so that the
+state_dict reads like Figure 2.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from alexnet.models.init import initialize
+from alexnet.models.lrn import LocalResponseNorm
+
+
+@dataclass(frozen=True)
+class AlexNetShape:
+    """Widths and geometry of one AlexNet-topology network.
+
+    ``widths`` are the channel counts of conv1..conv5 summed over both towers.
+    """
+
+    widths: tuple[int, int, int, int, int]
+    fc_width: int
+    conv1_kernel: int
+    conv1_stride: int
+    conv1_padding: int
+    conv2_kernel: int
+    image_size: int
+
+
+# Section 3.5 and Figure 2: 96-256-384-384-256 kernels, 11x11 stride 4 then 5x5 then 3x3,
+# 4096-4096 fully connected. 227 is the input size the arithmetic needs ((227 - 11) / 4 + 1 = 55).
+PAPER_SHAPE = AlexNetShape(
+    widths=(96, 256, 384, 384, 256),
+    fc_width=4096,
+    conv1_kernel=11,
+    conv1_stride=4,
+    conv1_padding=0,
+    conv2_kernel=5,
+    image_size=227,
+)
+
+# CPU-sized: conv1 5x5 stride 1 keeps 28 px at 28 (then 13, 6 and 2 after the three pools).
+# Widths chosen so `alexnet demo` passes 92% on Fashion-MNIST within two minutes on 2 cores
+# (see README results log); every width is even so the two towers split evenly.
+SMALL_SHAPE = AlexNetShape(
+    widths=(48, 128, 192, 192, 128),
+    fc_width=512,
+    conv1_kernel=5,
+    conv1_stride=1,
+    conv1_padding=2,
+    conv2_kernel=5,
+    image_size=28,
+)
+
+Activation = Literal["relu", "tanh"]
+Pooling = Literal["overlapping", "non-overlapping"]
+
+
+def _pool_output(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+class AlexNet(nn.Module):
+    """AlexNet with the paper's options and the ablations of sections 3.1-3.4 and 4.2.
+
+    Args:
+        num_classes: size of the last layer (1000 for ILSVRC).
+        shape: widths and geometry (``PAPER_SHAPE`` or ``SMALL_SHAPE``).
+        in_channels: 3 for RGB, 1 for grayscale data.
+        image_size: input side; defaults to the shape's own.
+        activation: ``relu`` (section 3.1) or ``tanh`` (the Figure 1 comparison).
+        lrn: local response normalisation after conv1 and conv2 (section 3.3).
+        lrn_convention: ``code`` (alpha/n, the authors' code and PyTorch) or ``paper``.
+        lrn_k: the additive constant (2 in the paper, 1 in Caffe).
+        pooling: ``overlapping`` 3x3 stride 2 (section 3.4) or ``non-overlapping`` 2x2 stride 2.
+        towers: 2 (grouped conv2/4/5, section 3.2) or 1 (one tower with half the kernels in
+            conv1-conv4; conv5 keeps its width, as the paper's footnote 2 describes).
+        dropout: drop probability in fc6/fc7 (section 4.2; 0 switches it off).
+        init: ``paper``, ``caffe``, ``kaiming`` or ``torchvision`` (see ``models.init``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        shape: AlexNetShape = PAPER_SHAPE,
+        *,
+        in_channels: int = 3,
+        image_size: int | None = None,
+        activation: Activation = "relu",
+        lrn: bool = True,
+        lrn_convention: Literal["code", "paper"] = "code",
+        lrn_k: float = 2.0,
+        pooling: Pooling = "overlapping",
+        towers: int = 2,
+        dropout: float = 0.5,
+        init: str = "paper",
+    ) -> None:
+        super().__init__()
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
+        if pooling not in ("overlapping", "non-overlapping"):
+            raise ValueError(f"pooling must be 'overlapping' or 'non-overlapping', got {pooling!r}")
+        if towers not in (1, 2):
+            raise ValueError(f"towers must be 1 or 2, got {towers!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if towers == 1:
+            w = shape.widths
+            shape = replace(shape, widths=(w[0] // 2, w[1] // 2, w[2] // 2, w[3] // 2, w[4]))
+        size = image_size or shape.image_size
+        groups = towers
+        c1, c2, c3, c4, c5 = shape.widths
+        # Section 3.4: "s = 2 and z = 3"; the ablation uses s = z = 2.
+        pool_k, pool_s = (3, 2) if pooling == "overlapping" else (2, 2)
+
+        def act() -> nn.Module:
+            return nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
+
+        def norm() -> nn.Module:
+            # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75, applied after the ReLU.
+            return LocalResponseNorm(5, 1e-4, 0.75, lrn_k, lrn_convention) if lrn else nn.Identity()
+
+        k2 = shape.conv2_kernel
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(in_channels, c1, shape.conv1_kernel, shape.conv1_stride, shape.conv1_padding),
+                act1=act(),
+                norm1=norm(),
+                pool1=nn.MaxPool2d(pool_k, pool_s),
+                # Section 3.2: conv2, conv4, conv5 see only the kernel maps on their own GPU.
+                conv2=nn.Conv2d(c1, c2, k2, padding=k2 // 2, groups=groups),
+                act2=act(),
+                norm2=norm(),
+                pool2=nn.MaxPool2d(pool_k, pool_s),
+                conv3=nn.Conv2d(c2, c3, 3, padding=1),  # "the GPUs communicate" here
+                act3=act(),
+                conv4=nn.Conv2d(c3, c4, 3, padding=1, groups=groups),
+                act4=act(),
+                conv5=nn.Conv2d(c4, c5, 3, padding=1, groups=groups),
+                act5=act(),
+                pool5=nn.MaxPool2d(pool_k, pool_s),
+            )
+        )
+        side = _pool_output((size + 2 * shape.conv1_padding - shape.conv1_kernel) // shape.conv1_stride + 1, pool_k, pool_s)
+        side = _pool_output(_pool_output(side, pool_k, pool_s), pool_k, pool_s)
+        if side < 1:
+            raise ValueError(f"image_size {size} is too small for this network")
+        self.feature_side = side
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                drop6=nn.Dropout(dropout),
+                fc6=nn.Linear(c5 * side * side, shape.fc_width),
+                act6=act(),
+                drop7=nn.Dropout(dropout),
+                fc7=nn.Linear(shape.fc_width, shape.fc_width),
+                act7=act(),
+                fc8=nn.Linear(shape.fc_width, num_classes),
+            )
+        )
+        initialize(self.layers_by_role(), init)
+
+    def layers_by_role(self) -> dict[str, nn.Conv2d | nn.Linear]:
+        """The weight layers keyed by their name in the paper (conv1 .. fc8)."""
+        f, c = self.features, self.classifier
+        return {
+            "conv1": f.conv1, "conv2": f.conv2, "conv3": f.conv3, "conv4": f.conv4, "conv5": f.conv5,
+            "fc6": c.fc6, "fc7": c.fc7, "fc8": c.fc8,
+        }  # fmt: skip
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations of fc7 (the "last hidden layer" of section 6.1, Figure 4)."""
+        x = torch.flatten(self.features(x), 1)
+        return self.classifier[:-1](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))

@@ -1,0 +1,38 @@
+"""torchvision's single-tower AlexNet ("One weird trick", Krizhevsky 2014).
+
+Built by torchvision itself (never with downloaded weights) so that the state_dict keys,
+shapes and forward pass are torchvision's by construction: a torchvision ``alexnet`` weights
+file loads into ``alexnet-owt`` and gives the same logits.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import AlexNet as TorchvisionAlexNet
+
+from alexnet.models.init import initialize
+
+
+class AlexNetOWT(TorchvisionAlexNet):
+    """torchvision's AlexNet (64-192-384-256-256, no LRN, no groups) with our init options."""
+
+    def __init__(
+        self, num_classes: int = 1000, *, in_channels: int = 3, dropout: float = 0.5, init: str = "torchvision"
+    ) -> None:
+        super().__init__(num_classes=num_classes, dropout=dropout)
+        if in_channels != 3:
+            self.features[0] = nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2)
+        initialize(self.layers_by_role(), init)
+
+    def layers_by_role(self) -> dict[str, nn.Conv2d | nn.Linear]:
+        """The weight layers keyed by their name in the paper (conv1 .. fc8)."""
+        f, c = self.features, self.classifier
+        return {
+            "conv1": f[0], "conv2": f[3], "conv3": f[6], "conv4": f[8], "conv5": f[10],
+            "fc6": c[1], "fc7": c[4], "fc8": c[6],
+        }  # fmt: skip
+
+    def forward_features(self, x):  # noqa: ANN001, ANN201 - same signature as AlexNet's
+        """The activations of fc7 (input of the last layer)."""
+        x = self.avgpool(self.features(x)).flatten(1)
+        return self.classifier[:-1](x)
