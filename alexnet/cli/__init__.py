@@ -19,6 +19,7 @@ EXIT_USAGE = 2
 # Subcommand modules, in the order `alexnet --help` lists them.
 COMMANDS = (
     "alexnet.cli.models_cmd",
+    "alexnet.cli.train_cmd",
     "alexnet.cli.bench_cmd",
 )
 

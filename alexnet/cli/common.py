@@ -1,0 +1,43 @@
+"""Options and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from alexnet.errors import UserError
+from alexnet.runtime import DEVICES, PRECISIONS
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``1/0``, ``on/off`` (for overridable boolean fields)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1, as an argparse type."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def add_runtime_options(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """--device and --precision (``default=None`` lets a resumed run keep its own)."""
+    p.add_argument("--device", choices=DEVICES, default=default, help="auto: CUDA if available, else CPU")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=default,
+        help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32",
+    )  # fmt: skip
+
+
+def require_one_line(message: str) -> UserError:
+    """A :class:`UserError` with newlines folded, for messages built from other exceptions."""
+    return UserError(" ".join(message.split()))

@@ -1,0 +1,45 @@
+"""Atomic file writes: a file being written never replaces a good one half-done."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A reader (or a resumed job) sees either the old file or the complete new one, never a
+    partial write, even if the process is killed with SIGKILL in the middle.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text`` (UTF-8)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically replace ``path`` with ``obj`` as indented JSON."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

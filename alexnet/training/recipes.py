@@ -1,0 +1,121 @@
+"""Training recipes: one frozen dataclass per recipe; every field can be overridden from the CLI.
+
+Units: ``lr`` is per step for a batch of ``batch_size`` images (the global batch, summed over
+processes); ``weight_decay`` is the L2 coefficient added to the gradient; epochs are passes over
+the training split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from alexnet.errors import UserError
+
+SCHEDULES = ("plateau", "onecycle", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyperparameters of one training run (model, optimiser, schedule, regularisation)."""
+
+    name: str
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str
+    lr_drop_factor: float
+    max_lr_drops: int
+    plateau_patience: int
+    warmup_epochs: float
+    label_smoothing: float
+    decay_biases: bool
+    init: str
+    dropout: float
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch-size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight-decay must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 < self.lr_drop_factor < 1, "lr-drop-factor must be in (0, 1)"),
+            (self.max_lr_drops >= 0 and self.plateau_patience >= 0, "max-lr-drops and plateau-patience must be >= 0"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup-epochs must be in [0, epochs)"),
+            (0 <= self.label_smoothing < 1, "label-smoothing must be in [0, 1)"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"recipe {self.name!r}: {message}")
+
+    def with_overrides(self, **overrides: object) -> Recipe:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# Section 5 of the paper, "Details of learning".
+PAPER = Recipe(
+    name="paper",
+    model="alexnet",
+    epochs=90,  # "roughly 90 cycles through the training set of 1.2 million images"
+    batch_size=128,  # "batch size of 128 examples"
+    lr=0.01,  # "The learning rate was initialized at 0.01 and equal for all layers"
+    momentum=0.9,  # "momentum of 0.9"
+    weight_decay=5e-4,  # "weight decay of 0.0005", applied to every weight of the update rule
+    nesterov=False,  # the update rule of section 5 is classical momentum
+    schedule="plateau",  # "divide the learning rate by 10 when the validation error rate stopped improving"
+    lr_drop_factor=0.1,  # "by 10"
+    max_lr_drops=3,  # "reduced three times prior to termination"
+    plateau_patience=5,  # not in the paper (the authors watched by hand); epochs without improvement
+    warmup_epochs=0.0,
+    label_smoothing=0.0,
+    decay_biases=True,  # the update rule decays every parameter w
+    init="paper",  # section 5: N(0, 0.01), biases 1 in conv2/4/5, fc6/7
+    dropout=0.5,  # section 4.2: "setting to zero the output of each hidden neuron with probability 0.5"
+)
+
+# The CPU demo: alexnet-small on Fashion-MNIST, chosen by measurement on a 2-core machine (see
+# the README results log). Same optimiser family as the paper (SGD with momentum 0.9, weight
+# decay 5e-4, batch 128); a one-cycle schedule because the demo has minutes, not 90 epochs,
+# and plateau detection needs many epochs to act.
+SMALL = Recipe(
+    name="small",
+    model="alexnet-small",
+    epochs=4,
+    batch_size=128,
+    lr=0.05,  # peak of the one-cycle schedule
+    momentum=0.9,
+    weight_decay=5e-4,
+    nesterov=True,
+    schedule="onecycle",
+    lr_drop_factor=0.1,
+    max_lr_drops=3,
+    plateau_patience=2,
+    warmup_epochs=0.0,
+    label_smoothing=0.1,
+    decay_biases=False,
+    init="kaiming",
+    dropout=0.5,
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, SMALL)}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; a :class:`UserError` listing the choices if unknown."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise UserError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+
+
+def recipe_fields() -> list[dataclasses.Field]:
+    """The overridable fields (all but ``name``), for building CLI options."""
+    return [f for f in dataclasses.fields(Recipe) if f.name != "name"]

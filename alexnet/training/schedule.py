@@ -1,0 +1,46 @@
+"""Learning-rate schedules of the recipes.
+
+* ``plateau`` (the paper, section 5): divide by ``1 / lr_drop_factor`` when the validation
+  error stops improving for ``plateau_patience`` epochs, at most ``max_lr_drops`` times.
+* ``onecycle``: linear warm-up over the first quarter, cosine down to ~0 (for short runs).
+* ``cosine``: optional linear warm-up, then cosine decay to 0 over the run.
+* ``constant``: optional linear warm-up, then ``lr``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alexnet.training.recipes import Recipe
+
+
+def scheduler_steps_per_batch(recipe: Recipe) -> bool:
+    """Whether the scheduler steps after every batch (True) or after each epoch's validation."""
+    return recipe.schedule != "plateau"
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):  # noqa: ANN201
+    """The scheduler of ``recipe``; per-batch ones count steps, ``plateau`` counts epochs."""
+    if recipe.schedule == "plateau":
+        # min_lr caps the number of drops: lr * factor ** max_drops is the floor (with a margin
+        # below it so float rounding cannot allow or prevent the last drop).
+        floor = recipe.lr * recipe.lr_drop_factor**recipe.max_lr_drops * 0.5
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=recipe.lr_drop_factor, patience=recipe.plateau_patience, min_lr=floor
+        )
+    total = recipe.epochs * steps_per_epoch
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    if recipe.schedule == "onecycle":
+        warmup = max(warmup, total // 4)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,406 @@
+"""``alexnet train``: one flat training loop with exact resume.
+
+Reading order: :class:`TrainConfig` (what to run), :func:`train` (the loop), then the helpers
+below it. Everything random is either keyed by (seed, epoch, step) (data order, crops, flips)
+or lives in the global torch RNG (dropout) whose state is saved in every checkpoint, so a run
+killed at any step and resumed from its last checkpoint ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from alexnet import __version__, models
+from alexnet.data import BatchPlan, open_dataset
+from alexnet.data.dataset import Dataset
+from alexnet.errors import UserError
+from alexnet.io import atomic_write_json, atomic_write_text
+from alexnet.runtime import resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.training.loop import InputPipeline, Meter, evaluate, train_step
+from alexnet.training.recipes import Recipe, get_recipe
+from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run: data, recipe, where to write, and runtime settings.
+
+    ``model_options`` are extra model keyword options (``lrn``, ``activation``, ...) on top of
+    what the recipe and the dataset imply.
+    """
+
+    data: str
+    recipe: Recipe
+    out: str
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    workers: int = 0
+    checkpoint_every: int = 0
+    eval_batch_size: int = 500
+    progress: bool = True
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        recipe_fields = dict(d.pop("recipe"))
+        recipe = get_recipe(recipe_fields["name"]).with_overrides(**recipe_fields)
+        return cls(recipe=recipe, **d)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved to {checkpoint}")
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Progress:
+    """Where the run is: the resume point stored in checkpoints."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    train_seconds: float = 0.0
+    best_val_top1_err: float = math.inf
+    epoch_seconds: float = 0.0  # training time spent in the current epoch so far
+    history: list[dict[str, Any]] = field(default_factory=list)
+    meter: dict[str, float] | None = None  # partial sums of the current epoch (mid-epoch resume)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run in ``cfg.out``; returns the last epoch's metrics."""
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    recipe = cfg.recipe
+    tune_cpu_allocator()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)  # model init and dropout; data randomness is keyed separately
+    dataset = open_dataset(cfg.data)
+    model_options = _model_options(recipe, dataset, cfg.model_options)
+    model = models.create(recipe.model, dataset.info.num_classes, **model_options)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = _make_optimizer(model, recipe, device)
+    plan0 = BatchPlan(recipe.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    steps_per_epoch = plan0.steps(dataset.num_samples("train"))
+    if steps_per_epoch == 0:
+        raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({dataset.num_samples('train')})")
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    progress = Progress()
+    if resume:
+        progress = _restore(ckpt_dir / "last.pt", model, optimizer, scheduler, device)
+    elif (ckpt_dir / "last.pt").exists():
+        raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
+    net = torch.compile(model) if cfg.compile else model
+    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed)
+    flops_per_image = _training_flops_per_image(model, dataset, device)
+    _write_config(out, cfg, dataset, model, precision, device, flops_per_image)
+    _log(cfg, dataset.describe())
+    _log(cfg, f"model {recipe.model}: {models.count_parameters(model):,} parameters; {device}, {precision}, "
+              f"channels_last={cfg.channels_last}, batch {recipe.batch_size}, {steps_per_epoch} steps/epoch")  # fmt: skip
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=progress.global_step)
+    per_batch = scheduler_steps_per_batch(recipe)
+
+    def checkpoint(path: Path, epoch: int, step_in_epoch: int, meter: Meter | None) -> None:
+        if meter is not None and not meter.is_finite():
+            raise NonFiniteLoss(f"loss is not finite at epoch {epoch} step {step_in_epoch}")
+        state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch,
+                                    meter=meter.as_dict() if meter is not None else None)  # fmt: skip
+        save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options))
+
+    try:
+        with _stop_on_signals() as stop:
+            for epoch in range(progress.epoch, recipe.epochs):
+                start = progress.step_in_epoch if epoch == progress.epoch else 0
+                meter = Meter.from_dict(progress.meter, device) if start and progress.meter else Meter.zeros(device)
+                plan = dataclasses.replace(plan0, epoch=epoch, start_step=start)
+                model.train()
+                bar = tqdm(total=steps_per_epoch * recipe.batch_size, initial=start * recipe.batch_size, unit="img",
+                           unit_scale=True, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not cfg.progress,
+                           leave=False, dynamic_ncols=True)  # fmt: skip
+                if not start:
+                    progress.epoch_seconds = 0.0
+                clock = time.perf_counter()
+
+                def tick() -> None:  # move the time since the last tick into the progress record
+                    nonlocal clock
+                    now = time.perf_counter()
+                    progress.train_seconds += now - clock
+                    progress.epoch_seconds += now - clock
+                    clock = now
+
+                for step, (images, labels) in enumerate(dataset.batches("train", plan), start=start):
+                    params = pipeline.crop_params(epoch, step, recipe.batch_size)
+                    x, y = pipeline.train(images, params), labels.to(device, non_blocking=True)
+                    loss, logits = train_step(net, optimizer, x, y, precision, recipe.label_smoothing)
+                    meter.update(loss, logits, y)
+                    if per_batch:
+                        scheduler.step()
+                    progress.global_step += 1
+                    bar.update(len(labels))
+                    if device.type == "cpu" or step % 50 == 0:  # a sync per step is free on CPU only
+                        if not meter.is_finite():
+                            raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    if stop.signum is not None or (cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0):
+                        tick()
+                        checkpoint(ckpt_dir / "last.pt", epoch, step + 1, meter)
+                        if stop.signum is not None:
+                            raise TrainingInterrupted(stop.signum, ckpt_dir / "last.pt")
+                        _link(ckpt_dir / "last.pt", ckpt_dir / f"step-{progress.global_step:08d}.pt")
+                bar.close()
+                tick()
+                epoch_seconds, seen = progress.epoch_seconds, meter.count
+                train_stats = meter.summary()
+                if not meter.is_finite():
+                    raise NonFiniteLoss(f"loss is not finite at the end of epoch {epoch + 1}")
+                val_plan = BatchPlan(cfg.eval_batch_size)
+                val = evaluate(model, dataset.batches("val", val_plan), pipeline.eval, precision, device).summary()
+                if not per_batch:
+                    scheduler.step(val["top1_err"]) if recipe.schedule == "plateau" else scheduler.step()
+                record = {
+                    "epoch": epoch + 1,
+                    "step": progress.global_step,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": train_stats["loss"],
+                    "train_top1_err": train_stats["top1_err"],
+                    "val_loss": val["loss"],
+                    "val_top1_err": val["top1_err"],
+                    "val_top5_err": val["top5_err"],
+                    "images_per_sec": seen / epoch_seconds if epoch_seconds > 0 else 0.0,
+                    "seconds": epoch_seconds,
+                    "train_seconds_total": progress.train_seconds,
+                    "gflops_per_sec": seen * flops_per_image / epoch_seconds / 1e9 if epoch_seconds > 0 else 0.0,
+                }
+                progress.history.append(record)
+                improved = val["top1_err"] < progress.best_val_top1_err
+                progress.best_val_top1_err = min(progress.best_val_top1_err, val["top1_err"])
+                checkpoint(ckpt_dir / "last.pt", epoch + 1, 0, None)
+                if improved:
+                    _link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+                _write_metrics(out, progress.history)
+                for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_sec"):
+                    writer.add_scalar(key, record[key], progress.global_step)
+                writer.flush()
+                _log(cfg, _format_record(record, recipe.epochs))
+                if stop.signum is not None:
+                    raise TrainingInterrupted(stop.signum, ckpt_dir / "last.pt")
+    finally:
+        writer.close()
+    return progress.history[-1] if progress.history else {}
+
+
+def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
+    """Model keyword options implied by the recipe and the data, plus the user's extras."""
+    accepted = models.model_options(recipe.model)
+    options: dict[str, Any] = {"in_channels": dataset.info.channels, "init": recipe.init, "dropout": recipe.dropout}
+    if "image_size" in accepted:
+        options["image_size"] = dataset.eval_crop
+    return options | extra
+
+
+def _make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with momentum (section 5); biases and 1-d parameters decay only if the recipe says so."""
+    decay = [p for p in model.parameters() if p.ndim > 1 or recipe.decay_biases]
+    no_decay = [p for p in model.parameters() if not (p.ndim > 1 or recipe.decay_biases)]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    # foreach: one multi-tensor kernel per update instead of one per parameter (faster on CPU too).
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
+
+
+def _checkpoint_dict(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+    cfg: TrainConfig,
+    dataset: Dataset,
+    model_options: dict[str, Any],
+) -> dict[str, Any]:
+    info = dataset.info
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": model.state_dict(),
+        "model_name": cfg.recipe.model,
+        "model_options": model_options,
+        "num_classes": info.num_classes,
+        "classes": list(info.classes),
+        "data": {
+            "name": info.name, "channels": info.channels, "image_size": info.image_size,
+            "crop": dataset.eval_crop, "mean": list(info.mean), "std": list(info.std), "synthetic": info.synthetic,
+        },  # fmt: skip
+        "epoch": progress.epoch,
+        "step": progress.global_step,
+        "step_in_epoch": progress.step_in_epoch,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+        "progress": {
+            "train_seconds": progress.train_seconds,
+            "epoch_seconds": progress.epoch_seconds,
+            "best_val_top1_err": progress.best_val_top1_err,
+            "history": progress.history,
+            "meter": progress.meter,
+        },
+        "config": cfg.to_dict(),
+    }
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> Progress:
+    """Load a checkpoint into the live objects; return where to continue."""
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    p = ckpt["progress"]
+    return Progress(
+        epoch=ckpt["epoch"], step_in_epoch=ckpt["step_in_epoch"], global_step=ckpt["step"],
+        train_seconds=p["train_seconds"], epoch_seconds=p["epoch_seconds"], best_val_top1_err=p["best_val_top1_err"],
+        history=list(p["history"]), meter=p["meter"],
+    )  # fmt: skip
+
+
+def load_run_config(run: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a run's last checkpoint (for ``--resume``)."""
+    ckpt = load_checkpoint(Path(run) / "checkpoints" / "last.pt")
+    return TrainConfig.from_dict(ckpt["config"])
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[Any]:
+    """Turn the first SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+    class Flag:
+        signum: int | None = None
+
+    flag = Flag()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes another name for ``src``'s current content (hard link; copy if unsupported).
+
+    ``last.pt`` is always replaced by rename, so the link keeps the old content: best.pt and
+    step checkpoints cost no extra write.
+    """
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.hardlink_to(src)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def _training_flops_per_image(model: nn.Module, dataset: Dataset, device: torch.device) -> float:
+    """Forward + backward FLOPs for one image (3x the forward count, the usual estimate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, dataset.info.channels, dataset.eval_crop, dataset.eval_crop, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return 3.0 * counter.get_total_flops()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_config(
+    out: Path, cfg: TrainConfig, dataset: Dataset, model: nn.Module, precision: str, device: torch.device, flops: float
+) -> None:
+    import torchvision
+
+    atomic_write_json(
+        out / "config.json",
+        {
+            "config": cfg.to_dict(),
+            "resolved": {
+                "device": str(device), "precision": precision, "world_size": 1,
+                "global_batch": cfg.recipe.batch_size, "per_process_batch": cfg.recipe.batch_size,
+                "parameters": models.count_parameters(model), "train_flops_per_image": flops,
+            },
+            "dataset": {**dataclasses.asdict(dataset.info), "train": dataset.num_samples("train"), "val": dataset.num_samples("val")},
+            "versions": {"alexnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                         "python": platform.python_version()},
+            "git_commit": _git_commit(),
+            "host": {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads()},
+        },
+    )  # fmt: skip
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl from the checkpointed history, so it always matches last.pt."""
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _format_record(r: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']:>3}/{epochs}  lr {r['lr']:.2e}  train loss {r['train_loss']:.4f} err {r['train_top1_err']:.2%}  "
+        f"val loss {r['val_loss']:.4f} top-1 err {r['val_top1_err']:.2%} top-5 err {r['val_top5_err']:.2%}  "
+        f"{r['images_per_sec']:.0f} img/s  {r['seconds']:.1f}s"
+    )
+
+
+def _log(cfg: TrainConfig, message: str) -> None:
+    tqdm.write(message)
