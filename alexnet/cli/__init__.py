@@ -20,6 +20,11 @@ EXIT_USAGE = 2
 COMMANDS = (
     "alexnet.cli.models_cmd",
     "alexnet.cli.train_cmd",
+    "alexnet.cli.eval_cmd",
+    "alexnet.cli.predict_cmd",
+    "alexnet.cli.demo_cmd",
+    "alexnet.cli.prepare_cmd",
+    "alexnet.cli.data_cmd",
     "alexnet.cli.bench_cmd",
 )
 

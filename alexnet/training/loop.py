@@ -6,7 +6,7 @@ them together, and evaluation code elsewhere (``alexnet eval``) reuses :func:`ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,10 +74,20 @@ class InputPipeline:
     not depend on how many processes share a batch, nor on whether the run was resumed.
     """
 
-    def __init__(self, dataset: Dataset, device: torch.device, channels_last: bool, seed: int) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        device: torch.device,
+        channels_last: bool,
+        seed: int,
+        stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    ) -> None:
+        """``stats``: (mean, std) to normalise with; default the dataset's own (a checkpoint
+        evaluated on other data passes the statistics it was trained with)."""
         self.augment, self.eval_crop = dataset.train_augment, dataset.eval_crop
         self.side = dataset.info.image_size
-        self.normalize = Normalizer(dataset.info.mean, dataset.info.std)
+        mean, std = stats or (dataset.info.mean, dataset.info.std)
+        self.normalize = Normalizer(tuple(mean), tuple(std))
         self.device, self.channels_last, self.seed = device, channels_last, seed
 
     def crop_params(self, epoch: int, step: int, global_batch: int) -> CropParams:
@@ -119,19 +129,30 @@ def train_step(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module,
+    models: Sequence[nn.Module],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     transform: Callable[[torch.Tensor], torch.Tensor],
     precision: str,
     device: torch.device,
 ) -> Meter:
-    """Loss and top-1/top-5 hits of ``model`` over ``batches`` (uint8 images, labels)."""
-    model.eval()
+    """Loss and top-1/top-5 hits over ``batches`` (uint8 images, labels).
+
+    One model: its logits. Several: an ensemble whose softmax outputs are averaged (paper
+    section 6, "averaging the predictions of five similar CNNs"); the loss is then the negative
+    log of the averaged probability of the true class.
+    """
+    for m in models:
+        m.eval()
     meter = Meter.zeros(device)
     for images, labels in batches:
         labels = labels.to(device, non_blocking=True)
         x = transform(images)
         with autocast(device, precision):
-            logits = model(x).float()
-        meter.update(F.cross_entropy(logits, labels), logits, labels)
+            outputs = [m(x).float() for m in models]
+        if len(outputs) == 1:
+            scores, loss = outputs[0], F.cross_entropy(outputs[0], labels)
+        else:
+            probs = torch.stack([o.softmax(dim=1) for o in outputs]).mean(dim=0)
+            scores, loss = probs, F.nll_loss(probs.clamp_min(1e-12).log(), labels)
+        meter.update(loss, scores, labels)
     return meter

@@ -133,8 +133,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     per_batch = scheduler_steps_per_batch(recipe)
 
     def checkpoint(path: Path, epoch: int, step_in_epoch: int, meter: Meter | None) -> None:
-        if meter is not None and not meter.is_finite():
-            raise NonFiniteLoss(f"loss is not finite at epoch {epoch} step {step_in_epoch}")
+        # Never replace a good checkpoint with a diverged one: the loss so far and the weights
+        # after the last update must both be finite.
+        if (meter is not None and not meter.is_finite()) or not _weights_finite(model):
+            raise NonFiniteLoss(f"training diverged (non-finite loss or weights) by epoch {epoch + 1} step {step_in_epoch}")
         state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch,
                                     meter=meter.as_dict() if meter is not None else None)  # fmt: skip
         save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options))
@@ -186,7 +188,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 if not meter.is_finite():
                     raise NonFiniteLoss(f"loss is not finite at the end of epoch {epoch + 1}")
                 val_plan = BatchPlan(cfg.eval_batch_size)
-                val = evaluate(model, dataset.batches("val", val_plan), pipeline.eval, precision, device).summary()
+                val = evaluate([model], dataset.batches("val", val_plan), pipeline.eval, precision, device).summary()
                 if not per_batch:
                     scheduler.step(val["top1_err"]) if recipe.schedule == "plateau" else scheduler.step()
                 record = {
@@ -219,6 +221,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     finally:
         writer.close()
     return progress.history[-1] if progress.history else {}
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,32 @@
+"""``alexnet eval``: top-1 and top-5 error of a checkpoint (or a softmax-averaged ensemble)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.evaluation import evaluate_checkpoints
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 error of checkpoints on a dataset", description=__doc__)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s) or run folder(s); several = ensemble")
+    p.add_argument("--data", help="data source (default: the one the first checkpoint was trained on)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate (default val)")
+    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    tag = "  (SYNTHETIC data)" if result["synthetic"] else ""
+    models = ", ".join(result["models"])
+    print(f"{result['data']} [{result['split']}], {result['n']:,} images, {result['crops']} crop(s), models: {models}{tag}")
+    print(f"top-1 error {result['top1_err']:.2%}   top-5 error {result['top5_err']:.2%}   loss {result['loss']:.4f}")
+    return 0

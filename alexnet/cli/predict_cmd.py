@@ -1,0 +1,31 @@
+"""``alexnet predict``: the most likely classes of image files under a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.evaluation import predict
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files", description=__doc__)
+    p.add_argument("checkpoint", metavar="CKPT", help="alexnet checkpoint or run folder, or a torchvision AlexNet state_dict")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    results = predict(args.checkpoint, args.images, args.topk, args.device, args.precision)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"])
+        for pred in r["predictions"]:
+            print(f"  {pred['prob']:7.2%}  {pred['class']}")
+    return 0

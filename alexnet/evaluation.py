@@ -1,0 +1,185 @@
+"""Using trained models: top-1/top-5 error on a dataset, and predictions for image files.
+
+A model to use is either an ``alexnet`` checkpoint (from ``alexnet train``) or a bare
+torchvision AlexNet ``state_dict`` (such as torchvision's own ImageNet weights file), which
+loads into ``alexnet-owt`` with torchvision's ImageNet preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from alexnet import models
+from alexnet.data import BatchPlan, open_dataset
+from alexnet.errors import UserError
+from alexnet.runtime import autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training.checkpoint import KIND, build_model_from_checkpoint, load_checkpoint
+from alexnet.training.loop import InputPipeline, evaluate
+
+# torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
+TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+TORCHVISION_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ILSVRC-2012 class names in label order (sorted WNIDs), shipped in the package."""
+    text = resources.files("alexnet").joinpath("resources/imagenet_classes.txt").read_text()
+    names = tuple(line for line in text.splitlines() if line)
+    assert len(names) == 1000
+    return names
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference and the input convention it was trained with."""
+
+    model: nn.Module
+    name: str
+    classes: tuple[str, ...]
+    channels: int
+    image_size: int  # images are resized/cropped to this side first (256 for ImageNet)
+    crop: int  # then centre-cropped to this (227)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    data_source: str | None = None  # the --data the model was trained on, if known
+
+
+def _display_classes(classes: list[str], num_classes: int) -> tuple[str, ...]:
+    """Human-readable class names; ImageNet WNIDs become names from the shipped table."""
+    if num_classes == 1000 and (not classes or all(c.startswith("n") and c[1:].isdigit() for c in classes)):
+        return imagenet_class_names()
+    return tuple(classes) if classes else tuple(str(i) for i in range(num_classes))
+
+
+def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+    """Load an alexnet checkpoint or a torchvision AlexNet state_dict for inference."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - load_checkpoint below gives the one-line reason
+            raw = None
+        if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
+            return _load_torchvision_state_dict(raw, path, device)
+    ckpt = load_checkpoint(path)
+    model = build_model_from_checkpoint(ckpt).to(device).eval()
+    data = ckpt["data"]
+    return LoadedModel(
+        model=model, name=ckpt["model_name"], classes=_display_classes(ckpt["classes"], ckpt["num_classes"]),
+        channels=data["channels"], image_size=data["image_size"], crop=data["crop"],
+        mean=tuple(data["mean"]), std=tuple(data["std"]), source=str(path),
+        data_source=ckpt.get("config", {}).get("data"),
+    )  # fmt: skip
+
+
+def _load_torchvision_state_dict(state: dict[str, Any], path: Path, device: torch.device) -> LoadedModel:
+    num_classes = state["classifier.6.weight"].shape[0] if "classifier.6.weight" in state else 1000
+    model = models.create("alexnet-owt", num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{path} looks like a torchvision AlexNet state_dict but does not fit: {str(e).splitlines()[0]}") from None
+    return LoadedModel(
+        model=model.to(device).eval(), name="alexnet-owt", classes=_display_classes([], num_classes), channels=3,
+        image_size=256, crop=224, mean=TORCHVISION_MEAN, std=TORCHVISION_STD, source=str(path),
+    )  # fmt: skip
+
+
+def evaluate_checkpoints(
+    paths: list[str],
+    data: str | None = None,
+    split: str = "val",
+    batch_size: int = 250,
+    device_name: str = "auto",
+    precision_name: str = "auto",
+) -> dict[str, Any]:
+    """Top-1/top-5 error of one checkpoint or of the softmax-averaged ensemble of several.
+
+    ``data`` defaults to the source the first checkpoint was trained on.
+    """
+    tune_cpu_allocator()
+    device = resolve_device(device_name)
+    precision = resolve_precision(precision_name, device)
+    loaded = [load_model(p, device) for p in paths]
+    data = data or loaded[0].data_source
+    if not data:
+        raise UserError(f"{paths[0]} does not say what data it was trained on; pass --data")
+    dataset = open_dataset(data)
+    if split not in ("train", "val"):
+        raise UserError(f"unknown split {split!r}; use train or val")
+    first = loaded[0]
+    for m in loaded:
+        if len(m.classes) != dataset.info.num_classes or m.channels != dataset.info.channels:
+            raise UserError(
+                f"{m.source} expects {len(m.classes)} classes of {m.channels}-channel images but {data} has "
+                f"{dataset.info.num_classes} classes of {dataset.info.channels}-channel images"
+            )
+        if (m.mean, m.std, m.crop) != (first.mean, first.std, first.crop):
+            raise UserError(f"{m.source} was trained with other input statistics or crop than {first.source}")
+    pipeline = InputPipeline(dataset, device, channels_last=True, seed=0, stats=(first.mean, first.std))
+    for m in loaded:
+        m.model.to(memory_format=torch.channels_last)
+    meter = evaluate([m.model for m in loaded], dataset.batches(split, BatchPlan(batch_size)), pipeline.eval, precision, device)
+    summary = meter.summary()
+    return {
+        "top1_err": summary["top1_err"], "top5_err": summary["top5_err"], "loss": summary["loss"],
+        "n": meter.count, "crops": 1, "models": [m.source for m in loaded], "data": data, "split": split,
+        "synthetic": dataset.info.synthetic,
+    }  # fmt: skip
+
+
+def load_image(path: str | Path, channels: int, image_size: int, crop: int) -> torch.Tensor:
+    """An image file as a uint8 ``C x crop x crop`` tensor, preprocessed like the training data:
+    short side resized to ``image_size`` (antialiased), centre ``image_size`` square, centre crop."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            w, h = im.size
+            scale = image_size / min(w, h)
+            im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
+            w, h = im.size
+            left, top = (w - crop) // 2, (h - crop) // 2
+            im = im.crop((left, top, left + crop, top + crop))
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    return data.view(crop, crop, channels).permute(2, 0, 1).contiguous()
+
+
+@torch.inference_mode()
+def predict(
+    checkpoint: str, images: list[str], topk: int = 5, device_name: str = "auto", precision_name: str = "auto"
+) -> list[dict[str, Any]]:
+    """Top-``topk`` classes and probabilities for each image file."""
+    device = resolve_device(device_name)
+    precision = resolve_precision(precision_name, device)
+    m = load_model(checkpoint, device)
+    batch = torch.stack([load_image(p, m.channels, m.image_size, m.crop) for p in images]).to(device)
+    mean = torch.tensor(m.mean, device=device).view(-1, 1, 1)
+    std = torch.tensor(m.std, device=device).view(-1, 1, 1)
+    with autocast(device, precision):
+        probs = m.model((batch.float() - mean) / std).float().softmax(dim=1)
+    k = min(topk, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    return [
+        {
+            "image": str(path),
+            "predictions": [
+                {"class": m.classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values[n], top.indices[n])
+            ],
+        }
+        for n, path in enumerate(images)
+    ]

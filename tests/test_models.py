@@ -1,0 +1,134 @@
+"""Every model: parameter counts, shapes, no NaNs, towers, init, torchvision compatibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from alexnet import models
+from alexnet.errors import UserError
+
+
+def test_paper_net_has_exactly_the_papers_parameter_count() -> None:
+    assert models.count_parameters(models.create("alexnet")) == 60_965_224
+
+
+def test_owt_matches_torchvision_parameter_count() -> None:
+    assert models.count_parameters(models.create("alexnet-owt")) == 61_100_840
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "shape"),
+    [
+        ("alexnet", {}, (2, 3, 227, 227)),
+        ("alexnet", {"towers": 1, "pooling": "non-overlapping", "activation": "tanh", "lrn": False}, (2, 3, 227, 227)),
+        ("alexnet-owt", {}, (2, 3, 224, 224)),
+        ("alexnet-small", {"in_channels": 1}, (2, 1, 28, 28)),
+        ("alexnet-small", {"in_channels": 3, "image_size": 32}, (2, 3, 32, 32)),
+        ("alexnet-small", {"towers": 1, "pooling": "non-overlapping", "lrn_convention": "paper"}, (2, 3, 28, 28)),
+    ],
+)
+def test_output_shape_and_finite(name: str, options: dict, shape: tuple[int, ...]) -> None:
+    model = models.create(name, num_classes=17, **options).eval()
+    with torch.no_grad():
+        out = model(torch.randn(shape) * 50)
+    assert out.shape == (shape[0], 17)
+    assert torch.isfinite(out).all()
+    features = model.forward_features(torch.randn(shape))
+    assert features.ndim == 2 and features.shape[0] == shape[0]
+
+
+def test_feature_map_is_6x6x256_before_fc6() -> None:
+    model = models.create("alexnet")
+    assert model.feature_side == 6
+    assert model.features(torch.zeros(1, 3, 227, 227)).shape == (1, 256, 6, 6)
+
+
+def test_single_tower_has_half_kernels_except_conv5() -> None:
+    layers = models.create("alexnet", towers=1).layers_by_role()
+    assert [layers[f"conv{i}"].out_channels for i in range(1, 6)] == [48, 128, 192, 192, 256]
+    assert all(layers[f"conv{i}"].groups == 1 for i in range(1, 6))
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv4", "conv5"])
+def test_towers_are_isolated_in_grouped_layers(layer: str) -> None:
+    conv = models.create("alexnet-small").layers_by_role()[layer]
+    half_in, half_out = conv.in_channels // 2, conv.out_channels // 2
+    x = torch.randn(2, conv.in_channels, 9, 9, requires_grad=True)
+    conv(x)[:, :half_out].sum().backward()  # outputs of tower 1 only
+    assert x.grad[:, half_in:].abs().max() == 0  # tower 2's inputs do not reach them
+    assert x.grad[:, :half_in].abs().max() > 0
+
+
+def test_conv3_connects_both_towers() -> None:
+    conv = models.create("alexnet-small").layers_by_role()["conv3"]
+    x = torch.randn(1, conv.in_channels, 5, 5, requires_grad=True)
+    conv(x)[:, :1].sum().backward()
+    half = conv.in_channels // 2
+    assert x.grad[:, :half].abs().max() > 0 and x.grad[:, half:].abs().max() > 0
+
+
+def test_paper_init_statistics() -> None:
+    layers = models.create("alexnet").layers_by_role()
+    for role, layer in layers.items():
+        w = layer.weight.detach()
+        assert abs(w.mean().item()) < 1e-3, role
+        assert w.std().item() == pytest.approx(0.01, rel=0.05), role
+        expected_bias = 1.0 if role in {"conv2", "conv4", "conv5", "fc6", "fc7"} else 0.0
+        assert torch.all(layer.bias == expected_bias), role
+
+
+def test_caffe_init_statistics() -> None:
+    layers = models.create("alexnet", init="caffe").layers_by_role()
+    assert layers["fc6"].weight.std().item() == pytest.approx(0.005, rel=0.05)
+    assert layers["conv1"].weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.all(layers["conv2"].bias == 0.1) and torch.all(layers["conv3"].bias == 0)
+
+
+def test_kaiming_init_statistics() -> None:
+    layers = models.create("alexnet", init="kaiming").layers_by_role()
+    conv3 = layers["conv3"]
+    fan_in = conv3.weight[0].numel()
+    assert conv3.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+    assert torch.all(conv3.bias == 0)
+
+
+def test_owt_is_torchvision_compatible() -> None:
+    reference = torchvision.models.alexnet(weights=None).eval()  # torchvision itself, random weights
+    ours = models.create("alexnet-owt").eval()
+    ref_state, our_state = reference.state_dict(), ours.state_dict()
+    assert list(ref_state) == list(our_state)
+    assert all(ref_state[k].shape == our_state[k].shape for k in ref_state)
+    ours.load_state_dict(ref_state)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_lrn_sits_after_relu_and_before_pool() -> None:
+    names = list(dict(models.create("alexnet").features.named_children()))
+    assert names[:4] == ["conv1", "act1", "norm1", "pool1"] and names[4:8] == ["conv2", "act2", "norm2", "pool2"]
+
+
+def test_small_model_overfits_one_batch() -> None:
+    torch.manual_seed(0)
+    model = models.create("alexnet-small", 10, in_channels=1, dropout=0.0)
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    assert (model(x).argmax(1) == y).all()
+
+
+def test_unknown_model_and_option_are_user_errors() -> None:
+    with pytest.raises(UserError, match="unknown model"):
+        models.create("resnet50")
+    with pytest.raises(UserError, match="no option"):
+        models.create("alexnet", wings=2)
+    with pytest.raises(UserError, match="towers"):
+        models.create("alexnet", towers=3)
