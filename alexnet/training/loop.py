@@ -17,6 +17,7 @@ from alexnet.data.dataset import Dataset
 from alexnet.data.presets import CropParams, Normalizer, centre_crop, crop_batch, draw_crop_params
 from alexnet.data.seeding import generator
 from alexnet.runtime import autocast
+from alexnet.training.distributed import DistContext, all_reduce_sum_
 
 
 @dataclass
@@ -51,6 +52,15 @@ class Meter:
     def as_dict(self) -> dict[str, float]:
         """Plain floats (syncs with the device)."""
         return {"loss_sum": self.loss_sum.item(), "top1": self.top1.item(), "top5": self.top5.item(), "count": self.count}
+
+    def reduced(self, ctx: DistContext) -> Meter:
+        """A copy summed over all ranks (itself when there is one process)."""
+        if not ctx.enabled:
+            return self
+        t = torch.stack([self.loss_sum, self.top1, self.top5, torch.tensor(float(self.count), dtype=torch.float64,
+                                                                             device=self.loss_sum.device)])
+        all_reduce_sum_(t, ctx)
+        return Meter(t[0], t[1], t[2], int(t[3].item()))
 
     def summary(self) -> dict[str, float]:
         """Mean loss and top-1/top-5 error rates."""

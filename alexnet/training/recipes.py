@@ -36,6 +36,7 @@ class Recipe:
     decay_biases: bool
     init: str
     dropout: float
+    scale_lr: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +80,7 @@ PAPER = Recipe(
     decay_biases=True,  # the update rule decays every parameter w
     init="paper",  # section 5: N(0, 0.01), biases 1 in conv2/4/5, fc6/7
     dropout=0.5,  # section 4.2: "setting to zero the output of each hidden neuron with probability 0.5"
+    scale_lr=False,  # large-batch option (Goyal et al. 2017): lr x number of processes
 )
 
 # The CPU demo: alexnet-small on Fashion-MNIST, chosen by measurement on a 2-core machine (see

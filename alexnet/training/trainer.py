@@ -31,6 +31,8 @@ from alexnet.errors import UserError
 from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.runtime import resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.data.seeding import derive_seed
+from alexnet.training.distributed import DistContext, any_rank, gather_objects, init_from_env, shutdown
 from alexnet.training.loop import InputPipeline, Meter, evaluate, train_step
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
@@ -96,61 +98,95 @@ class Progress:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) the run in ``cfg.out``; returns the last epoch's metrics."""
+    """Train (or resume) the run in ``cfg.out``; returns the last epoch's metrics.
+
+    Under ``torchrun`` every process runs this function: data-parallel (DDP), ``recipe.batch_size``
+    images per process, rank 0 alone writing the run folder.
+    """
+    tune_cpu_allocator()
+    ctx, device = init_from_env(resolve_device(cfg.device))
+    try:
+        return _train(cfg, resume, ctx, device)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.device) -> dict[str, Any]:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     recipe = cfg.recipe
-    tune_cpu_allocator()
-    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)  # model init and dropout; data randomness is keyed separately
+    torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data)
     model_options = _model_options(recipe, dataset, cfg.model_options)
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = _make_optimizer(model, recipe, device)
-    plan0 = BatchPlan(recipe.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    global_batch = recipe.batch_size * ctx.world_size
+    # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
+    lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
+    optimizer = _make_optimizer(model, recipe, lr)
+    plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
     steps_per_epoch = plan0.steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
-        raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({dataset.num_samples('train')})")
+        raise UserError(f"global batch {global_batch} is larger than the training set ({dataset.num_samples('train')})")
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    exists = any_rank([(ckpt_dir / "last.pt").exists()], ctx, device)[0]
     progress = Progress()
     if resume:
-        progress = _restore(ckpt_dir / "last.pt", model, optimizer, scheduler, device)
-    elif (ckpt_dir / "last.pt").exists():
+        progress = _restore(ckpt_dir / "last.pt", model, optimizer, scheduler, ctx)
+    elif exists:
         raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
-    net = torch.compile(model) if cfg.compile else model
+    else:  # each rank its own dropout stream (restored from the checkpoint on resume)
+        torch.manual_seed(derive_seed("dropout", cfg.seed, ctx.rank))
+    net: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Gradients are all-reduced bucket by bucket while backward still runs (overlap).
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      gradient_as_bucket_view=True)  # fmt: skip
+    if cfg.compile:
+        net = torch.compile(net)
     pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed)
     flops_per_image = _training_flops_per_image(model, dataset, device)
-    _write_config(out, cfg, dataset, model, precision, device, flops_per_image)
-    _log(cfg, dataset.describe())
-    _log(cfg, f"model {recipe.model}: {models.count_parameters(model):,} parameters; {device}, {precision}, "
-              f"channels_last={cfg.channels_last}, batch {recipe.batch_size}, {steps_per_epoch} steps/epoch")  # fmt: skip
+    main = ctx.is_main
+    if main:
+        _write_config(out, cfg, dataset, model, precision, device, flops_per_image, ctx, lr)
+        _log(dataset.describe())
+        _log(f"model {recipe.model}: {models.count_parameters(model):,} parameters; {device}, {precision}, "
+             f"channels_last={cfg.channels_last}; {ctx.world_size} process(es) x batch {recipe.batch_size} = "
+             f"global batch {global_batch}, lr {lr:g}, {steps_per_epoch} steps/epoch")  # fmt: skip
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=progress.global_step)
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=progress.global_step) if main else None
     per_batch = scheduler_steps_per_batch(recipe)
+    # How often ranks agree on stop/divergence flags: every step on CPU (free), else every 20.
+    sync_every = 1 if device.type == "cpu" else 20
 
     def checkpoint(path: Path, epoch: int, step_in_epoch: int, meter: Meter | None) -> None:
+        """Collective: every rank calls it; rank 0 writes."""
         # Never replace a good checkpoint with a diverged one: the loss so far and the weights
         # after the last update must both be finite.
         if (meter is not None and not meter.is_finite()) or not _weights_finite(model):
             raise NonFiniteLoss(f"training diverged (non-finite loss or weights) by epoch {epoch + 1} step {step_in_epoch}")
-        state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch,
-                                    meter=meter.as_dict() if meter is not None else None)  # fmt: skip
-        save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options))
+        rng = gather_objects(_rng_state(), ctx)
+        totals = meter.reduced(ctx).as_dict() if meter is not None else None
+        if main:
+            state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch, meter=totals)
+            save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options, rng))
 
     try:
         with _stop_on_signals() as stop:
             for epoch in range(progress.epoch, recipe.epochs):
                 start = progress.step_in_epoch if epoch == progress.epoch else 0
-                meter = Meter.from_dict(progress.meter, device) if start and progress.meter else Meter.zeros(device)
+                restored = start and progress.meter and main  # the saved sums are global: rank 0 carries them
+                meter = Meter.from_dict(progress.meter, device) if restored else Meter.zeros(device)
                 plan = dataclasses.replace(plan0, epoch=epoch, start_step=start)
                 model.train()
-                bar = tqdm(total=steps_per_epoch * recipe.batch_size, initial=start * recipe.batch_size, unit="img",
-                           unit_scale=True, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not cfg.progress,
-                           leave=False, dynamic_ncols=True)  # fmt: skip
+                bar = tqdm(total=steps_per_epoch * global_batch, initial=start * global_batch, unit="img",
+                           unit_scale=True, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                           disable=not (cfg.progress and main), leave=False, dynamic_ncols=True)  # fmt: skip
                 if not start:
                     progress.epoch_seconds = 0.0
                 clock = time.perf_counter()
@@ -163,34 +199,41 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                     clock = now
 
                 for step, (images, labels) in enumerate(dataset.batches("train", plan), start=start):
-                    params = pipeline.crop_params(epoch, step, recipe.batch_size)
+                    # Crops/flips drawn for the global batch; this rank applies its own slice.
+                    params = pipeline.crop_params(epoch, step, global_batch)
+                    params = params.slice(ctx.rank * recipe.batch_size, (ctx.rank + 1) * recipe.batch_size)
                     x, y = pipeline.train(images, params), labels.to(device, non_blocking=True)
                     loss, logits = train_step(net, optimizer, x, y, precision, recipe.label_smoothing)
                     meter.update(loss, logits, y)
                     if per_batch:
                         scheduler.step()
                     progress.global_step += 1
-                    bar.update(len(labels))
-                    if device.type == "cpu" or step % 50 == 0:  # a sync per step is free on CPU only
-                        if not meter.is_finite():
+                    bar.update(global_batch)
+                    if (step + 1) % sync_every == 0:
+                        stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, device)
+                        if diverged:
                             raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
                         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                    if stop.signum is not None or (cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0):
+                        if stopping:
+                            tick()
+                            checkpoint(ckpt_dir / "last.pt", epoch, step + 1, meter)
+                            raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_dir / "last.pt")
+                    if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0:
                         tick()
                         checkpoint(ckpt_dir / "last.pt", epoch, step + 1, meter)
-                        if stop.signum is not None:
-                            raise TrainingInterrupted(stop.signum, ckpt_dir / "last.pt")
-                        _link(ckpt_dir / "last.pt", ckpt_dir / f"step-{progress.global_step:08d}.pt")
+                        if main:
+                            _link(ckpt_dir / "last.pt", ckpt_dir / f"step-{progress.global_step:08d}.pt")
                 bar.close()
                 tick()
-                epoch_seconds, seen = progress.epoch_seconds, meter.count
-                train_stats = meter.summary()
-                if not meter.is_finite():
+                totals = meter.reduced(ctx)
+                if not totals.is_finite():
                     raise NonFiniteLoss(f"loss is not finite at the end of epoch {epoch + 1}")
-                val_plan = BatchPlan(cfg.eval_batch_size)
-                val = evaluate([model], dataset.batches("val", val_plan), pipeline.eval, precision, device).summary()
+                train_stats, seen, epoch_seconds = totals.summary(), totals.count, progress.epoch_seconds
+                val_plan = BatchPlan(cfg.eval_batch_size * ctx.world_size, rank=ctx.rank, world_size=ctx.world_size)
+                val_meter = evaluate([model], dataset.batches("val", val_plan), pipeline.eval, precision, device)
+                val = val_meter.reduced(ctx).summary()
                 if not per_batch:
-                    scheduler.step(val["top1_err"]) if recipe.schedule == "plateau" else scheduler.step()
+                    scheduler.step(val["top1_err"])
                 record = {
                     "epoch": epoch + 1,
                     "step": progress.global_step,
@@ -209,18 +252,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 improved = val["top1_err"] < progress.best_val_top1_err
                 progress.best_val_top1_err = min(progress.best_val_top1_err, val["top1_err"])
                 checkpoint(ckpt_dir / "last.pt", epoch + 1, 0, None)
-                if improved:
-                    _link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-                _write_metrics(out, progress.history)
-                for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_sec"):
-                    writer.add_scalar(key, record[key], progress.global_step)
-                writer.flush()
-                _log(cfg, _format_record(record, recipe.epochs))
-                if stop.signum is not None:
-                    raise TrainingInterrupted(stop.signum, ckpt_dir / "last.pt")
+                if main:
+                    if improved:
+                        _link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+                    _write_metrics(out, progress.history)
+                    for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_sec"):
+                        writer.add_scalar(key, record[key], progress.global_step)
+                    writer.flush()
+                    _log(_format_record(record, recipe.epochs))
+                if any_rank([stop.signum is not None], ctx, device)[0]:
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_dir / "last.pt")
     finally:
-        writer.close()
-    return progress.history[-1] if progress.history else {}
+        if writer is not None:
+            writer.close()
+    return progress.history[-1] if progress.history and main else {}
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -236,7 +281,7 @@ def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> d
     return options | extra
 
 
-def _make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
     """SGD with momentum (section 5); biases and 1-d parameters decay only if the recipe says so."""
     decay = [p for p in model.parameters() if p.ndim > 1 or recipe.decay_biases]
     no_decay = [p for p in model.parameters() if not (p.ndim > 1 or recipe.decay_biases)]
@@ -244,7 +289,7 @@ def _make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> t
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     # foreach: one multi-tensor kernel per update instead of one per parameter (faster on CPU too).
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
 
 
 def _checkpoint_dict(
@@ -255,11 +300,9 @@ def _checkpoint_dict(
     cfg: TrainConfig,
     dataset: Dataset,
     model_options: dict[str, Any],
+    rng: list[dict[str, Any]],
 ) -> dict[str, Any]:
     info = dataset.info
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "model": model.state_dict(),
         "model_name": cfg.recipe.model,
@@ -275,7 +318,7 @@ def _checkpoint_dict(
         "step_in_epoch": progress.step_in_epoch,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": rng,
+        "rng": rng,  # one entry per rank
         "progress": {
             "train_seconds": progress.train_seconds,
             "epoch_seconds": progress.epoch_seconds,
@@ -287,15 +330,26 @@ def _checkpoint_dict(
     }
 
 
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, device: torch.device) -> Progress:
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return state
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ctx: DistContext) -> Progress:
     """Load a checkpoint into the live objects; return where to continue."""
     ckpt = load_checkpoint(path)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    states = ckpt["rng"]
+    if len(states) != ctx.world_size:
+        raise UserError(f"{path} was saved by {len(states)} process(es); resume it with the same number (now {ctx.world_size})")
+    mine = states[ctx.rank]
+    torch.set_rng_state(mine["torch"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"], torch.cuda.current_device())
     p = ckpt["progress"]
     return Progress(
         epoch=ckpt["epoch"], step_in_epoch=ckpt["step_in_epoch"], global_step=ckpt["step"],
@@ -373,7 +427,15 @@ def _git_commit() -> str | None:
 
 
 def _write_config(
-    out: Path, cfg: TrainConfig, dataset: Dataset, model: nn.Module, precision: str, device: torch.device, flops: float
+    out: Path,
+    cfg: TrainConfig,
+    dataset: Dataset,
+    model: nn.Module,
+    precision: str,
+    device: torch.device,
+    flops: float,
+    ctx: DistContext,
+    lr: float,
 ) -> None:
     import torchvision
 
@@ -382,8 +444,9 @@ def _write_config(
         {
             "config": cfg.to_dict(),
             "resolved": {
-                "device": str(device), "precision": precision, "world_size": 1,
-                "global_batch": cfg.recipe.batch_size, "per_process_batch": cfg.recipe.batch_size,
+                "device": str(device), "precision": precision, "world_size": ctx.world_size,
+                "backend": ctx.backend, "global_batch": cfg.recipe.batch_size * ctx.world_size,
+                "per_process_batch": cfg.recipe.batch_size, "lr": lr,
                 "parameters": models.count_parameters(model), "train_flops_per_image": flops,
             },
             "dataset": {**dataclasses.asdict(dataset.info), "train": dataset.num_samples("train"), "val": dataset.num_samples("val")},
@@ -408,5 +471,5 @@ def _format_record(r: dict[str, Any], epochs: int) -> str:
     )
 
 
-def _log(cfg: TrainConfig, message: str) -> None:
+def _log(message: str) -> None:
     tqdm.write(message)
