@@ -1,0 +1,55 @@
+"""Reader for the IDX format of MNIST and Fashion-MNIST (gzip-compressed or not)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from alexnet.errors import UserError
+
+# IDX type byte -> numpy dtype (big-endian), from the format's description on the MNIST page.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file into an array of its declared shape and type.
+
+    Raises :class:`UserError` for a missing file, a bad magic number, an unknown type code or
+    a length that does not match the header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{path} is a damaged gzip file ({e}); download it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise UserError(f"{path} is not an IDX file (bad magic number); expected MNIST-format data")
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in _IDX_TYPES or ndim == 0:
+        raise UserError(f"{path} is not an IDX file (type 0x{type_code:02x}, {ndim} dimensions)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated (header needs {header} bytes, file has {len(raw)})")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_TYPES[type_code])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise UserError(
+            f"{path} is truncated or damaged: header says {shape} ({expected} bytes), file has {len(raw)} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def find_idx_file(folder: Path, stem: str) -> Path:
+    """``folder/stem`` or ``folder/stem.gz``, whichever exists."""
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"{folder} has no {stem}[.gz]; is this an MNIST-format folder?")

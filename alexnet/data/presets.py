@@ -1,0 +1,90 @@
+"""Batch transforms: random crops and flips (paper section 4.1), centre crops, normalisation.
+
+Images stay uint8 until a batch is assembled; these functions then work on the whole batch at
+once, on whatever device it lives on (the GPU when training on CUDA). Random parameters are
+drawn for the *global* batch from a keyed generator (``alexnet.data.seeding``), and each
+process takes its own slice, so the numbers do not depend on how a batch is split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """Training-time augmentation of one dataset.
+
+    Attributes:
+        crop: side of the random crops (227 of 256 for ImageNet, section 4.1).
+        pad: zero padding added on each side before cropping (small images, where a crop of the
+            full side after padding is the usual translation augmentation).
+        flip: random horizontal reflections with probability 1/2 (section 4.1).
+    """
+
+    crop: int
+    pad: int = 0
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """Per-image crop offsets and flips of one batch (all shape ``(B,)``)."""
+
+    tops: torch.Tensor
+    lefts: torch.Tensor
+    flips: torch.Tensor
+
+    def slice(self, start: int, stop: int) -> CropParams:
+        """The parameters of images ``start:stop`` of the batch (one process's share)."""
+        return CropParams(self.tops[start:stop], self.lefts[start:stop], self.flips[start:stop])
+
+
+def draw_crop_params(aug: TrainAugment, image_side: int, count: int, gen: torch.Generator) -> CropParams:
+    """Uniform crop offsets over every position of the padded image, and fair-coin flips."""
+    span = image_side + 2 * aug.pad - aug.crop + 1
+    if span < 1:
+        raise ValueError(f"crop {aug.crop} does not fit in images of side {image_side} (+{aug.pad} padding)")
+    tops = torch.randint(0, span, (count,), generator=gen)
+    lefts = torch.randint(0, span, (count,), generator=gen)
+    flips = torch.rand(count, generator=gen) < 0.5 if aug.flip else torch.zeros(count, dtype=torch.bool)
+    return CropParams(tops, lefts, flips)
+
+
+def crop_batch(images: torch.Tensor, params: CropParams, size: int, pad: int = 0) -> torch.Tensor:
+    """Crop (and mirror where ``params.flips``) every image of an ``N,C,H,W`` batch.
+
+    One gather for the whole batch; the result is ``N,C,size,size`` in channels_last layout.
+    """
+    if pad:
+        images = F.pad(images, (pad, pad, pad, pad))
+    device = images.device
+    ar = torch.arange(size, device=device)
+    flips = params.flips.to(device)
+    rows = params.tops.to(device)[:, None] + ar
+    cols = params.lefts.to(device)[:, None] + torch.where(flips[:, None], size - 1 - ar, ar)
+    batch = torch.arange(images.shape[0], device=device)[:, None, None]
+    # Advanced indices around a slice put the indexed dims first: (N, size, size, C).
+    return images[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size x size`` window of an ``N,C,H,W`` batch (a view)."""
+    h, w = images.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+class Normalizer:
+    """uint8 images -> float, minus mean, divided by std (per channel, in 0-255 units)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.float() - mean).div_(std)
