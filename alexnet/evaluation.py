@@ -22,7 +22,8 @@ from alexnet.data import BatchPlan, open_dataset
 from alexnet.errors import UserError
 from alexnet.runtime import autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import KIND, build_model_from_checkpoint, load_checkpoint
-from alexnet.training.loop import InputPipeline, evaluate
+from alexnet.data.presets import Normalizer, centre_crop
+from alexnet.training.loop import InputNorm, InputPipeline, evaluate
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -48,8 +49,7 @@ class LoadedModel:
     channels: int
     image_size: int  # images are resized/cropped to this side first (256 for ImageNet)
     crop: int  # then centre-cropped to this (227)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    norm: InputNorm
     source: str
     data_source: str | None = None  # the --data the model was trained on, if known
 
@@ -77,7 +77,7 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(
         model=model, name=ckpt["model_name"], classes=_display_classes(ckpt["classes"], ckpt["num_classes"]),
         channels=data["channels"], image_size=data["image_size"], crop=data["crop"],
-        mean=tuple(data["mean"]), std=tuple(data["std"]), source=str(path),
+        norm=InputNorm.from_dict(data), source=str(path),
         data_source=ckpt.get("config", {}).get("data"),
     )  # fmt: skip
 
@@ -91,7 +91,7 @@ def _load_torchvision_state_dict(state: dict[str, Any], path: Path, device: torc
         raise UserError(f"{path} looks like a torchvision AlexNet state_dict but does not fit: {str(e).splitlines()[0]}") from None
     return LoadedModel(
         model=model.to(device).eval(), name="alexnet-owt", classes=_display_classes([], num_classes), channels=3,
-        image_size=256, crop=224, mean=TORCHVISION_MEAN, std=TORCHVISION_STD, source=str(path),
+        image_size=256, crop=224, norm=InputNorm(TORCHVISION_MEAN, TORCHVISION_STD), source=str(path),
     )  # fmt: skip
 
 
@@ -102,10 +102,12 @@ def evaluate_checkpoints(
     batch_size: int = 250,
     device_name: str = "auto",
     precision_name: str = "auto",
+    ten_crop: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of one checkpoint or of the softmax-averaged ensemble of several.
 
-    ``data`` defaults to the source the first checkpoint was trained on.
+    ``data`` defaults to the source the first checkpoint was trained on. ``ten_crop`` averages
+    the softmax over the ten patches of section 4.1 instead of using the centre crop.
     """
     tune_cpu_allocator()
     device = resolve_device(device_name)
@@ -124,18 +126,26 @@ def evaluate_checkpoints(
                 f"{m.source} expects {len(m.classes)} classes of {m.channels}-channel images but {data} has "
                 f"{dataset.info.num_classes} classes of {dataset.info.channels}-channel images"
             )
-        if (m.mean, m.std, m.crop) != (first.mean, first.std, first.crop):
+        if m.crop != first.crop or not _same_norm(m.norm, first.norm):
             raise UserError(f"{m.source} was trained with other input statistics or crop than {first.source}")
-    pipeline = InputPipeline(dataset, device, channels_last=True, seed=0, stats=(first.mean, first.std))
+    pipeline = InputPipeline(dataset, device, channels_last=True, seed=0, norm=first.norm)
     for m in loaded:
         m.model.to(memory_format=torch.channels_last)
-    meter = evaluate([m.model for m in loaded], dataset.batches(split, BatchPlan(batch_size)), pipeline.eval, precision, device)
+    transform, crops = (pipeline.eval_ten_crop, 10) if ten_crop else (pipeline.eval, 1)
+    batches = dataset.batches(split, BatchPlan(batch_size))
+    meter = evaluate([m.model for m in loaded], batches, transform, precision, device, crops=crops)
     summary = meter.summary()
     return {
         "top1_err": summary["top1_err"], "top5_err": summary["top5_err"], "loss": summary["loss"],
-        "n": meter.count, "crops": 1, "models": [m.source for m in loaded], "data": data, "split": split,
+        "n": meter.count, "crops": crops, "models": [m.source for m in loaded], "data": data, "split": split,
         "synthetic": dataset.info.synthetic,
     }  # fmt: skip
+
+
+def _same_norm(a: InputNorm, b: InputNorm) -> bool:
+    if (a.mean_image is None) != (b.mean_image is None):
+        return False
+    return (a.mean, a.std) == (b.mean, b.std) and (a.mean_image is None or torch.equal(a.mean_image, b.mean_image))
 
 
 def load_image(path: str | Path, channels: int, image_size: int, crop: int) -> torch.Tensor:
@@ -168,10 +178,12 @@ def predict(
     precision = resolve_precision(precision_name, device)
     m = load_model(checkpoint, device)
     batch = torch.stack([load_image(p, m.channels, m.image_size, m.crop) for p in images]).to(device)
-    mean = torch.tensor(m.mean, device=device).view(-1, 1, 1)
-    std = torch.tensor(m.std, device=device).view(-1, 1, 1)
+    if m.norm.mean_image is not None:
+        x = batch.float() - centre_crop(m.norm.mean_image.to(device), m.crop)
+    else:
+        x = Normalizer(m.norm.mean, m.norm.std)(batch)
     with autocast(device, precision):
-        probs = m.model((batch.float() - mean) / std).float().softmax(dim=1)
+        probs = m.model(x).float().softmax(dim=1)
     k = min(topk, probs.shape[1])
     top = probs.topk(k, dim=1)
     return [

@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s) or run folder(s); several = ensemble")
     p.add_argument("--data", help="data source (default: the one the first checkpoint was trained on)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate (default val)")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over 4 corners + centre and mirrors (section 4.1)")
     p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_options(p)
@@ -21,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision)
+    result = evaluate_checkpoints(
+        args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision, args.ten_crop
+    )
     if args.json:
         print(json.dumps(result))
         return 0

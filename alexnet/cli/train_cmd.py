@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import typing
 
@@ -42,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_runtime_options(p, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower to start)")
-    p.add_argument("--workers", type=int, default=None, help="data loader processes for prepared datasets (default: cores)")
+    p.add_argument("--workers", type=int, default=None, help="JPEG decoding processes for prepared datasets (default: cores, at most 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     recipe = p.add_argument_group("recipe overrides (default: the recipe's value)")
     for f in recipe_fields():
@@ -75,6 +76,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         runtime["checkpoint_every"] = args.checkpoint_every
     if args.workers is not None:
         runtime["workers"] = args.workers
+    elif not args.resume:  # prepared datasets decode JPEGs: one process per core by default
+        runtime["workers"] = min(os.cpu_count() or 1, 8)
     if args.resume:
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
         changed += list(model_over)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alexnet.data.presets import TrainAugment
+from alexnet.data.presets import ColourStats, TrainAugment
 from alexnet.data.seeding import generator
 
 SPLITS = ("train", "val")
@@ -103,6 +103,10 @@ class Dataset(ABC):
     def batches(self, split: str, plan: BatchPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """uint8 ``N,C,H,W`` images and int64 labels of this process's share, batch by batch."""
 
+    def colour_stats(self) -> ColourStats | None:
+        """Mean image and RGB eigenpairs of the training split (``None`` if unknown)."""
+        return None
+
     def describe(self) -> str:
         """One line for logs; says loudly when the data is synthetic."""
         kind = "SYNTHETIC data (not a real dataset)" if self.info.synthetic else "data"
@@ -128,9 +132,16 @@ class TensorDataset(Dataset):
                 raise ValueError(f"split {name}: expected uint8 N,C,H,W images and N labels")
         self.info, self.splits = info, splits
         self.train_augment, self.eval_crop = train_augment, eval_crop
+        self._colour: ColourStats | None = None
 
     def num_samples(self, split: str) -> int:
         return len(self.splits[split][1])
+
+    def colour_stats(self) -> ColourStats:
+        """Computed from the training images on first use (float64 sums)."""
+        if self._colour is None:
+            self._colour = colour_stats_of(self.splits["train"][0])
+        return self._colour
 
     def batches(self, split: str, plan: BatchPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.splits[split]
@@ -142,3 +153,23 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     """Per-channel mean and standard deviation (0-255 units) of uint8 ``N,C,H,W`` images."""
     x = images.transpose(0, 1).reshape(images.shape[1], -1).double()
     return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+def colour_stats_of(images: torch.Tensor, chunk: int = 4096) -> ColourStats:
+    """Mean image and (for RGB) eigenpairs of the pixel covariance of uint8 ``N,C,H,W`` images."""
+    n, c = images.shape[:2]
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    moments = torch.zeros(c, c, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        block = images[start : start + chunk].double()
+        total += block.sum(0)
+        pixels = block.transpose(0, 1).reshape(c, -1)
+        moments += pixels @ pixels.T
+    mean_image = (total / n).float()
+    if c != 3:
+        return ColourStats(mean_image)
+    count = n * images.shape[2] * images.shape[3]
+    mean = (total / n).reshape(c, -1).mean(1)
+    cov = moments / count - torch.outer(mean, mean)
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    return ColourStats(mean_image, eigvals.float(), eigvecs.float())

@@ -32,15 +32,17 @@ class TrainAugment:
 
 @dataclass(frozen=True)
 class CropParams:
-    """Per-image crop offsets and flips of one batch (all shape ``(B,)``)."""
+    """Per-image crop offsets, flips (shape ``(B,)``) and colour offsets of one batch."""
 
     tops: torch.Tensor
     lefts: torch.Tensor
     flips: torch.Tensor
+    colour: torch.Tensor | None = None  # (B, 3) RGB offsets of PCA colour noise, if any
 
     def slice(self, start: int, stop: int) -> CropParams:
         """The parameters of images ``start:stop`` of the batch (one process's share)."""
-        return CropParams(self.tops[start:stop], self.lefts[start:stop], self.flips[start:stop])
+        colour = self.colour[start:stop] if self.colour is not None else None
+        return CropParams(self.tops[start:stop], self.lefts[start:stop], self.flips[start:stop], colour)
 
 
 def draw_crop_params(aug: TrainAugment, image_side: int, count: int, gen: torch.Generator) -> CropParams:
@@ -88,3 +90,55 @@ class Normalizer:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         return (images.float() - mean).div_(std)
+
+
+def ten_crops(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's ten test patches (section 4.1): four corners and the centre, and their mirrors.
+
+    ``N,C,H,W`` -> ``10*N,C,size,size``, crop-major: rows ``k*N .. (k+1)*N`` hold crop ``k`` of
+    every image, in the order top-left, top-right, bottom-left, bottom-right, centre, then the
+    same five mirrored.
+    """
+    h, w = images.shape[-2:]
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2)]
+    five = [images[..., t : t + size, l : l + size] for t, l in corners]
+    return torch.cat(five + [c.flip(-1) for c in five])
+
+
+PCA_MODES = ("paper", "std", "off")
+
+
+@dataclass(frozen=True)
+class ColourStats:
+    """Training-set statistics behind the paper's input normalisation and colour noise.
+
+    Attributes:
+        mean_image: per-pixel mean, ``C x S x S`` in 0-255 units ("subtracting the mean activity
+            over the training set from each pixel", section 2).
+        eigvals: eigenvalues of the 3x3 covariance of RGB pixel values (0-255 units squared).
+        eigvecs: the matching eigenvectors as columns.
+    """
+
+    mean_image: torch.Tensor
+    eigvals: torch.Tensor | None = None
+    eigvecs: torch.Tensor | None = None
+
+
+def pca_colour_shift(alphas: torch.Tensor, stats: ColourStats, mode: str) -> torch.Tensor:
+    """Per-image RGB offsets ``[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T`` (section 4.1), shape ``(N, 3)``,
+    in 0-255 pixel units.
+
+    ``paper``: alpha_i * lambda_i as printed, with the covariance of RGB values in [0, 1] (the
+    formula is not scale-free; on 0-255 values it would shift colours by hundreds of grey
+    levels, on [0, 1] values by about one, the "small" change the paper describes).
+    ``std``: alpha_i * sqrt(lambda_i), the authors' later code (cuda-convnet2) and
+    fb.resnet.torch; scale-free, a few grey levels. ``off``: zeros.
+    """
+    if mode == "off" or stats.eigvals is None or stats.eigvecs is None:
+        return torch.zeros(alphas.shape[0], 3, dtype=torch.float32)
+    if mode not in PCA_MODES:
+        raise ValueError(f"PCA colour mode must be one of {', '.join(PCA_MODES)}, got {mode!r}")
+    # eigvals are in (0-255 units)^2: lambda on [0, 1] values is eigvals / 255^2, and the offset
+    # comes back to 0-255 units times 255, hence eigvals / 255 for the paper's form.
+    scale = stats.eigvals / 255.0 if mode == "paper" else stats.eigvals.clamp_min(0).sqrt()
+    return (alphas * scale) @ stats.eigvecs.T

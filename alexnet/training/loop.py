@@ -6,6 +6,8 @@ them together, and evaluation code elsewhere (``alexnet eval``) reuses :func:`ev
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.data.dataset import Dataset
-from alexnet.data.presets import CropParams, Normalizer, centre_crop, crop_batch, draw_crop_params
+from alexnet.data.presets import (
+    CropParams,
+    Normalizer,
+    centre_crop,
+    crop_batch,
+    draw_crop_params,
+    pca_colour_shift,
+    ten_crops,
+)
 from alexnet.data.seeding import generator
 from alexnet.runtime import autocast
 from alexnet.training.distributed import DistContext, all_reduce_sum_
@@ -76,12 +86,32 @@ class Meter:
         return bool(torch.isfinite(self.loss_sum))
 
 
+@dataclass(frozen=True)
+class InputNorm:
+    """How pixels are normalised: the paper's mean image, or per-channel mean/std (0-255 units).
+
+    Stored in checkpoints, so evaluation and prediction normalise exactly as training did.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    mean_image: torch.Tensor | None = None  # C x S x S; when set, subtract it (no std division)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mean": list(self.mean), "std": list(self.std), "mean_image": self.mean_image}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> InputNorm:
+        return cls(tuple(d["mean"]), tuple(d["std"]), d.get("mean_image"))  # type: ignore[arg-type]
+
+
 class InputPipeline:
     """uint8 ``N,C,H,W`` batches -> normalised float batches on the device.
 
-    Training batches get random crops and flips drawn for the *global* batch from a generator
-    keyed by (seed, epoch, step); this process applies its own slice of them. So the numbers do
-    not depend on how many processes share a batch, nor on whether the run was resumed.
+    Training batches get random crops and flips and (for RGB data, if asked) PCA colour noise,
+    all drawn for the *global* batch from a generator keyed by (seed, epoch, step); this process
+    applies its own slice. So the numbers do not depend on how many processes share a batch,
+    nor on whether the run was resumed.
     """
 
     def __init__(
@@ -90,33 +120,66 @@ class InputPipeline:
         device: torch.device,
         channels_last: bool,
         seed: int,
-        stats: tuple[Sequence[float], Sequence[float]] | None = None,
+        norm: InputNorm | None = None,
+        normalize: str = "channel",
+        pca: str = "off",
+        pca_std: float = 0.1,
     ) -> None:
-        """``stats``: (mean, std) to normalise with; default the dataset's own (a checkpoint
-        evaluated on other data passes the statistics it was trained with)."""
+        """``norm``: the normalisation to use (default: computed from ``dataset`` as ``normalize``
+        says, ``channel`` or ``mean-image``); ``pca``: colour noise mode (``paper``, ``std``, ``off``),
+        alpha ~ N(0, ``pca_std``)."""
         self.augment, self.eval_crop = dataset.train_augment, dataset.eval_crop
         self.side = dataset.info.image_size
-        mean, std = stats or (dataset.info.mean, dataset.info.std)
-        self.normalize = Normalizer(tuple(mean), tuple(std))
+        needs_stats = (norm is None and normalize == "mean-image") or pca != "off"
+        colour = dataset.colour_stats() if needs_stats else None
+        if norm is None:
+            mean_image = colour.mean_image if normalize == "mean-image" and colour is not None else None
+            norm = InputNorm(dataset.info.mean, dataset.info.std, mean_image)
+        self.norm = norm
+        self.normalize = Normalizer(norm.mean, norm.std)
+        self.mean_image = norm.mean_image.to(device) if norm.mean_image is not None else None
+        self.colour = colour if pca != "off" and colour is not None and colour.eigvals is not None else None
+        self.pca, self.pca_std = pca, pca_std
         self.device, self.channels_last, self.seed = device, channels_last, seed
 
     def crop_params(self, epoch: int, step: int, global_batch: int) -> CropParams:
-        """Crop/flip parameters of one global training batch."""
-        return draw_crop_params(self.augment, self.side, global_batch, generator("augment", self.seed, epoch, step))
+        """Crop, flip and colour-noise parameters of one global training batch."""
+        gen = generator("augment", self.seed, epoch, step)
+        params = draw_crop_params(self.augment, self.side, global_batch, gen)
+        if self.colour is not None:  # section 4.1: alpha_i ~ N(0, 0.1), one draw per image per use
+            alphas = torch.randn(global_batch, 3, generator=gen) * self.pca_std
+            params = dataclasses.replace(params, colour=pca_colour_shift(alphas, self.colour, self.pca))
+        return params
 
-    def _finish(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images)
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def train(self, images: torch.Tensor, params: CropParams) -> torch.Tensor:
-        """Random-crop, flip and normalise one batch (``params`` already sliced to it)."""
+        """Random-crop, flip, normalise and colour-shift one batch (``params`` sliced to it)."""
         images = images.to(self.device, non_blocking=True)
-        return self._finish(crop_batch(images, params, self.augment.crop, self.augment.pad))
+        x = self._crop_and_normalize(images, lambda t: crop_batch(t, params, self.augment.crop, self.augment.pad))
+        if params.colour is not None:
+            shift = params.colour.to(self.device, torch.float32)
+            if self.mean_image is None:  # the offsets are in pixel units
+                shift = shift / self.normalize.std.to(self.device).view(1, -1)
+            x = x + shift[:, :, None, None]
+        return self._finish(x)
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         """Centre-crop and normalise one batch."""
         images = images.to(self.device, non_blocking=True)
-        return self._finish(centre_crop(images, self.eval_crop))
+        return self._finish(self._crop_and_normalize(images, lambda t: centre_crop(t, self.eval_crop)))
+
+    def eval_ten_crop(self, images: torch.Tensor) -> torch.Tensor:
+        """The ten test patches of every image (crop-major, see :func:`ten_crops`), normalised."""
+        images = images.to(self.device, non_blocking=True)
+        return self._finish(self._crop_and_normalize(images, lambda t: ten_crops(t, self.eval_crop)))
+
+    def _crop_and_normalize(self, images: torch.Tensor, crop: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        x = crop(images)
+        if self.mean_image is None:
+            return self.normalize(x)
+        return x.float() - crop(self.mean_image.expand(images.shape[0], -1, -1, -1))
 
 
 def train_step(
@@ -144,12 +207,15 @@ def evaluate(
     transform: Callable[[torch.Tensor], torch.Tensor],
     precision: str,
     device: torch.device,
+    crops: int = 1,
 ) -> Meter:
     """Loss and top-1/top-5 hits over ``batches`` (uint8 images, labels).
 
-    One model: its logits. Several: an ensemble whose softmax outputs are averaged (paper
-    section 6, "averaging the predictions of five similar CNNs"); the loss is then the negative
-    log of the averaged probability of the true class.
+    ``transform`` turns N images into ``crops * N`` crop-major patches. One model and one crop:
+    its logits. Otherwise softmax outputs are averaged over the crops (section 4.1, "averaging
+    the predictions made by the network's softmax layer on the ten patches") and then over the
+    models (section 6, "averaging the predictions of five similar CNNs"); the loss is then the
+    negative log of the averaged probability of the true class.
     """
     for m in models:
         m.eval()
@@ -159,10 +225,10 @@ def evaluate(
         x = transform(images)
         with autocast(device, precision):
             outputs = [m(x).float() for m in models]
-        if len(outputs) == 1:
+        if len(outputs) == 1 and crops == 1:
             scores, loss = outputs[0], F.cross_entropy(outputs[0], labels)
         else:
-            probs = torch.stack([o.softmax(dim=1) for o in outputs]).mean(dim=0)
+            probs = torch.stack([o.softmax(dim=1).view(crops, len(labels), -1).mean(dim=0) for o in outputs]).mean(dim=0)
             scores, loss = probs, F.nll_loss(probs.clamp_min(1e-12).log(), labels)
         meter.update(loss, scores, labels)
     return meter

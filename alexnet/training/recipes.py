@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from alexnet.data.presets import PCA_MODES
 from alexnet.errors import UserError
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "constant")
+NORMALIZATIONS = ("mean-image", "channel")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Recipe:
     decay_biases: bool
     init: str
     dropout: float
+    normalize: str = "channel"
+    pca_lighting: str = "off"
+    pca_std: float = 0.1
     scale_lr: bool = False
 
     def __post_init__(self) -> None:
@@ -51,6 +56,9 @@ class Recipe:
             (0 <= self.warmup_epochs < self.epochs, "warmup-epochs must be in [0, epochs)"),
             (0 <= self.label_smoothing < 1, "label-smoothing must be in [0, 1)"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.normalize in NORMALIZATIONS, f"normalize must be one of {', '.join(NORMALIZATIONS)}"),
+            (self.pca_lighting in PCA_MODES, f"pca-lighting must be one of {', '.join(PCA_MODES)}"),
+            (self.pca_std >= 0, "pca-std must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -80,6 +88,9 @@ PAPER = Recipe(
     decay_biases=True,  # the update rule decays every parameter w
     init="paper",  # section 5: N(0, 0.01), biases 1 in conv2/4/5, fc6/7
     dropout=0.5,  # section 4.2: "setting to zero the output of each hidden neuron with probability 0.5"
+    normalize="mean-image",  # section 2: "subtracting the mean activity over the training set from each pixel"
+    pca_lighting="paper",  # section 4.1: alpha_i * lambda_i on the RGB covariance, alpha ~ N(0, 0.1)
+    pca_std=0.1,  # "standard deviation 0.1"
     scale_lr=False,  # large-batch option (Goyal et al. 2017): lr x number of processes
 )
 
@@ -105,6 +116,8 @@ SMALL = Recipe(
     decay_biases=False,
     init="kaiming",
     dropout=0.5,
+    normalize="channel",  # grayscale 28 px: per-channel standardisation
+    pca_lighting="off",  # PCA colour noise needs RGB
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, SMALL)}

@@ -33,7 +33,7 @@ from alexnet.runtime import resolve_device, resolve_precision, tune_cpu_allocato
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.data.seeding import derive_seed
 from alexnet.training.distributed import DistContext, any_rank, gather_objects, init_from_env, shutdown
-from alexnet.training.loop import InputPipeline, Meter, evaluate, train_step
+from alexnet.training.loop import InputNorm, InputPipeline, Meter, evaluate, train_step
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
 
@@ -54,7 +54,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
-    workers: int = 0
+    workers: int = 0  # decoding processes for prepared datasets; 0 = in the training process
     checkpoint_every: int = 0
     eval_batch_size: int = 500
     progress: bool = True
@@ -117,7 +117,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     recipe = cfg.recipe
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
-    dataset = open_dataset(cfg.data)
+    dataset = open_dataset(cfg.data, workers=cfg.workers)
     model_options = _model_options(recipe, dataset, cfg.model_options)
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -148,7 +148,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
                                       gradient_as_bucket_view=True)  # fmt: skip
     if cfg.compile:
         net = torch.compile(net)
-    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed)
+    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, normalize=recipe.normalize,
+                             pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     flops_per_image = _training_flops_per_image(model, dataset, device)
     main = ctx.is_main
     if main:
@@ -174,7 +175,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
         totals = meter.reduced(ctx).as_dict() if meter is not None else None
         if main:
             state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch, meter=totals)
-            save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options, rng))
+            save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options, rng,
+                                                   pipeline.norm))  # fmt: skip
 
     try:
         with _stop_on_signals() as stop:
@@ -301,6 +303,7 @@ def _checkpoint_dict(
     dataset: Dataset,
     model_options: dict[str, Any],
     rng: list[dict[str, Any]],
+    norm: InputNorm,
 ) -> dict[str, Any]:
     info = dataset.info
     return {
@@ -311,7 +314,7 @@ def _checkpoint_dict(
         "classes": list(info.classes),
         "data": {
             "name": info.name, "channels": info.channels, "image_size": info.image_size,
-            "crop": dataset.eval_crop, "mean": list(info.mean), "std": list(info.std), "synthetic": info.synthetic,
+            "crop": dataset.eval_crop, "synthetic": info.synthetic, **norm.to_dict(),
         },  # fmt: skip
         "epoch": progress.epoch,
         "step": progress.global_step,

@@ -1,0 +1,140 @@
+"""CIFAR-10 and CIFAR-100, python version: the tarball (``cifar-10-python.tar.gz``,
+``cifar-100-python.tar.gz``) or its extracted folder (``cifar-10-batches-py/``,
+``cifar-100-python/``).
+
+The batches are Python pickles. They are read with an unpickler that only builds dicts,
+lists, strings and numpy arrays, so a doctored file cannot run code. Labels and class names are
+the dataset's own (CIFAR-100: the 100 fine labels); they are already alphabetical. Keys are
+``<batch>_<n>``: ``data_batch_1_00042``, ``test_batch_00042``, ``train_00042``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from alexnet.data.prepare.items import ArrayRef, Item, SourcePlan, SplitPlan, finish_split
+from alexnet.errors import UserError
+
+TARBALLS = ("cifar-10-python.tar.gz", "cifar-100-python.tar.gz")
+FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"), ("builtins", "bytearray"), ("_codecs", "encode"),
+}  # fmt: skip
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def load_batch(data: bytes, origin: str) -> dict[str, object]:
+    """One CIFAR pickle as a dict with str keys."""
+    try:
+        obj = _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - pickle raises many types for a damaged file
+        raise UserError(f"{origin}: not a CIFAR python batch ({type(e).__name__}: {e}); download it again") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{origin}: not a CIFAR python batch (a {type(obj).__name__}, not a dict)")
+    return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _find(root: Path) -> Path | None:
+    """The tarball or the batches folder named by ``root``."""
+    if root.is_file():
+        return root
+    for name in FOLDERS + TARBALLS:
+        if (root / name).exists():
+            return root / name
+    if (root / "batches.meta").is_file() or ((root / "meta").is_file() and (root / "train").is_file()):
+        return root
+    return None
+
+
+def detect(root: Path) -> bool:
+    found = _find(root)
+    if found is None:
+        return False
+    if found.is_file():
+        try:
+            with tarfile.open(found, mode="r:*") as tar:
+                return any(n.split("/", 1)[0] in FOLDERS for n in tar.getnames()[:20])
+        except (tarfile.TarError, OSError, EOFError):
+            return False
+    return True
+
+
+def _read_files(found: Path) -> dict[str, bytes]:
+    """Base name -> bytes of the batch files."""
+    files: dict[str, bytes] = {}
+    if found.is_file():
+        try:
+            with tarfile.open(found, mode="r:*") as tar:
+                for info in tar:
+                    if info.isreg():
+                        f = tar.extractfile(info)
+                        files[info.name.rsplit("/", 1)[-1]] = f.read() if f else b""
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise UserError(f"{found}: cannot read the CIFAR tarball ({e}); download it again") from None
+    else:
+        for p in sorted(found.iterdir()):
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".html", ".txt")):
+                files[p.name] = p.read_bytes()
+    return files
+
+
+def _strings(values: object) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]  # type: ignore[attr-defined]
+
+
+def scan(root: Path) -> SourcePlan:
+    found = _find(root)
+    if found is None:
+        raise UserError(f"{root}: no CIFAR tarball or batches folder ({', '.join(TARBALLS + FOLDERS)})")
+    files = _read_files(found)
+    if "batches.meta" in files:  # CIFAR-10
+        name, label_key = "cifar-10", "labels"
+        names = _strings(load_batch(files["batches.meta"], "batches.meta")["label_names"])
+        batches = {"train": sorted(n for n in files if n.startswith("data_batch_")), "val": ["test_batch"]}
+    elif "meta" in files:  # CIFAR-100
+        name, label_key = "cifar-100", "fine_labels"
+        names = _strings(load_batch(files["meta"], "meta")["fine_label_names"])
+        batches = {"train": ["train"], "val": ["test"]}
+    else:
+        raise UserError(f"{found}: no batches.meta (CIFAR-10) or meta (CIFAR-100); is it the python version?")
+    splits: dict[str, SplitPlan] = {}
+    for split, batch_names in batches.items():
+        items = []
+        for batch in batch_names:
+            if batch not in files:
+                continue
+            d = load_batch(files[batch], batch)
+            data, labels = np.asarray(d.get("data")), d.get(label_key)
+            if (
+                data.dtype != np.uint8
+                or data.ndim != 2
+                or data.shape[1] != 3072
+                or labels is None
+                or len(labels) != len(data)
+            ):  # type: ignore[arg-type]
+                raise UserError(f"{found}: batch {batch} is not CIFAR data (3072 uint8 values and a label per image)")
+            pixels = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            for i, y in enumerate(labels):  # type: ignore[arg-type]
+                if not 0 <= int(y) < len(names):
+                    raise UserError(f"{found}: batch {batch} has label {int(y)} for {len(names)} classes")
+                items.append(
+                    Item(f"{batch}_{i:05d}", int(y), ArrayRef(np.ascontiguousarray(pixels[i])), f"{batch}[{i}]")
+                )
+        splits[split] = finish_split(items, [])
+    if not splits["train"].items and not splits["val"].items:
+        raise UserError(f"{found}: no CIFAR batches found (data_batch_N/test_batch or train/test)")
+    return SourcePlan("cifar", name, [(n, n) for n in names], splits, [f"CIFAR python batches from {found}"])

@@ -1,0 +1,75 @@
+"""Turn a ``--data`` SOURCE string into a :class:`~alexnet.data.dataset.Dataset`.
+
+SOURCE is one of
+
+* ``fashion-mnist`` or ``fashion-mnist:DIR``: Fashion-MNIST IDX files (default: Debian's folder);
+* ``mnist:DIR``: MNIST IDX files;
+* ``synthetic`` or ``synthetic:classes=10,size=32,train=2048,val=512,channels=3``;
+* a folder written by ``alexnet prepare`` (it holds ``manifest.json``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from alexnet.data.dataset import Dataset
+from alexnet.data.fashion_mnist import fashion_mnist, mnist
+from alexnet.data.synthetic import synthetic
+from alexnet.errors import UserError
+
+_SYNTHETIC_KEYS = ("classes", "size", "train", "val", "channels", "seed")
+
+
+def _open_synthetic(arg: str | None) -> Dataset:
+    options: dict[str, int] = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _SYNTHETIC_KEYS or not value.isdigit():
+            raise UserError(f"bad synthetic option {item!r}; use key=INT with keys {', '.join(_SYNTHETIC_KEYS)}")
+        options[key] = int(value)
+    try:
+        return synthetic(**options)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _require_dir(name: str, open_dir: Callable[[str], Dataset]) -> Callable[[str | None], Dataset]:
+    def opener(arg: str | None) -> Dataset:
+        if not arg:
+            raise UserError(f"{name} needs a folder: --data {name}:DIR")
+        return open_dir(arg)
+
+    return opener
+
+
+SOURCES: dict[str, Callable[[str | None], Dataset]] = {
+    "fashion-mnist": lambda arg: fashion_mnist(arg or None),
+    "mnist": _require_dir("mnist", mnist),
+    "synthetic": _open_synthetic,
+}
+
+
+def open_dataset(source: str, workers: int = 0) -> Dataset:
+    """Open the dataset named by ``source`` (see the module docstring).
+
+    ``workers``: decoding processes for prepared datasets (in-memory sources ignore it).
+    """
+    if os.path.isdir(source):
+        from alexnet.data.prepare.manifest import MANIFEST
+        from alexnet.data.prepared import PreparedDataset
+
+        if os.path.isfile(os.path.join(source, MANIFEST)):
+            return PreparedDataset(source, workers=workers)
+        if source not in SOURCES:  # a folder that happens to be called "synthetic" means the source
+            raise UserError(
+                f"{source} is a folder but not a prepared dataset (no {MANIFEST}); "
+                f"run `alexnet prepare {source} OUT` and pass --data OUT"
+            )
+    scheme, _, arg = source.partition(":")
+    if scheme in SOURCES:
+        return SOURCES[scheme](arg or None)
+    raise UserError(
+        f"unknown data source {source!r}; use one of: fashion-mnist[:DIR], mnist:DIR, synthetic[:key=value,...], "
+        "or a folder made by `alexnet prepare`"
+    )
