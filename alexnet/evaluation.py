@@ -7,6 +7,10 @@ loads into ``alexnet-owt`` with torchvision's ImageNet preprocessing.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -19,10 +23,11 @@ from torch import nn
 
 from alexnet import models
 from alexnet.data import BatchPlan, open_dataset
+from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
+from alexnet.io import atomic_write_text
 from alexnet.runtime import autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import KIND, build_model_from_checkpoint, load_checkpoint
-from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.training.loop import InputNorm, InputPipeline, evaluate
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
@@ -103,11 +108,16 @@ def evaluate_checkpoints(
     device_name: str = "auto",
     precision_name: str = "auto",
     ten_crop: bool = False,
+    per_class_file: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of one checkpoint or of the softmax-averaged ensemble of several.
 
     ``data`` defaults to the source the first checkpoint was trained on. ``ten_crop`` averages
     the softmax over the ten patches of section 4.1 instead of using the centre crop.
+    ``per_class_file``: also write each class's images and top-1/top-5 accuracy there (CSV, or
+    JSON if the name ends in ``.json``). ``workers``: decoding threads for prepared datasets
+    (default: cores, at most 8).
     """
     tune_cpu_allocator()
     device = resolve_device(device_name)
@@ -116,7 +126,7 @@ def evaluate_checkpoints(
     data = data or loaded[0].data_source
     if not data:
         raise UserError(f"{paths[0]} does not say what data it was trained on; pass --data")
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, workers=min(os.cpu_count() or 1, 8) if workers is None else workers)
     if split not in ("train", "val"):
         raise UserError(f"unknown split {split!r}; use train or val")
     first = loaded[0]
@@ -133,13 +143,45 @@ def evaluate_checkpoints(
         m.model.to(memory_format=torch.channels_last)
     transform, crops = (pipeline.eval_ten_crop, 10) if ten_crop else (pipeline.eval, 1)
     batches = dataset.batches(split, BatchPlan(batch_size))
-    meter = evaluate([m.model for m in loaded], batches, transform, precision, device, crops=crops)
+    counts = torch.zeros(dataset.info.num_classes, 3, dtype=torch.int64, device=device) if per_class_file else None
+    meter = evaluate([m.model for m in loaded], batches, transform, precision, device, crops=crops, per_class=counts)
     summary = meter.summary()
-    return {
+    result = {
         "top1_err": summary["top1_err"], "top5_err": summary["top5_err"], "loss": summary["loss"],
         "n": meter.count, "crops": crops, "models": [m.source for m in loaded], "data": data, "split": split,
         "synthetic": dataset.info.synthetic,
     }  # fmt: skip
+    if per_class_file and counts is not None:
+        ids = getattr(dataset, "class_ids", dataset.info.classes)
+        write_per_class(per_class_file, counts.cpu(), dataset.info.classes, ids)
+        result["per_class_file"] = per_class_file
+    return result
+
+
+def write_per_class(path: str, counts: torch.Tensor, classes: tuple[str, ...], ids: tuple[str, ...]) -> None:
+    """Atomically write per-class results (``counts``: images, top-1 hits, top-5 hits per class)
+    as CSV, or as a JSON list if ``path`` ends in ``.json``. Classes without images get empty
+    (CSV) or null (JSON) accuracies."""
+    rows = []
+    for label, (n, top1, top5) in enumerate(counts.tolist()):
+        rows.append({
+            "label": label, "id": ids[label], "class": classes[label], "images": n,
+            "top1_acc": top1 / n if n else None, "top5_acc": top5 / n if n else None,
+        })  # fmt: skip
+    if path.lower().endswith(".json"):
+        text = json.dumps(rows, indent=1, ensure_ascii=False) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["label"], lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            cells = {k: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+            writer.writerow(cells)
+        text = buf.getvalue()
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise UserError(f"cannot write the per-class file {path}: {e.strerror or e}") from None
 
 
 def _same_norm(a: InputNorm, b: InputNorm) -> bool:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.errors import UserError
 from alexnet.evaluation import evaluate_checkpoints
 
 
@@ -15,16 +16,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data source (default: the one the first checkpoint was trained on)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate (default val)")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over 4 corners + centre and mirrors (section 4.1)")
+    p.add_argument("--per-class", metavar="FILE",
+                   help="also write per-class top-1/top-5 accuracy to FILE (CSV, or JSON if FILE ends in .json)")
     p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--workers", type=int, default=None,
+                   help="JPEG decoding threads for prepared datasets (default: cores, at most 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_runtime_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
     result = evaluate_checkpoints(
-        args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision, args.ten_crop
-    )
+        args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision, args.ten_crop,
+        per_class_file=args.per_class, workers=args.workers,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return 0
@@ -32,4 +40,6 @@ def run(args: argparse.Namespace) -> int:
     models = ", ".join(result["models"])
     print(f"{result['data']} [{result['split']}], {result['n']:,} images, {result['crops']} crop(s), models: {models}{tag}")
     print(f"top-1 error {result['top1_err']:.2%}   top-5 error {result['top5_err']:.2%}   loss {result['loss']:.4f}")
+    if result.get("per_class_file"):
+        print(f"per-class accuracy written to {result['per_class_file']}")
     return 0

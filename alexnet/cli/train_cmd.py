@@ -27,6 +27,20 @@ MODEL_FLAGS = {
 }  # fmt: skip
 
 
+RECIPE_HELP = {
+    "model": "alexnet | alexnet-owt | alexnet-small",
+    "batch_size": "images per process per step (global batch = this x processes)",
+    "lr": "learning rate (peak for onecycle)",
+    "schedule": "plateau | onecycle | cosine | constant",
+    "init": "paper | caffe | kaiming | torchvision",
+    "dropout": "drop probability in fc6/fc7 (0 = off)",
+    "normalize": "mean-image (paper) | channel",
+    "crop_pad": "zero padding (px) before random crops of small images; -1 = the dataset's default",
+    "pca_lighting": "PCA colour noise: paper | std | off",
+    "scale_lr": "true: lr x number of processes (linear scaling rule)",
+}
+
+
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
     t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     return parse_bool if t is bool else t
@@ -45,9 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower to start)")
     p.add_argument("--workers", type=int, default=None, help="JPEG decoding processes for prepared datasets (default: cores, at most 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
-    recipe = p.add_argument_group("recipe overrides (default: the recipe's value)")
+    recipe = p.add_argument_group("recipe overrides (default: the recipe's value; see alexnet/training/recipes.py)")
     for f in recipe_fields():
-        recipe.add_argument("--" + f.name.replace("_", "-"), dest=f"recipe_{f.name}", type=_field_type(f), default=None)
+        recipe.add_argument("--" + f.name.replace("_", "-"), dest=f"recipe_{f.name}", type=_field_type(f), default=None,
+                            help=RECIPE_HELP.get(f.name))  # fmt: skip
     model = p.add_argument_group("model options")
     for name, kwargs in MODEL_FLAGS.items():
         model.add_argument("--" + name.replace("_", "-"), dest=f"model_{name}", default=None, **kwargs)

@@ -53,8 +53,8 @@ PAPER_SHAPE = AlexNetShape(
 # Widths chosen so `alexnet demo` passes 92% on Fashion-MNIST within two minutes on 2 cores
 # (see README results log); every width is even so the two towers split evenly.
 SMALL_SHAPE = AlexNetShape(
-    widths=(48, 128, 192, 192, 128),
-    fc_width=512,
+    widths=(32, 64, 96, 96, 64),
+    fc_width=256,
     conv1_kernel=5,
     conv1_stride=1,
     conv1_padding=2,

@@ -9,8 +9,6 @@ exactly (optimizer, scheduler, RNG states, the position inside the epoch) or to 
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on foreign or damaged files
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint ({reason}); it may be truncated or not a PyTorch file") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:

@@ -7,7 +7,6 @@ them together, and evaluation code elsewhere (``alexnet eval``) reuses :func:`ev
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,9 @@ from alexnet.data.presets import (
     Normalizer,
     centre_crop,
     crop_batch,
+    crop_normalize_nhwc,
     draw_crop_params,
+    is_nhwc,
     pca_colour_shift,
     ten_crops,
 )
@@ -46,7 +47,7 @@ class Meter:
 
     @classmethod
     def from_dict(cls, d: dict[str, float], device: torch.device) -> Meter:
-        t = lambda v: torch.tensor(v, dtype=torch.float64, device=device)  # noqa: E731
+        t = lambda v: torch.tensor(v, dtype=torch.float64, device=device)
         return cls(t(d["loss_sum"]), t(d["top1"]), t(d["top5"]), int(d["count"]))
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -156,17 +157,49 @@ class InputPipeline:
 
     def train(self, images: torch.Tensor, params: CropParams) -> torch.Tensor:
         """Random-crop, flip, normalise and colour-shift one batch (``params`` sliced to it)."""
+        if self._fast_cpu(images):
+            return self._finish(self._fused(images, params.tops.tolist(), params.lefts.tolist(),
+                                            params.flips.tolist(), self._shift(params)))  # fmt: skip
         images = images.to(self.device, non_blocking=True)
         x = self._crop_and_normalize(images, lambda t: crop_batch(t, params, self.augment.crop, self.augment.pad))
-        if params.colour is not None:
-            shift = params.colour.to(self.device, torch.float32)
-            if self.mean_image is None:  # the offsets are in pixel units
-                shift = shift / self.normalize.std.to(self.device).view(1, -1)
-            x = x + shift[:, :, None, None]
+        shift = self._shift(params)
+        if shift is not None:
+            x = x + shift.to(self.device)[:, :, None, None]
         return self._finish(x)
+
+    def _shift(self, params: CropParams) -> torch.Tensor | None:
+        """The colour offsets of ``params`` in the units of the normalised input (``N, C``)."""
+        if params.colour is None:
+            return None
+        shift = params.colour.to(torch.float32)
+        if self.mean_image is None:  # the offsets are in pixel units
+            shift = shift / self.normalize.std.view(1, -1)
+        return shift
+
+    def _fast_cpu(self, images: torch.Tensor) -> bool:
+        """Whether the image-by-image CPU path applies: CPU training on channels_last uint8
+        batches of real images (the prepared-data loader's output), no padding."""
+        return (
+            self.device.type == "cpu"
+            and images.device.type == "cpu"
+            and images.dtype == torch.uint8
+            and self.augment.pad == 0
+            and images.shape[-1] >= 64
+            and is_nhwc(images)
+        )
+
+    def _fused(self, images: torch.Tensor, tops: list[int], lefts: list[int], flips: list[bool],
+               shift: torch.Tensor | None, size: int | None = None) -> torch.Tensor:  # fmt: skip
+        mean_image = self.mean_image.cpu() if self.mean_image is not None else None
+        return crop_normalize_nhwc(images, tops, lefts, flips, size or self.augment.crop, mean_image=mean_image,
+                                   mean=self.norm.mean, std=self.norm.std, shift=shift)  # fmt: skip
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         """Centre-crop and normalise one batch."""
+        if self._fast_cpu(images):
+            n, (h, w) = images.shape[0], images.shape[-2:]
+            top, left = (h - self.eval_crop) // 2, (w - self.eval_crop) // 2
+            return self._finish(self._fused(images, [top] * n, [left] * n, [False] * n, None, self.eval_crop))
         images = images.to(self.device, non_blocking=True)
         return self._finish(self._crop_and_normalize(images, lambda t: centre_crop(t, self.eval_crop)))
 
@@ -208,6 +241,7 @@ def evaluate(
     precision: str,
     device: torch.device,
     crops: int = 1,
+    per_class: torch.Tensor | None = None,
 ) -> Meter:
     """Loss and top-1/top-5 hits over ``batches`` (uint8 images, labels).
 
@@ -216,11 +250,16 @@ def evaluate(
     the predictions made by the network's softmax layer on the ten patches") and then over the
     models (section 6, "averaging the predictions of five similar CNNs"); the loss is then the
     negative log of the averaged probability of the true class.
+
+    ``per_class`` (int64 ``num_classes x 3`` on ``device``), when given, accumulates for each true
+    class the number of images, top-1 hits and top-5 hits.
     """
     for m in models:
         m.eval()
     meter = Meter.zeros(device)
     for images, labels in batches:
+        if len(labels) == 0:  # a rank's share of a last global batch smaller than the world size
+            continue
         labels = labels.to(device, non_blocking=True)
         x = transform(images)
         with autocast(device, precision):
@@ -231,4 +270,8 @@ def evaluate(
             probs = torch.stack([o.softmax(dim=1).view(crops, len(labels), -1).mean(dim=0) for o in outputs]).mean(dim=0)
             scores, loss = probs, F.nll_loss(probs.clamp_min(1e-12).log(), labels)
         meter.update(loss, scores, labels)
+        if per_class is not None:
+            hits = scores.topk(min(5, scores.shape[1]), dim=1).indices == labels[:, None]
+            rows = torch.stack([torch.ones_like(labels), hits[:, 0].long(), hits.any(dim=1).long()], dim=1)
+            per_class.index_add_(0, labels, rows)
     return meter

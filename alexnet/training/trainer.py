@@ -118,6 +118,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data, workers=cfg.workers)
+    if recipe.crop_pad >= 0:  # the recipe overrides the dataset's translation range
+        dataset.train_augment = dataclasses.replace(dataset.train_augment, pad=recipe.crop_pad)
     model_options = _model_options(recipe, dataset, cfg.model_options)
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -1,0 +1,225 @@
+"""The fast LRN (alexnet.models.lrn) against direct formulas and torch.nn.LocalResponseNorm."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alexnet.bench.train import CONFIG_NAMES, build_configs
+from alexnet.cli import main
+from alexnet.models import lrn as lrn_mod
+from alexnet.models.lrn import LocalResponseNorm, channel_window_sum, reference_lrn
+from tests.conftest import assert_one_line_error, run_cli
+
+# Large enough alpha that the normalisation visibly changes the result (1e-4 barely does).
+ALPHA, BETA, K = 0.05, 0.75, 2.0
+
+
+def _input(shape: tuple[int, ...], channels_last: bool = False, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    # ReLU-like input (LRN follows a ReLU in AlexNet), scaled so that alpha * sum a^2 ~ k.
+    x = (torch.randn(shape, dtype=torch.float64) * 4).relu().to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
+def _torch_lrn(size: int, convention: str) -> torch.nn.LocalResponseNorm:
+    # torch divides alpha by size: the paper's convention is alpha * size in torch's terms.
+    return torch.nn.LocalResponseNorm(size, ALPHA if convention == "code" else ALPHA * size, BETA, K)
+
+
+@pytest.fixture(params=[1 << 18, 37], ids=["one-block", "many-blocks"])
+def block_elements(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run with the default block size and with tiny blocks (several blocks, split rows)."""
+    monkeypatch.setattr(lrn_mod, "CPU_BLOCK_ELEMENTS", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("convention", ["code", "paper"])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 9])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_forward_and_backward_match_torch(block_elements: int, convention: str, size: int, channels_last: bool) -> None:
+    x = _input((3, 7, 5, 6), channels_last)
+    ours = LocalResponseNorm(size, ALPHA, BETA, K, convention)
+    y = ours(x)
+    expected = _torch_lrn(size, convention)(x)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y, reference_lrn(x.detach(), size, ALPHA, BETA, K, convention), rtol=1e-12, atol=1e-12)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    g = torch.randn_like(y)
+    (ours_grad,) = torch.autograd.grad(y, x, g)
+    (torch_grad,) = torch.autograd.grad(expected, x, g)
+    torch.testing.assert_close(ours_grad, torch_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 17), (2, 4, 3, 5, 2), (4, 10)], ids=["3d", "5d", "2d"])
+def test_other_ranks(block_elements: int, shape: tuple[int, ...]) -> None:
+    x = _input(shape)
+    y = LocalResponseNorm(5, ALPHA, BETA, K)(x)
+    torch.testing.assert_close(y, reference_lrn(x.detach(), 5, ALPHA, BETA, K), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [4, 5])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_gradcheck_float64(block_elements: int, size: int, channels_last: bool) -> None:
+    x = _input((2, 6, 3, 4), channels_last)
+    assert torch.autograd.gradcheck(LocalResponseNorm(size, ALPHA, BETA, K), (x,))
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 0.6])
+def test_other_betas(beta: float) -> None:
+    x = _input((2, 6, 3, 4))
+    ours = LocalResponseNorm(5, ALPHA, beta, K)
+    torch.testing.assert_close(ours(x), torch.nn.LocalResponseNorm(5, ALPHA, beta, K)(x), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(ours, (x,))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_float32_backward_matches_torch_autograd(channels_last: bool) -> None:
+    x = _input((2, 96, 9, 9), channels_last, torch.float32)
+    ours, ref = LocalResponseNorm(5, 1e-4, BETA, K), torch.nn.LocalResponseNorm(5, 1e-4, BETA, K)
+    y, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_equals_contiguous(block_elements: int) -> None:
+    x = _input((3, 20, 7, 9), dtype=torch.float32)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    m = LocalResponseNorm(5, ALPHA, BETA, K)
+    y, y_cl = m(x), m(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y_cl, x_cl, g)[0], torch.autograd.grad(y, x, g)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_non_contiguous_input() -> None:
+    x = _input((3, 8, 6, 10))[:, :, :, ::2]  # neither NCHW- nor NHWC-contiguous
+    torch.testing.assert_close(LocalResponseNorm(5, ALPHA, BETA, K)(x), _torch_lrn(5, "code")(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_bfloat16_in_bfloat16_out(channels_last: bool) -> None:
+    x32 = _input((2, 16, 9, 9), channels_last, torch.float32)
+    xb = x32.detach().to(torch.bfloat16).requires_grad_()
+    m = LocalResponseNorm(5, ALPHA, BETA, K)
+    yb, y32 = m(xb), m(x32)
+    assert yb.dtype == torch.bfloat16
+    assert yb.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # Same answer up to bf16 rounding (of the input and of the output): relative 2^-8 each.
+    torch.testing.assert_close(yb.float(), y32, rtol=2e-2, atol=1e-2)
+    g = torch.randn_like(y32)
+    (gb,) = torch.autograd.grad(yb, xb, g.to(torch.bfloat16))
+    (g32,) = torch.autograd.grad(y32, x32, g)
+    assert gb.dtype == torch.bfloat16
+    torch.testing.assert_close(gb.float(), g32, rtol=3e-2, atol=3e-2)
+
+
+def test_bfloat16_keeps_the_small_alpha_term() -> None:
+    # With the paper's alpha the normalisation changes values by ~0.5%, about bf16's resolution:
+    # a bf16 denominator would round it away entirely. Ours must match the fp32 result better
+    # than "no normalisation, just k^-beta" does.
+    x = (torch.rand(4, 32, 8, 8) * 30).to(torch.bfloat16)
+    m = LocalResponseNorm()
+    exact = m(x.float())
+    constant = x.float() * 2.0**-0.75
+    ours = m(x).float()
+    assert (ours - exact).abs().mean() < 0.5 * (constant - exact).abs().mean()
+
+
+def test_retain_graph_double_backward_gives_same_grads() -> None:
+    x = _input((2, 10, 4, 4), True, torch.float32)
+    y = LocalResponseNorm(5, ALPHA, BETA, K)(x)
+    g = torch.randn_like(y)
+    y.backward(g, retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    y.backward(g)
+    torch.testing.assert_close(x.grad, first, rtol=0, atol=0)
+
+
+def test_inference_mode_and_no_grad() -> None:
+    x = _input((2, 10, 4, 4)).detach()
+    m = LocalResponseNorm(5, ALPHA, BETA, K)
+    with torch.inference_mode():
+        y = m(x)
+    torch.testing.assert_close(y, _torch_lrn(5, "code")(x))
+
+
+def test_channel_window_sum() -> None:
+    t = torch.arange(1.0, 7.0).view(1, 6, 1)
+    torch.testing.assert_close(channel_window_sum(t, 2, 2).flatten(), torch.tensor([6.0, 10, 15, 20, 18, 15]))
+    torch.testing.assert_close(channel_window_sum(t, 0, 1).flatten(), torch.tensor([3.0, 5, 7, 9, 11, 6]))
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="size"):
+        LocalResponseNorm(0)
+    with pytest.raises(ValueError, match="convention"):
+        LocalResponseNorm(convention="caffe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="N, C"):
+        LocalResponseNorm()(torch.ones(5))
+
+
+# -- alexnet bench train ------------------------------------------------------------------
+
+
+def test_bench_train_json_small() -> None:
+    # Two of the configurations keep this under ~20 s on a busy 2-core machine; the full set
+    # is covered by test_bench_configs.
+    proc = run_cli("bench", "train", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--model", "alexnet-small",
+                   "--device", "cpu", "--configs", "baseline,ours", "--json", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert {"baseline_img_s", "ours_img_s", "ratio", "hardware", "configs", "peak_gflop_s"} <= set(result)
+    assert [c["name"] for c in result["configs"]] == ["baseline", "ours"]
+    assert all(c["img_s"] > 0 and c["forward_flops_per_img"] > 0 for c in result["configs"])
+    assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["baseline_img_s"])
+
+
+def test_bench_configs() -> None:
+    assert [c.name for c in build_configs("alexnet", "bf16", "cpu")] == list(CONFIG_NAMES)
+    owt = build_configs("alexnet-owt", "fp32", "cpu")  # no LRN to swap, fp32 only
+    assert [c.name for c in owt] == ["baseline", "ours"] and owt[0].model == "torchvision"
+    small = build_configs("alexnet-small", "bf16", "cpu")
+    assert small[0].model == "alexnet-small"  # torchvision's alexnet cannot take 28 px
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--model", "vgg"], "unknown model"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--steps", "0"], "steps"),
+        (["--configs", "fastest"], "configs"),
+    ],
+)
+def test_bench_train_user_errors(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "train", "--device", "cpu", *args])  # fails before any worker starts
+    assert_one_line_error((code, capsys.readouterr().err), fragment)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3, 3), (2, 0, 3, 3), (2, 3, 0, 4)])
+def test_empty_input(shape: tuple[int, ...]) -> None:
+    x = torch.zeros(shape, requires_grad=True)
+    y = LocalResponseNorm()(x)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_nan_stays_in_its_image(block_elements: int, channels_last: bool) -> None:
+    x = _input((3, 8, 4, 5), channels_last).detach()
+    x[1, 3, 2, 2] = float("nan")
+    x.requires_grad_()
+    y = LocalResponseNorm(5, ALPHA, BETA, K)(x)
+    y.backward(torch.ones_like(y))
+    clean = x.detach()[[0, 2]].requires_grad_()
+    y_ref = _torch_lrn(5, "code")(clean)
+    y_ref.backward(torch.ones_like(y_ref))
+    torch.testing.assert_close(y.detach()[[0, 2]], y_ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad[[0, 2]], clean.grad, rtol=1e-10, atol=1e-12)
