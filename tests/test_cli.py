@@ -98,7 +98,7 @@ def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path: Path, capsys: py
 
 
 def test_run_folder_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_one_line_error(cli(capsys, "train", "--data", SYN, "--out", str(tiny_run)), "already holds a run")
+    assert_one_line_error(cli(capsys, "train", "--data", SYN, "--batch-size", "16", "--out", str(tiny_run)), "already holds a run")
     assert_one_line_error(cli(capsys, "train", "--resume", str(tiny_run), "--lr", "0.5"), "drop --lr")
     assert_one_line_error(cli(capsys, "eval", str(tiny_run), "--data", "synthetic:classes=5,size=28,train=8,val=8,channels=1"), "classes")
 

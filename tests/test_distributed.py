@@ -49,10 +49,11 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
     assert one.returncode == 0, one.stderr
     a, b = load(tmp_path / "two"), load(tmp_path / "one")
     # Same data order, same crops and flips, gradients averaged over the same 32 images: the
-    # only difference is float summation order (all-reduce vs one batch). Tolerances: 1e-5
-    # relative on the per-epoch mean losses, 1e-3 absolute on any weight after 32 steps.
+    # only difference is float summation order (all-reduce vs one batch). Tolerances: 1e-4
+    # relative on the per-epoch mean losses, 1e-3 absolute on any weight after 32 steps
+    # (measured: 1e-7 and 3.5e-5 relative on the two epochs' losses, 2e-4 on the weights).
     for ra, rb in zip(a["progress"]["history"], b["progress"]["history"], strict=True):
-        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
         assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-4)
     assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) < 1e-3
     config = json.loads((tmp_path / "two" / "config.json").read_text())["resolved"]
@@ -64,7 +65,8 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
 def test_two_nodes_on_localhost(tmp_path: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     args = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "t"]
-    cmd = torchrun(*args) + COMMON[:-6] + ["--epochs", "1", "--batch-size", "16", "--no-progress", "--out", str(tmp_path / "run")]
+    cmd = torchrun(*args) + ["--data", DATA, "--model", "alexnet-small", "--epochs", "1", "--batch-size", "16",
+                             "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     agents = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [a.communicate(timeout=300) for a in agents]

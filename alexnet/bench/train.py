@@ -12,8 +12,8 @@ Configurations:
   defaults (NCHW, default allocator, per-parameter SGD). For models whose input is smaller than
   torchvision's 224 px, the same model in that usual loop instead.
 * ``ours``: the requested model in its fastest configuration: bf16 autocast where the hardware
-  has native bf16 (else fp32), channels_last, :func:`alexnet.runtime.tune_cpu_allocator`,
-  fused SGD.
+  has native bf16 (else fp32), channels_last, :func:`alexnet.runtime.tune_cpu_allocator` (CPU)
+  or cuDNN autotuning (CUDA), and :func:`alexnet.runtime.fast_sgd_options` (fused SGD).
 * ``ours-fp32``: the same with fp32 instead of bf16.
 * ``torch-lrn``: ``ours`` with ``torch.nn.LocalResponseNorm`` in place of our LRN (models
   with LRN only).
@@ -57,22 +57,25 @@ class Config:
     model: str  # a registry name, or "torchvision" for torchvision.models.alexnet()
     precision: str  # "fp32" | "bf16"
     channels_last: bool
-    tune_allocator: bool
+    tuned: bool  # our runtime settings: tune_cpu_allocator() on CPU, cudnn.benchmark on CUDA
     optimizer: str  # "default" (PyTorch's choice) | "foreach" | "fused"
     lrn: str = "ours"  # "ours" | "torch" | "off"
 
 
 def build_configs(model: str, precision: str, device_type: str) -> list[Config]:
     """The configurations to measure for ``model`` (see the module docstring)."""
+    import torch
+
     from alexnet import models
+    from alexnet.runtime import fast_sgd_options
 
     info = models.info(model)  # UserError for an unknown name
     has_lrn = "lrn" in models.model_options(model)
+    # torchvision's alexnet needs >= ~63 px input; for the 28 px model the usual loop runs it.
     usual = "torchvision" if info.image_size >= 224 else model
-    # Fused SGD: one pass over weights, gradients and momentum per step instead of three
-    # (the step is memory-bound: 61M parameters for the paper net).
-    fast_opt = "fused" if _fused_sgd_available(device_type) else "foreach"
-    ours = Config("ours", f"{model}, {precision} autocast, channels_last, tuned allocator, {fast_opt} SGD",
+    fast_opt = next(iter(fast_sgd_options(torch.device(device_type))))  # "fused" or "foreach"
+    dtype = f"{precision} autocast" if precision != "fp32" else "fp32"
+    ours = Config("ours", f"{model}, {dtype}, channels_last, tuned runtime, {fast_opt} SGD",
                   model, precision, True, True, fast_opt)  # fmt: skip
     configs = [
         Config("baseline", f"{'torchvision alexnet' if usual == 'torchvision' else model}, fp32, PyTorch defaults",
@@ -80,24 +83,11 @@ def build_configs(model: str, precision: str, device_type: str) -> list[Config]:
         ours,
     ]  # fmt: skip
     if precision != "fp32":
-        configs.append(replace(ours, name="ours-fp32", label=ours.label.replace(f"{precision} autocast", "fp32"),
-                               precision="fp32"))  # fmt: skip
+        configs.append(replace(ours, name="ours-fp32", label=ours.label.replace(dtype, "fp32"), precision="fp32"))
     if has_lrn:
         configs.append(replace(ours, name="torch-lrn", label="ours with torch.nn.LocalResponseNorm", lrn="torch"))
         configs.append(replace(ours, name="no-lrn", label="ours without LRN (lrn=False)", lrn="off"))
     return configs
-
-
-def _fused_sgd_available(device_type: str) -> bool:
-    import torch
-
-    try:
-        p = torch.zeros(1, requires_grad=True, device=device_type)
-        p.grad = torch.zeros_like(p)
-        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
-        return True
-    except (RuntimeError, ValueError, TypeError):
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,8 +150,10 @@ def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device
     from alexnet.runtime import autocast, tune_cpu_allocator
 
     device = torch.device(device_name)
-    if cfg.tune_allocator and device.type == "cpu":
+    if cfg.tuned and device.type == "cpu":
         tune_cpu_allocator()
+    if cfg.tuned and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shape: let cuDNN pick its fastest kernels
     torch.manual_seed(0)
     model, side, in_channels = _build_model(cfg)
     model.to(device).train()
@@ -207,7 +199,11 @@ def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device
 
 
 def measure_peak(device_name: str, bf16: bool) -> dict[str, float]:
-    """GFLOP/s of a large square matmul in fp32 (and bf16), best of a few calls."""
+    """GFLOP/s of a large square matmul in fp32 (and bf16): the best of several calls.
+
+    The best, not the median: it is the ceiling that the training FLOP/s are compared with,
+    and on a shared machine a call can only be slowed down, never sped up.
+    """
     import torch
 
     device = torch.device(device_name)
@@ -216,18 +212,18 @@ def measure_peak(device_name: str, bf16: bool) -> dict[str, float]:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if name == "bf16" and not bf16:
             continue
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        best = float("inf")
-        for i in range(6):
+        a, b, c = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(3))
+        torch.mm(a, b, out=c)  # the first call sets up the BLAS kernels
+        times = []
+        for _ in range(8):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            a @ b
+            torch.mm(a, b, out=c)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if i:  # the first call sets up the BLAS kernels
-                best = min(best, time.perf_counter() - t0)
-        peaks[name] = 2 * n**3 / best / 1e9
+            times.append(time.perf_counter() - t0)
+        peaks[name] = 2 * n**3 / min(times) / 1e9
     return peaks
 
 

@@ -57,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_runtime_options(p, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower to start)")
-    p.add_argument("--workers", type=int, default=None, help="JPEG decoding processes for prepared datasets (default: cores, at most 8)")
+    p.add_argument("--workers", type=int, default=None, help="JPEG decoding threads for prepared datasets (default: cores, at most 8)")
+    p.add_argument("--gpu-decode", action="store_true", help="decode prepared JPEGs on the GPU (CUDA, torchvision's batched decode)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     recipe = p.add_argument_group("recipe overrides (default: the recipe's value; see alexnet/training/recipes.py)")
     for f in recipe_fields():
@@ -85,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             runtime[name] = getattr(args, name)
     if args.compile:
         runtime["compile"] = True
+    if args.gpu_decode:
+        runtime["gpu_decode"] = True
     if args.channels_last is not None:
         runtime["channels_last"] = args.channels_last
     if args.checkpoint_every is not None:

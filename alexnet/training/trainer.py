@@ -54,7 +54,8 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
-    workers: int = 0  # decoding processes for prepared datasets; 0 = in the training process
+    workers: int = 0  # decoding threads for prepared datasets; 0 = in the training thread
+    gpu_decode: bool = False  # prepared JPEGs decoded on the GPU (CUDA only)
     checkpoint_every: int = 0
     eval_batch_size: int = 500
     progress: bool = True
@@ -118,6 +119,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data, workers=cfg.workers)
+    if cfg.gpu_decode:
+        if device.type != "cuda" or not hasattr(dataset, "decode_device"):
+            raise UserError("--gpu-decode needs --device cuda and a prepared dataset")
+        dataset.decode_device = "cuda"
     if recipe.crop_pad >= 0:  # the recipe overrides the dataset's translation range
         dataset.train_augment = dataclasses.replace(dataset.train_augment, pad=recipe.crop_pad)
     model_options = _model_options(recipe, dataset, cfg.model_options)
