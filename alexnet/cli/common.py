@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet.errors import UserError
 from alexnet.runtime import DEVICES, PRECISIONS
 
 
@@ -37,7 +36,3 @@ def add_runtime_options(p: argparse.ArgumentParser, default: str | None = "auto"
         help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32",
     )  # fmt: skip
 
-
-def require_one_line(message: str) -> UserError:
-    """A :class:`UserError` with newlines folded, for messages built from other exceptions."""
-    return UserError(" ".join(message.split()))

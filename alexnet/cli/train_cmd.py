@@ -8,7 +8,6 @@ import time
 import typing
 
 from alexnet.cli.common import add_runtime_options, parse_bool, positive_int
-from alexnet.data.sources import open_dataset  # noqa: F401  (documented in --data help)
 from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
 from alexnet.training.trainer import NonFiniteLoss, TrainConfig, TrainingInterrupted, load_run_config, train
 
