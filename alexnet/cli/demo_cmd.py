@@ -28,7 +28,7 @@ CLASSICAL_BEST = ("SVC (RBF kernel, C=10), Fashion-MNIST benchmark", 0.897)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train alexnet-small on Fashion-MNIST and print results", description=__doc__)
     p.add_argument("--out", help="run folder (default runs/demo-<time>)")
-    p.add_argument("--epochs", type=positive_int, default=SMALL.epochs, help=f"epochs (default {SMALL.epochs}; 15 for >= 93.5%%)")
+    p.add_argument("--epochs", type=positive_int, default=SMALL.epochs, help=f"epochs (default {SMALL.epochs}; measured: 4 -> 91.4%%, 15 -> 92.9%%)")
     p.add_argument("--data", help="data source (default fashion-mnist, else synthetic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
