@@ -86,7 +86,9 @@ def test_float32_backward_matches_torch_autograd(channels_last: bool) -> None:
     y, y_ref = ours(x), ref(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(y)
-    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_channels_last_equals_contiguous(block_elements: int) -> None:
@@ -97,12 +99,16 @@ def test_channels_last_equals_contiguous(block_elements: int) -> None:
     assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
     torch.testing.assert_close(y_cl, y, rtol=1e-6, atol=1e-6)
     g = torch.randn_like(y)
-    torch.testing.assert_close(torch.autograd.grad(y_cl, x_cl, g)[0], torch.autograd.grad(y, x, g)[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(y_cl, x_cl, g)[0], torch.autograd.grad(y, x, g)[0], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_non_contiguous_input() -> None:
     x = _input((3, 8, 6, 10))[:, :, :, ::2]  # neither NCHW- nor NHWC-contiguous
-    torch.testing.assert_close(LocalResponseNorm(5, ALPHA, BETA, K)(x), _torch_lrn(5, "code")(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        LocalResponseNorm(5, ALPHA, BETA, K)(x), _torch_lrn(5, "code")(x), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -178,7 +184,15 @@ def test_bench_train_json_small() -> None:
                    "--device", "cpu", "--configs", "baseline,ours", "--json", timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # the whole of stdout is one JSON object
-    assert {"baseline_img_s", "ours_img_s", "ratio", "hardware", "configs", "peak_gflop_s"} <= set(result)
+    assert {
+        "baseline_img_s",
+        "ours_img_s",
+        "ratio",
+        "hardware",
+        "configs",
+        "peak_gflop_s",
+        "other_processes_cpus",
+    } <= set(result)
     assert [c["name"] for c in result["configs"]] == ["baseline", "ours"]
     assert all(c["img_s"] > 0 and c["forward_flops_per_img"] > 0 for c in result["configs"])
     assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["baseline_img_s"])
@@ -241,6 +255,8 @@ def test_block_pool_matches_single_thread_and_keeps_thread_settings(monkeypatch:
     t.start()
     t.join()
     assert seen == [threads]  # new threads still get the default
+    if threads > 1:  # and the pool's own threads stay single-threaded
+        assert lrn_mod._block_pool(threads).submit(torch.get_num_threads).result() == 1
     torch.set_num_threads(1)  # the serial path
     try:
         y1 = m(x)

@@ -246,7 +246,7 @@ def _worker_main(argv: list[str]) -> int:
 def _in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one worker spec in a new interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, "-m", "alexnet.bench.train", "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
         raise RuntimeError(f"benchmark worker failed ({spec.get('config', spec)}):\n{tail}")
@@ -276,9 +276,41 @@ def hardware() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-    if hasattr(os, "getloadavg"):
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     return info
+
+
+class OtherLoad:
+    """How many CPUs' worth of time processes other than this run used while it ran (Linux).
+
+    The machine's busy time from ``/proc/stat`` minus this process's and its children's CPU
+    time. Other processes competing for the cores distort every number (threads wait for each
+    other at every parallel region), the baseline's as much as ours, so the report says so.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is already in user):
+        # busy = all but idle and iowait; steal counts, it is other VMs on our CPUs.
+        tick, cpu = os.sysconf("SC_CLK_TCK"), fields[:8]
+        busy = (sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)) / tick
+        ours = sum(os.times()[:4])  # user + system, self and children
+        return time.monotonic(), busy, ours
+
+    def cpus(self) -> float | None:
+        """Average number of CPUs that other processes kept busy since construction."""
+        end = self._sample()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        other = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(0.0, other / (end[0] - self.start[0]))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -321,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    started = time.perf_counter()
+    started, other_load = time.perf_counter(), OtherLoad()
     say(f"measuring the matmul peak on {device.type} ...")
     peak = _in_fresh_process({"kind": "peak", "device": str(device), "bf16": precision == "bf16"})
     results = []
@@ -351,6 +383,7 @@ def run(args: argparse.Namespace) -> int:
         "hardware": hw,
         "configs": results,
         "seconds": time.perf_counter() - started,
+        "other_processes_cpus": other_load.cpus(),
     }
     if args.json:
         print(json.dumps(summary))
@@ -366,11 +399,9 @@ def _print_table(s: dict[str, Any]) -> None:
     print(f"hardware: {hw['cpu']}, {hw['cpu_count']} CPUs ({hw['torch_threads']} torch threads), "
           f"{hw['cpu_capability']}, native bf16: {'yes' if hw['cpu_native_bf16'] else 'no'}"
           + (f", GPU {hw['gpu']}" if "gpu" in hw else "") + f"; torch {hw['torch']}")  # fmt: skip
-    busy = hw.get("load_avg_1m", 0.0)
-    if busy >= 1.0:
-        # Other processes competing for the cores distort every number (threads wait on each
-        # other at every parallel region), the baseline's as much as ours.
-        print(f"warning: load average {busy} before the run: other processes are using the CPU; "
+    other = s["other_processes_cpus"]
+    if other is not None and other >= 0.2:
+        print(f"warning: other processes kept {other:.1f} of {hw['cpu_count']} CPUs busy during the run; "
               "timings are unreliable, rerun on an idle machine")  # fmt: skip
     print()
     width = max(len(r["label"]) for r in s["configs"]) + 12

@@ -15,37 +15,44 @@ Why not ``torch.nn.LocalResponseNorm``: it builds the window with ``avg_pool3d``
 copy of the squares, which on CPU costs more than all of AlexNet's convolutions together and
 has no bf16 kernel (``alexnet bench train`` prints both).
 
-How this one is made cheap (numbers: 2-core AMD EPYC (Zen 4) VM, batch 64 of the paper net,
-conv1's 64x96x55x55 activation in bf16 channels_last, forward + backward, best of 5):
+How this one is made cheap. Numbers from a 2-core AMD EPYC (Zen 4) VM, torch 2.14, paper net,
+batch 64, bf16 autocast, channels_last; "conv1's LRN" is forward + backward of its
+64x96x55x55 bf16 activation, best of 7. Overall: conv1's LRN 124 -> 44-48 ms, conv2's
+(64x256x27x27) 75 -> 29-31 ms, versus the previous eager version (full-tensor passes, saved
+float32 intermediates); a whole training step went from 72-74 to 80-81 img/s (90.7 without
+LRN; ``alexnet bench train`` shows the current numbers).
 
-* **Blocked, cache-resident work** (the main win: 144 ms -> 56 ms for that layer, 81 -> 36 ms
-  for conv2's): every element-wise pass over a whole activation streams it from DRAM, and an
-  LRN needs ~25 such passes. Instead the tensor is cut into blocks of ~2^18 elements (1 MiB in
-  float32; 2^16 was slower from per-op overhead, 2^20 from spilling the cache) and all passes
-  run on one block in a few reused float32 buffers before moving on. DRAM is touched once to
-  read the input and once to write the output.
+* **Blocked, cache-resident work** (the main win): every element-wise pass over a whole
+  activation streams it from DRAM, and an LRN needs ~25 passes. Instead the tensor is cut into
+  blocks of ~2^18 elements (1 MiB float32 buffers) and all passes run on one block in a few
+  reused float32 buffers before moving on, so DRAM is touched once to read the input and once
+  to write the output. Block size, conv1's LRN on one thread: 2^16 96 ms, 2^17 84 ms, 2^18
+  79 ms, 2^19 82 ms (per-op overhead below, cache spills above).
+* **Block-level threads** (see ``_block_pool``): each of torch's intra-op threads takes whole
+  blocks and runs their ops single-threaded, instead of every small op forking and joining
+  OpenMP threads. As fast on an idle machine, and robust on a busy one (below).
 * **Padded flat layout**: a block is laid out as rows of ``C + P`` channels (``P`` zero
-  channels between rows, ``P`` = half the window), so shifting "one channel" is shifting the
-  flat buffer by the channel stride, and every window add is one contiguous 1-D add with no
-  boundary slicing (strided row-wise adds ran at half the speed of flat ones).
-* **The k trick**: the squares are stored as ``k/size + alpha' * a^2``, the padding then holds
-  ``k/size``, and every window sums exactly ``size`` terms, so the window sum *is* the
-  denominator: squares, scaling, ``+k`` and edge handling in one ``addcmul``.
+  channels between rows, ``P`` = half the window), so "one channel over" is a fixed offset in
+  the flat buffer and every window add is one contiguous 1-D add with no boundary slicing
+  (row-wise strided adds ran at half the speed).
+* **The k trick**: the squares are stored as ``k/size + alpha' * a^2``; the padding then holds
+  ``k/size`` and every window sums exactly ``size`` terms, so the window sum *is* the
+  denominator: squares, scaling, ``+ k`` and the edges in one ``addcmul``.
 * **Doubling window sums**: w2 = s + s>>1, w4 = w2 + w2>>2, den = w4 + s>>4: three adds for the
   window of 5 instead of four.
-* **No pow**: ``den ** -0.75`` as ``rsqrt(rsqrt(den)) / den`` (``torch.pow`` with a fractional
-  exponent is 4-10x slower per element than rsqrt; ``torch.sqrt`` goes through MKL VML here and
-  was slower than rsqrt too).
+* **No pow**: ``den ** -0.75`` as ``rsqrt(rsqrt(den)) / den``, 0.68 ns per element on one
+  thread against 2.5 for ``torch.pow`` (and ``exp(-0.75 * log(den))``: 1.9; ``torch.sqrt`` was
+  slower than ``rsqrt`` here).
 * **Recompute instead of saving**: only the input is saved (it is the ReLU's output, which
-  autograd keeps anyway), and the backward pass recomputes the denominator block by block.
-  Saving it would cost a full-size float32 tensor per LRN and a DRAM round trip that the
-  recomputation (four in-cache passes) does not.
+  autograd keeps anyway); the backward pass recomputes the denominator block by block (seven
+  in-cache passes) instead of keeping full-size float32 tensors alive and streaming them back.
 * **float32 inside**: bf16/fp16 inputs are widened block by block (the denominator must stay
   float32: the ``alpha'`` term, ~0.01, is below bf16 resolution around k = 2) and the result is
   written back in the input's dtype.
 
-``torch.compile`` of the same math was slower on this CPU (fused forward 44 ms vs 34 ms for
-these blocks with one thread, backward 225 ms vs 54 ms), so it is not used.
+``torch.compile`` of the same math was slower on this CPU (one thread: fused forward 44 ms vs
+34 ms blocked eager, backward 225 ms vs 54 ms), so it is not used. On CUDA the same code runs
+with large blocks (few, big kernels); nothing there is tuned yet.
 """
 
 from __future__ import annotations
@@ -71,9 +78,7 @@ CPU_BLOCK_ELEMENTS = 1 << 18
 CUDA_BLOCK_ELEMENTS = 1 << 24
 
 
-def channel_window_sum(
-    t: torch.Tensor, before: int, after: int, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def channel_window_sum(t: torch.Tensor, before: int, after: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of ``t`` over channels ``c - before .. c + after`` (zero outside), for every ``c``.
 
     Works on any memory format: only slices along dim 1 are used. ``out`` (same shape, not
@@ -243,11 +248,13 @@ class _Workspace:
 
 
 # Block-level threading (CPU). Running each block's ~10 small ops with all intra-op threads
-# costs an OpenMP fork/join per op, and on a busy machine every join waits for a descheduled
-# thread: with other processes competing for the 2 cores, training steps of the paper net took
-# 1.5-22 s (median 8 s) that way, against a steady 1.7-2.6 s with this pool. Each pool thread
-# runs whole blocks with single-threaded ops and takes the next block when done, so there is
-# one join per LRN call, and each core works on its own blocks in its own cache.
+# costs an OpenMP fork/join per op (~2000 per training step), and when other processes compete
+# for the cores a join can wait a whole scheduler slice for a descheduled thread. Each pool
+# thread instead runs whole blocks with single-threaded ops and takes the next block when done:
+# one join per LRN call, each core on its own blocks in its own cache. Paper-net training steps
+# (batch 64, 2 cores): idle machine, both 80 img/s; next to one other 2-thread torch process,
+# 1.9-2.2 s vs 2.0-2.3 s; next to two, 2.8-4.4 s vs 3.3-4.2 s plus a 39 s step, and 1.5-22 s
+# steps were seen per-op on the shared development machine.
 _pool_lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, executor)
 
@@ -270,14 +277,19 @@ def _block_pool(threads: int) -> ThreadPoolExecutor:
             ready = threading.Barrier(threads + 1)
 
             def single_threaded() -> None:
-                torch.set_num_threads(1)  # this thread's (OpenMP per-thread) setting ...
+                # OpenMP thread counts are per thread, but ATen (re)sets a thread's count from
+                # the process-wide default on the thread's first parallel op: trigger that
+                # first, then make this thread's own count 1.
+                torch.get_num_threads()
+                torch.set_num_threads(1)
                 ready.wait()
 
             executor = ThreadPoolExecutor(threads, "alexnet-lrn", initializer=single_threaded)
-            for _ in range(threads):
+            for _ in range(threads):  # start every thread now, and wait until each is set up
                 executor.submit(int)
             ready.wait()
-            torch.set_num_threads(threads)  # ... but it also set the default for new threads: undo
+            # set_num_threads(1) also changed the process-wide default that new threads get.
+            torch.set_num_threads(threads)
             if _pool is not None:
                 _pool[1].shutdown(wait=False)
             _pool = (threads, executor)
@@ -320,7 +332,7 @@ class _LRNFunction(torch.autograd.Function):
         y = torch.empty_like(x)
         x3, y3 = _channel_view(x, channels_last), _channel_view(y, channels_last)
         layout = _Layout(x3, size)
-        k_share = torch.tensor(k / size, dtype=layout.dtype, device=x.device)
+        k_share = torch.full((), k / size, dtype=layout.dtype, device=x.device)  # no host sync on CUDA
 
         def work(ws: _Workspace, rows: slice, cols: slice) -> None:
             v = ws.block(rows, cols)
@@ -345,7 +357,7 @@ class _LRNFunction(torch.autograd.Function):
         grad_in = torch.empty_like(x)
         x3, g3, gi3 = (_channel_view(t, channels_last) for t in (x, g, grad_in))
         layout = _Layout(x3, size)
-        k_share = torch.tensor(k / size, dtype=layout.dtype, device=x.device)
+        k_share = torch.full((), k / size, dtype=layout.dtype, device=x.device)  # no host sync on CUDA
         # b_j = a_j s_j, s_j = d_j^-beta, d_j = k + alpha' sum_{i in win(j)} a_i^2, so
         # dL/da_i = g_i s_i - 2 alpha' beta a_i sum_{j: i in win(j)} g_j a_j s_j / d_j.
         coef = -2.0 * alpha_eff * beta
