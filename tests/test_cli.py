@@ -83,7 +83,7 @@ def test_wrong_kinds_of_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 class _Exploit:
-    def __reduce__(self):  # noqa: ANN204 - what a malicious checkpoint would carry
+    def __reduce__(self):
         return (Path.touch, (Path(self.target),))
 
 

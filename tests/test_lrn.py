@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import sys
 import threading
@@ -10,11 +9,8 @@ import threading
 import pytest
 import torch
 
-from alexnet.bench.train import CONFIG_NAMES, build_configs
-from alexnet.cli import main
 from alexnet.models import lrn as lrn_mod
 from alexnet.models.lrn import LocalResponseNorm, channel_window_sum, reference_lrn
-from tests.conftest import assert_one_line_error, run_cli
 
 # Large enough alpha that the normalisation visibly changes the result (1e-4 barely does).
 ALPHA, BETA, K = 0.05, 0.75, 2.0
@@ -172,52 +168,6 @@ def test_bad_arguments() -> None:
         LocalResponseNorm(convention="caffe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="N, C"):
         LocalResponseNorm()(torch.ones(5))
-
-
-# -- alexnet bench train ------------------------------------------------------------------
-
-
-def test_bench_train_json_small() -> None:
-    # Two of the configurations keep this under ~20 s on a busy 2-core machine; the full set
-    # is covered by test_bench_configs.
-    proc = run_cli("bench", "train", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--model", "alexnet-small",
-                   "--device", "cpu", "--configs", "baseline,ours", "--json", timeout=120)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)  # the whole of stdout is one JSON object
-    assert {
-        "baseline_img_s",
-        "ours_img_s",
-        "ratio",
-        "hardware",
-        "configs",
-        "peak_gflop_s",
-        "other_processes_cpus",
-    } <= set(result)
-    assert [c["name"] for c in result["configs"]] == ["baseline", "ours"]
-    assert all(c["img_s"] > 0 and c["forward_flops_per_img"] > 0 for c in result["configs"])
-    assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["baseline_img_s"])
-
-
-def test_bench_configs() -> None:
-    assert [c.name for c in build_configs("alexnet", "bf16", "cpu")] == list(CONFIG_NAMES)
-    owt = build_configs("alexnet-owt", "fp32", "cpu")  # no LRN to swap, fp32 only
-    assert [c.name for c in owt] == ["baseline", "ours"] and owt[0].model == "torchvision"
-    small = build_configs("alexnet-small", "bf16", "cpu")
-    assert small[0].model == "alexnet-small"  # torchvision's alexnet cannot take 28 px
-
-
-@pytest.mark.parametrize(
-    ("args", "fragment"),
-    [
-        (["--model", "vgg"], "unknown model"),
-        (["--batch-size", "0"], "batch-size"),
-        (["--steps", "0"], "steps"),
-        (["--configs", "fastest"], "configs"),
-    ],
-)
-def test_bench_train_user_errors(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "train", "--device", "cpu", *args])  # fails before any worker starts
-    assert_one_line_error((code, capsys.readouterr().err), fragment)
 
 
 @pytest.mark.parametrize("shape", [(0, 5, 3, 3), (2, 0, 3, 3), (2, 3, 0, 4)])

@@ -143,8 +143,13 @@ def _forward_flops(model: Any, x: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device_name: str) -> dict[str, Any]:
-    """Time ``steps`` training steps of ``cfg`` after ``warmup`` untimed ones (this process)."""
+def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device_name: str,
+                   distributed: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Time ``steps`` training steps of ``cfg`` after ``warmup`` untimed ones (this process).
+
+    ``distributed``: wrap the model in ``DistributedDataParallel`` (the process group must be
+    initialised), as the trainer does under torchrun.
+    """
     import torch
 
     from alexnet.runtime import autocast, tune_cpu_allocator
@@ -162,6 +167,11 @@ def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device
     x = torch.randn(batch_size, in_channels, side, side, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     flops = _forward_flops(model, x)
+    gradient_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if distributed:
+        from alexnet.training.distributed import data_parallel
+
+        model = data_parallel(model, device)
     opt_kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.optimizer]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, **opt_kw)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -193,6 +203,7 @@ def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device
         "step_ms": median * 1e3,
         "steps_ms": [round(t * 1e3, 2) for t in times],
         "forward_flops_per_img": flops,
+        "gradient_numel": gradient_numel,
         "train_gflop_s": 3 * flops * batch_size / median / 1e9,
         "threads": torch.get_num_threads(),
     }
@@ -325,6 +336,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--configs", default=None, metavar="NAME,...",
                    help="measure only these configurations (baseline and ours are always measured); "
                         "default: all of " + ", ".join(CONFIG_NAMES))  # fmt: skip
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="instead of the table: data-parallel scaling of 'ours' under torchrun + DDP for 1, 2, "
+                        "4, ... N processes (per-process and total img/s, efficiency; --batch-size is per "
+                        "process); see alexnet/bench/scaling.py")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
     p.set_defaults(func=run)
 
@@ -339,9 +354,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     device = resolve_device(args.device)
     precision = resolve_precision("auto", device)
     configs = build_configs(args.model, precision, device.type)
+    if args.nproc is not None:
+        return _run_scaling(args, configs, device.type)
     if args.configs:
         wanted = {name.strip() for name in args.configs.split(",") if name.strip()}
         unknown = sorted(wanted - set(CONFIG_NAMES))
@@ -389,6 +408,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     _print_table(summary)
+    return 0
+
+
+def _run_scaling(args: argparse.Namespace, configs: list[Config], device_type: str) -> int:
+    """``--nproc N``: the scaling measurement of the ``ours`` configuration."""
+    from alexnet.bench.scaling import measure_scaling, print_scaling
+
+    ours = next(c for c in configs if c.name == "ours")
+    started = time.perf_counter()
+    summary = {"nproc": args.nproc, "model": args.model, "label": ours.label, "batch_size": args.batch_size,
+               "steps": args.steps, "warmup": args.warmup, "device": device_type, "hardware": hardware(),
+               **measure_scaling(ours, args.nproc, args.batch_size, args.steps, args.warmup, device_type)}  # fmt: skip
+    summary["seconds"] = time.perf_counter() - started
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_scaling(summary)
     return 0
 
 

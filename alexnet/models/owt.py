@@ -32,7 +32,7 @@ class AlexNetOWT(TorchvisionAlexNet):
             "fc6": c[1], "fc7": c[4], "fc8": c[6],
         }  # fmt: skip
 
-    def forward_features(self, x):  # noqa: ANN001, ANN201 - same signature as AlexNet's
+    def forward_features(self, x):
         """The activations of fc7 (input of the last layer)."""
         x = self.avgpool(self.features(x)).flatten(1)
         return self.classifier[:-1](x)

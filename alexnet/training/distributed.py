@@ -56,6 +56,18 @@ def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
     return DistContext(rank, world, local_rank, backend), device
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` the way training runs it.
+
+    Gradients are all-reduced bucket by bucket while backward still runs (overlap), and the
+    gradients are views into the buckets, which saves one copy of them per step.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)  # fmt: skip
+
+
 def shutdown(ctx: DistContext) -> None:
     """Leave the process group (if any)."""
     if ctx.enabled and dist.is_initialized():

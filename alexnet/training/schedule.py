@@ -21,7 +21,7 @@ def scheduler_steps_per_batch(recipe: Recipe) -> bool:
     return recipe.schedule != "plateau"
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):  # noqa: ANN201
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
     """The scheduler of ``recipe``; per-batch ones count steps, ``plateau`` counts epochs."""
     if recipe.schedule == "plateau":
         # min_lr caps the number of drops: lr * factor ** max_drops is the floor (with a margin

@@ -15,10 +15,11 @@ import platform
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,12 +28,19 @@ from tqdm import tqdm
 from alexnet import __version__, models
 from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
+from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.runtime import resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
-from alexnet.data.seeding import derive_seed
-from alexnet.training.distributed import DistContext, any_rank, gather_objects, init_from_env, shutdown
+from alexnet.training.distributed import (
+    DistContext,
+    any_rank,
+    data_parallel,
+    gather_objects,
+    init_from_env,
+    shutdown,
+)
 from alexnet.training.loop import InputNorm, InputPipeline, Meter, evaluate, train_step
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
@@ -148,11 +156,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
         torch.manual_seed(derive_seed("dropout", cfg.seed, ctx.rank))
     net: nn.Module = model
     if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Gradients are all-reduced bucket by bucket while backward still runs (overlap).
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      gradient_as_bucket_view=True)  # fmt: skip
+        net = data_parallel(model, device)
     if cfg.compile:
         net = torch.compile(net)
     pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, normalize=recipe.normalize,

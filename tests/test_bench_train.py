@@ -1,0 +1,82 @@
+"""`alexnet bench train`: the configuration table and the data-parallel scaling run, end to end
+on tiny sizes (no timing is asserted: speed claims come from the benchmark itself)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alexnet import models
+from alexnet.bench.scaling import world_sizes
+from alexnet.bench.train import CONFIG_NAMES, build_configs
+from alexnet.cli import main
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def test_bench_train_json_small() -> None:
+    # Two of the configurations keep this under ~20 s on a busy 2-core machine; the full set
+    # is covered by test_bench_configs.
+    proc = run_cli("bench", "train", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--model", "alexnet-small",
+                   "--device", "cpu", "--configs", "baseline,ours", "--json", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert {
+        "baseline_img_s",
+        "ours_img_s",
+        "ratio",
+        "hardware",
+        "configs",
+        "peak_gflop_s",
+        "other_processes_cpus",
+    } <= set(result)
+    assert [c["name"] for c in result["configs"]] == ["baseline", "ours"]
+    assert all(c["img_s"] > 0 and c["forward_flops_per_img"] > 0 for c in result["configs"])
+    assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["baseline_img_s"])
+
+
+def test_bench_configs() -> None:
+    assert [c.name for c in build_configs("alexnet", "bf16", "cpu")] == list(CONFIG_NAMES)
+    owt = build_configs("alexnet-owt", "fp32", "cpu")  # no LRN to swap, fp32 only
+    assert [c.name for c in owt] == ["baseline", "ours"] and owt[0].model == "torchvision"
+    small = build_configs("alexnet-small", "bf16", "cpu")
+    assert small[0].model == "alexnet-small"  # torchvision's alexnet cannot take 28 px
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--model", "vgg"], "unknown model"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--steps", "0"], "steps"),
+        (["--configs", "fastest"], "configs"),
+        (["--nproc", "0"], "nproc"),
+    ],
+)
+def test_bench_train_user_errors(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "train", "--device", "cpu", *args])  # fails before any worker starts
+    assert_one_line_error((code, capsys.readouterr().err), fragment)
+
+
+def test_bench_train_nproc_2_runs_torchrun_with_ddp() -> None:
+    # Real torchrun launches with 1 and 2 gloo processes; each rank reports its own timing.
+    proc = run_cli("bench", "train", "--nproc", "2", "--steps", "1", "--warmup", "1", "--batch-size", "4",
+                   "--model", "alexnet-small", "--device", "cpu", "--json", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    runs = result["runs"]
+    assert [r["world_size"] for r in runs] == [1, 2]
+    assert [len(r["per_process_img_s"]) for r in runs] == [1, 2]
+    assert runs[0]["efficiency"] == pytest.approx(1.0)
+    for r in runs:
+        assert r["total_img_s"] > 0 and all(v > 0 for v in r["per_process_img_s"])
+        assert r["efficiency"] == pytest.approx(r["total_img_s"] / (r["world_size"] * runs[0]["total_img_s"]))
+    assert runs[1]["allreduce_ms"] > 0  # a real all-reduce over gloo was timed
+    assert result["gradient_numel"] == models.count_parameters(models.create("alexnet-small", 1000))
+
+
+def test_world_sizes() -> None:
+    assert world_sizes(1) == [1]
+    assert world_sizes(2) == [1, 2]
+    assert world_sizes(6) == [1, 2, 4, 6]
+    assert world_sizes(8) == [1, 2, 4, 8]
