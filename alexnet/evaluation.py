@@ -107,14 +107,15 @@ def evaluate_checkpoints(
     batch_size: int = 250,
     device_name: str = "auto",
     precision_name: str = "auto",
-    ten_crop: bool = False,
+    views: str = "centre",
     per_class_file: str | None = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of one checkpoint or of the softmax-averaged ensemble of several.
 
-    ``data`` defaults to the source the first checkpoint was trained on. ``ten_crop`` averages
-    the softmax over the ten patches of section 4.1 instead of using the centre crop.
+    ``data`` defaults to the source the first checkpoint was trained on. ``views`` (see
+    :data:`alexnet.training.loop.EVAL_VIEWS`): ``centre`` crop, ``flip`` averages the softmax over
+    it and its mirror, ``ten-crop`` over the ten patches of section 4.1.
     ``per_class_file``: also write each class's images and top-1/top-5 accuracy there (CSV, or
     JSON if the name ends in ``.json``). ``workers``: decoding threads for prepared datasets
     (default: cores, at most 8).
@@ -141,7 +142,7 @@ def evaluate_checkpoints(
     pipeline = InputPipeline(dataset, device, channels_last=True, seed=0, norm=first.norm)
     for m in loaded:
         m.model.to(memory_format=torch.channels_last)
-    transform, crops = (pipeline.eval_ten_crop, 10) if ten_crop else (pipeline.eval, 1)
+    transform, crops = pipeline.eval_views(views)
     batches = dataset.batches(split, BatchPlan(batch_size))
     counts = torch.zeros(dataset.info.num_classes, 3, dtype=torch.int64, device=device) if per_class_file else None
     meter = evaluate([m.model for m in loaded], batches, transform, precision, device, crops=crops, per_class=counts)

@@ -131,6 +131,18 @@ def test_fast_cpu_path_equals_the_batched_gather(normalize: str, pca: str) -> No
     assert torch.equal(pipe.eval(nhwc), pipe.eval(images))
 
 
+def test_eval_views_centre_flip_and_ten_crop() -> None:
+    pipe, images = _pipeline_pair(80, 70, "channel", "off")
+    centre, n = pipe.eval(images), len(images)
+    transform, crops = pipe.eval_views("flip")
+    both = transform(images)
+    assert crops == 2 and both.shape[0] == 2 * n  # crop-major: all centres, then all mirrors
+    assert torch.equal(both[:n], centre) and torch.equal(both[n:], centre.flip(-1))
+    assert pipe.eval_views("centre")[1] == 1 and pipe.eval_views("ten-crop")[1] == 10
+    with pytest.raises(UserError, match="test views"):
+        pipe.eval_views("five-crop")
+
+
 def test_training_output_is_the_crop_minus_the_same_window_of_the_mean_image() -> None:
     pipe, images = _pipeline_pair(80, 70, "mean-image", "off")
     params = pipe.crop_params(0, 0, 16)

@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s) or run folder(s); several = ensemble")
     p.add_argument("--data", help="data source (default: the one the first checkpoint was trained on)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split to evaluate (default val)")
-    p.add_argument("--ten-crop", action="store_true", help="average the softmax over 4 corners + centre and mirrors (section 4.1)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--ten-crop", action="store_true", help="average the softmax over 4 corners + centre and mirrors (section 4.1)")
+    views.add_argument("--flip", action="store_true", help="average the softmax over the centre crop and its mirror")
     p.add_argument("--per-class", metavar="FILE",
                    help="also write per-class top-1/top-5 accuracy to FILE (CSV, or JSON if FILE ends in .json)")
     p.add_argument("--batch-size", type=positive_int, default=250)
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     result = evaluate_checkpoints(
-        args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision, args.ten_crop,
+        args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision,
+        "ten-crop" if args.ten_crop else "flip" if args.flip else "centre",
         per_class_file=args.per_class, workers=args.workers,
     )  # fmt: skip
     if args.json:

@@ -37,12 +37,27 @@ RECIPE_HELP = {
     "crop_pad": "zero padding (px) before random crops of small images; -1 = the dataset's default",
     "pca_lighting": "PCA colour noise: paper | std | off",
     "scale_lr": "true: lr x number of processes (linear scaling rule)",
+    "eval_views": "validation patches per image: centre | flip (centre + mirror) | ten-crop (section 4.1)",
 }
 
 
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
     t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     return parse_bool if t is bool else t
+
+
+def add_recipe_overrides(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` option per recipe field (except ``skip``), read by :func:`recipe_overrides`."""
+    group = p.add_argument_group("recipe overrides (default: the recipe's value; see alexnet/training/recipes.py)")
+    for f in recipe_fields():
+        if f.name not in skip:
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f"recipe_{f.name}", type=_field_type(f),
+                               default=None, help=RECIPE_HELP.get(f.name))  # fmt: skip
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The recipe fields given on the command line."""
+    return _overrides(args, "recipe_")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,10 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="JPEG decoding threads for prepared datasets (default: cores, at most 8)")
     p.add_argument("--gpu-decode", action="store_true", help="decode prepared JPEGs on the GPU (CUDA, torchvision's batched decode)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
-    recipe = p.add_argument_group("recipe overrides (default: the recipe's value; see alexnet/training/recipes.py)")
-    for f in recipe_fields():
-        recipe.add_argument("--" + f.name.replace("_", "-"), dest=f"recipe_{f.name}", type=_field_type(f), default=None,
-                            help=RECIPE_HELP.get(f.name))  # fmt: skip
+    add_recipe_overrides(p)
     model = p.add_argument_group("model options")
     for name, kwargs in MODEL_FLAGS.items():
         model.add_argument("--" + name.replace("_", "-"), dest=f"model_{name}", default=None, **kwargs)
@@ -77,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The run's config, and whether it resumes an existing run."""
     from alexnet.errors import UserError
 
-    recipe_over, model_over = _overrides(args, "recipe_"), _overrides(args, "model_")
+    recipe_over, model_over = recipe_overrides(args), _overrides(args, "model_")
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
     runtime: dict[str, typing.Any] = {"progress": not args.no_progress}
     for name in ("device", "precision"):

@@ -27,8 +27,13 @@ from alexnet.data.presets import (
     ten_crops,
 )
 from alexnet.data.seeding import generator
+from alexnet.errors import UserError
 from alexnet.runtime import autocast
 from alexnet.training.distributed import DistContext, all_reduce_sum_
+
+# Test-time views and the patches each averages per image (section 4.1): the centre crop; it
+# and its mirror; the four corners, the centre and their mirrors.
+EVAL_VIEWS = {"centre": 1, "flip": 2, "ten-crop": 10}
 
 
 @dataclass
@@ -202,6 +207,22 @@ class InputPipeline:
             return self._finish(self._fused(images, [top] * n, [left] * n, [False] * n, None, self.eval_crop))
         images = images.to(self.device, non_blocking=True)
         return self._finish(self._crop_and_normalize(images, lambda t: centre_crop(t, self.eval_crop)))
+
+    def eval_flip(self, images: torch.Tensor) -> torch.Tensor:
+        """The centre crop of every image, then its mirror (crop-major: 2N patches), normalised.
+
+        The reflection half of section 4.1's test protocol, for images no larger than the crop
+        (28 px Fashion-MNIST), where the ten patches would be five copies of one.
+        """
+        x = self.eval(images)
+        return torch.cat([x, x.flip(-1)])
+
+    def eval_views(self, views: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+        """The transform of ``views`` (one of :data:`EVAL_VIEWS`) and its patches per image."""
+        if views not in EVAL_VIEWS:
+            raise UserError(f"unknown test views {views!r}; choose one of {', '.join(EVAL_VIEWS)}")
+        transform = {"centre": self.eval, "flip": self.eval_flip, "ten-crop": self.eval_ten_crop}[views]
+        return transform, EVAL_VIEWS[views]
 
     def eval_ten_crop(self, images: torch.Tensor) -> torch.Tensor:
         """The ten test patches of every image (crop-major, see :func:`ten_crops`), normalised."""

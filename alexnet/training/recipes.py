@@ -15,6 +15,7 @@ from alexnet.errors import UserError
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "constant")
 NORMALIZATIONS = ("mean-image", "channel")
+EVAL_VIEW_NAMES = ("centre", "flip", "ten-crop")  # alexnet.training.loop.EVAL_VIEWS
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Recipe:
     pca_lighting: str = "off"
     pca_std: float = 0.1
     scale_lr: bool = False
+    eval_views: str = "centre"  # validation patches per image: centre | flip | ten-crop (section 4.1)
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +62,7 @@ class Recipe:
             (self.normalize in NORMALIZATIONS, f"normalize must be one of {', '.join(NORMALIZATIONS)}"),
             (self.pca_lighting in PCA_MODES, f"pca-lighting must be one of {', '.join(PCA_MODES)}"),
             (self.pca_std >= 0, "pca-std must be >= 0"),
+            (self.eval_views in EVAL_VIEW_NAMES, f"eval-views must be one of {', '.join(EVAL_VIEW_NAMES)}"),
             (self.crop_pad >= -1, "crop-pad must be >= 0 (or -1 for the dataset's default)"),
         ]
         for ok, message in checks:

@@ -31,7 +31,7 @@ from alexnet.data.dataset import Dataset
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json, atomic_write_text
-from alexnet.runtime import resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.runtime import fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.training.distributed import (
     DistContext,
@@ -140,7 +140,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     global_batch = recipe.batch_size * ctx.world_size
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
-    optimizer = _make_optimizer(model, recipe, lr)
+    optimizer = _make_optimizer(model, recipe, lr, device)
     plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
     steps_per_epoch = plan0.steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
@@ -161,6 +161,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
         net = torch.compile(net)
     pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, normalize=recipe.normalize,
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
+    val_transform, val_crops = pipeline.eval_views(recipe.eval_views)
     flops_per_image = _training_flops_per_image(model, dataset, device)
     main = ctx.is_main
     if main:
@@ -243,7 +244,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
                     raise NonFiniteLoss(f"loss is not finite at the end of epoch {epoch + 1}")
                 train_stats, seen, epoch_seconds = totals.summary(), totals.count, progress.epoch_seconds
                 val_plan = BatchPlan(cfg.eval_batch_size * ctx.world_size, rank=ctx.rank, world_size=ctx.world_size)
-                val_meter = evaluate([model], dataset.batches("val", val_plan), pipeline.eval, precision, device)
+                val_meter = evaluate([model], dataset.batches("val", val_plan), val_transform, precision, device,
+                                     crops=val_crops)  # fmt: skip
                 val = val_meter.reduced(ctx).summary()
                 if not per_batch:
                     scheduler.step(val["top1_err"])
@@ -294,15 +296,17 @@ def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> d
     return options | extra
 
 
-def _make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum (section 5); biases and 1-d parameters decay only if the recipe says so."""
     decay = [p for p in model.parameters() if p.ndim > 1 or recipe.decay_biases]
     no_decay = [p for p in model.parameters() if not (p.ndim > 1 or recipe.decay_biases)]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    # foreach: one multi-tensor kernel per update instead of one per parameter (faster on CPU too).
-    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
+    # Fused (one pass over weights, gradients and momentum) where the device has the kernel, else
+    # foreach; both are deterministic, so resume stays bit-exact.
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                           **fast_sgd_options(device))  # fmt: skip
 
 
 def _checkpoint_dict(
