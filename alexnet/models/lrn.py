@@ -28,9 +28,8 @@ LRN; ``alexnet bench train`` shows the current numbers).
   reused float32 buffers before moving on, so DRAM is touched once to read the input and once
   to write the output. Block size, conv1's LRN on one thread: 2^16 96 ms, 2^17 84 ms, 2^18
   79 ms, 2^19 82 ms (per-op overhead below, cache spills above).
-* **Block-level threads** (see ``_block_pool``): each of torch's intra-op threads takes whole
-  blocks and runs their ops single-threaded, instead of every small op forking and joining
-  OpenMP threads. As fast on an idle machine, and robust on a busy one (below).
+* **Threads inside each op** (see ``_for_each_block``): blocks run one after the other, each op
+  on torch's intra-op threads.
 * **Padded flat layout**: a block is laid out as rows of ``C + P`` channels (``P`` zero
   channels between rows, ``P`` = half the window), so "one channel over" is a fixed offset in
   the flat buffer and every window add is one contiguous 1-D add with no boundary slicing
@@ -57,14 +56,9 @@ with large blocks (few, big kernels); nothing there is tuned yet.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import itertools
 import math
-import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
@@ -247,78 +241,19 @@ class _Workspace:
         return self.views[(m, i)]
 
 
-# Block-level threading (CPU). Running each block's ~10 small ops with all intra-op threads
-# costs an OpenMP fork/join per op (~2000 per training step), and when other processes compete
-# for the cores a join can wait a whole scheduler slice for a descheduled thread. Each pool
-# thread instead runs whole blocks with single-threaded ops and takes the next block when done:
-# one join per LRN call, each core on its own blocks in its own cache. Paper-net training steps
-# (batch 64, 2 cores): idle machine, both 80 img/s; next to one other 2-thread torch process,
-# 1.9-2.2 s vs 2.0-2.3 s; next to two, 2.8-4.4 s vs 3.3-4.2 s plus a 39 s step, and 1.5-22 s
-# steps were seen per-op on the shared development machine.
-_pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, executor)
-
-
-def _forget_pool() -> None:
-    """After a fork the pool's threads do not exist in the child: start afresh there."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _block_pool(threads: int) -> ThreadPoolExecutor:
-    """The process's pool of ``threads`` workers whose torch ops run single-threaded."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != threads:
-            ready = threading.Barrier(threads + 1)
-
-            def single_threaded() -> None:
-                # OpenMP thread counts are per thread, but ATen (re)sets a thread's count from
-                # the process-wide default on the thread's first parallel op: trigger that
-                # first, then make this thread's own count 1.
-                torch.get_num_threads()
-                torch.set_num_threads(1)
-                ready.wait()
-
-            executor = ThreadPoolExecutor(threads, "alexnet-lrn", initializer=single_threaded)
-            for _ in range(threads):  # start every thread now, and wait until each is set up
-                executor.submit(int)
-            ready.wait()
-            # set_num_threads(1) also changed the process-wide default that new threads get.
-            torch.set_num_threads(threads)
-            if _pool is not None:
-                _pool[1].shutdown(wait=False)
-            _pool = (threads, executor)
-        return _pool[1]
-
-
 def _for_each_block(layout: _Layout, work: Callable[[_Workspace, slice, slice], None]) -> None:
-    """Call ``work(workspace, rows, cols)`` for every block, on the block pool if it pays."""
-    threads = torch.get_num_threads()
-    if layout.device.type != "cpu" or threads < 2 or len(layout.blocks) < 2:
-        ws = _Workspace(layout)
-        for rows, cols in layout.blocks:
-            work(ws, rows, cols)
-        return
-    order = itertools.count()  # next() is atomic under the GIL: a shared work queue
-    inference = torch.is_inference_mode_enabled()
+    """Call ``work(workspace, rows, cols)`` for every block, one after the other.
 
-    def worker() -> None:
-        # Grad and inference mode are thread-local: take the caller's (no_grad inside an
-        # autograd.Function; inference mode when the caller made inference tensors).
-        # (inference_mode(False) would switch grad mode back on, hence the nullcontext.)
-        with torch.inference_mode() if inference else contextlib.nullcontext(), torch.no_grad():
-            ws = _Workspace(layout)
-            while (i := next(order)) < len(layout.blocks):
-                work(ws, *layout.blocks[i])
-
-    pool = _block_pool(threads)
-    for future in [pool.submit(worker) for _ in range(min(threads, len(layout.blocks)))]:
-        future.result()
+    Each block's ops use torch's intra-op threads. A pool of threads each taking whole blocks
+    with single-threaded ops was tried (one join per call instead of one per op): alone it is
+    as fast, but inside a real training step it lost on both nets (2-core EPYC, bf16,
+    channels_last, median steps): small net batch 128, 58-62 vs 48-52 ms; paper net batch 64,
+    68-72 vs 77-80 img/s, presumably because OpenMP's threads, still spinning after the
+    convolutions, compete with the pool's for the cores.
+    """
+    ws = _Workspace(layout)
+    for rows, cols in layout.blocks:
+        work(ws, rows, cols)
 
 
 class _LRNFunction(torch.autograd.Function):
