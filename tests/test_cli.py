@@ -133,13 +133,15 @@ def test_real_process_error_has_no_traceback() -> None:
 def test_demo_runs_end_to_end_with_recipe_overrides(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = run_cli("demo", "--data", SYN, "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--dropout", "0.5",
-                   "--eval-views", "flip", "--no-progress", "--out", str(out))  # fmt: skip
+                   "--eval-views", "flip", "--widths", "8,16,24,24,16", "--fc-width", "64", "--no-progress", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "SYNTHETIC" in proc.stdout and "test accuracy after" in proc.stdout
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
     recipe = json.loads((out / "config.json").read_text())["config"]["recipe"]
     assert (recipe["name"], recipe["epochs"], recipe["dropout"], recipe["eval_views"]) == ("small", 2, 0.5, "flip")
+    conv5 = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]["features.conv5.weight"]
+    assert conv5.shape[0] == 16  # the model options reached the model
     # The flip views were what validation used: eval --flip on the saved weights agrees.
     result = json.loads(run_cli("eval", str(out), "--flip", "--json").stdout)
     assert result["crops"] == 2 and result["top1_err"] == pytest.approx(history[-1]["val_top1_err"], abs=1e-9)

@@ -51,6 +51,20 @@ def test_single_tower_has_half_kernels_except_conv5() -> None:
     assert all(layers[f"conv{i}"].groups == 1 for i in range(1, 6))
 
 
+def test_widths_and_fc_width_options() -> None:
+    model = models.create("alexnet-small", 10, in_channels=1, widths=[32, 128, 192, 192, 128], fc_width=512)
+    layers = model.layers_by_role()
+    assert [layers[f"conv{i}"].out_channels for i in range(1, 6)] == [32, 128, 192, 192, 128]
+    assert layers["fc6"].out_features == 512 and layers["fc7"].in_features == 512
+    assert layers["fc6"].in_features == 128 * 2 * 2  # conv5 width x the 2x2 map of 28 px inputs
+    out = model(torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    with pytest.raises(UserError, match="even"):
+        models.create("alexnet-small", widths=[32, 65, 96, 96, 64])  # a tower needs whole channels
+    with pytest.raises(UserError, match="even"):
+        models.create("alexnet-small", widths=[32, 64, 96])
+
+
 @pytest.mark.parametrize("layer", ["conv2", "conv4", "conv5"])
 def test_towers_are_isolated_in_grouped_layers(layer: str) -> None:
     conv = models.create("alexnet-small").layers_by_role()[layer]

@@ -28,6 +28,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_list(text: str) -> list[int]:
+    """Comma-separated whole numbers (``32,128,192,192,128``), as an argparse type."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
 def add_runtime_options(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """--device and --precision (``default=None`` lets a resumed run keep its own)."""
     p.add_argument("--device", choices=DEVICES, default=default, help="auto: CUDA if available, else CPU")

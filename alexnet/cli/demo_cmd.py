@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 
 from alexnet.cli.common import positive_int
-from alexnet.cli.train_cmd import add_recipe_overrides, recipe_overrides, run_training
+from alexnet.cli.train_cmd import (
+    add_model_options,
+    add_recipe_overrides,
+    model_overrides,
+    recipe_overrides,
+    run_training,
+)
 from alexnet.data.fashion_mnist import DEFAULT_DIR
 from alexnet.training.recipes import SMALL
 from alexnet.training.trainer import TrainConfig
@@ -32,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data source (default fashion-mnist, else synthetic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_recipe_overrides(p, skip=("epochs",))
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
@@ -49,7 +56,8 @@ def _default_data() -> str:
 def run(args: argparse.Namespace) -> int:
     data = args.data or _default_data()
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = TrainConfig(data=data, recipe=SMALL.with_overrides(**recipe_overrides(args), epochs=args.epochs), out=out, progress=not args.no_progress)
+    recipe = SMALL.with_overrides(**recipe_overrides(args), epochs=args.epochs)
+    cfg = TrainConfig(data=data, recipe=recipe, out=out, progress=not args.no_progress, model_options=model_overrides(args))
     code = run_training(cfg, resume=False)
     if code:
         return code

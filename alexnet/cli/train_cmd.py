@@ -7,7 +7,7 @@ import os
 import time
 import typing
 
-from alexnet.cli.common import add_runtime_options, parse_bool, positive_int
+from alexnet.cli.common import add_runtime_options, int_list, parse_bool, positive_int
 from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
 from alexnet.training.trainer import NonFiniteLoss, TrainConfig, TrainingInterrupted, load_run_config, train
 
@@ -23,6 +23,8 @@ MODEL_FLAGS = {
     "activation": dict(choices=("relu", "tanh"), help="nonlinearity (default relu)"),
     "pooling": dict(choices=("overlapping", "non-overlapping"), help="max-pool 3/2 (default) or 2/2"),
     "towers": dict(type=int, choices=(1, 2), help="2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"),
+    "widths": dict(type=int_list, metavar="C1,C2,C3,C4,C5", help="the five conv widths (even numbers; default the model's)"),
+    "fc_width": dict(type=positive_int, help="width of fc6/fc7 (default the model's: 4096 paper, 1024 small)"),
 }  # fmt: skip
 
 
@@ -75,10 +77,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-decode", action="store_true", help="decode prepared JPEGs on the GPU (CUDA, torchvision's batched decode)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     add_recipe_overrides(p)
-    model = p.add_argument_group("model options")
-    for name, kwargs in MODEL_FLAGS.items():
-        model.add_argument("--" + name.replace("_", "-"), dest=f"model_{name}", default=None, **kwargs)
+    add_model_options(p)
     p.set_defaults(func=run)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """One ``--option`` per entry of :data:`MODEL_FLAGS`, read by :func:`model_overrides`."""
+    group = p.add_argument_group("model options")
+    for name, kwargs in MODEL_FLAGS.items():
+        group.add_argument("--" + name.replace("_", "-"), dest=f"model_{name}", default=None, **kwargs)
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
+    """The model options given on the command line."""
+    return _overrides(args, "model_")
 
 
 def _overrides(args: argparse.Namespace, prefix: str) -> dict[str, typing.Any]:
@@ -89,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The run's config, and whether it resumes an existing run."""
     from alexnet.errors import UserError
 
-    recipe_over, model_over = recipe_overrides(args), _overrides(args, "model_")
+    recipe_over, model_over = recipe_overrides(args), model_overrides(args)
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
     runtime: dict[str, typing.Any] = {"progress": not args.no_progress}
     for name in ("device", "precision"):

@@ -11,6 +11,7 @@ state_dict reads like Figure 2.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -88,6 +89,8 @@ class AlexNet(nn.Module):
             conv1-conv4; conv5 keeps its width, as the paper's footnote 2 describes).
         dropout: drop probability in fc6/fc7 (section 4.2; 0 switches it off).
         init: ``paper``, ``caffe``, ``kaiming`` or ``torchvision`` (see ``models.init``).
+        widths: the five convolution widths instead of the shape's (for width ablations).
+        fc_width: the width of fc6/fc7 instead of the shape's.
     """
 
     def __init__(
@@ -105,8 +108,19 @@ class AlexNet(nn.Module):
         towers: int = 2,
         dropout: float = 0.5,
         init: str = "paper",
+        widths: Sequence[int] | None = None,
+        fc_width: int | None = None,
     ) -> None:
         super().__init__()
+        if widths is not None:
+            widths = tuple(int(w) for w in widths)
+            if len(widths) != 5 or any(w < 2 or w % 2 for w in widths):
+                raise ValueError(f"widths must be 5 even numbers >= 2 (two towers), got {widths}")
+            shape = replace(shape, widths=widths)
+        if fc_width is not None:
+            if fc_width < 1:
+                raise ValueError(f"fc_width must be >= 1, got {fc_width}")
+            shape = replace(shape, fc_width=int(fc_width))
         if activation not in ("relu", "tanh"):
             raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
         if pooling not in ("overlapping", "non-overlapping"):
