@@ -114,7 +114,7 @@ def evaluate_checkpoints(
     """Top-1/top-5 error of one checkpoint or of the softmax-averaged ensemble of several.
 
     ``data`` defaults to the source the first checkpoint was trained on. ``views`` (see
-    :data:`alexnet.training.loop.EVAL_VIEWS`): ``centre`` crop, ``flip`` averages the softmax over
+    :data:`alexnet.data.presets.EVAL_VIEWS`): ``centre`` crop, ``flip`` averages the softmax over
     it and its mirror, ``ten-crop`` over the ten patches of section 4.1.
     ``per_class_file``: also write each class's images and top-1/top-5 accuracy there (CSV, or
     JSON if the name ends in ``.json``). ``workers``: decoding threads for prepared datasets

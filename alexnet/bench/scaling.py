@@ -43,10 +43,8 @@ def world_sizes(nproc: int) -> list[int]:
     return [*sizes, nproc]
 
 
-def threads_per_process(nproc: int, device_type: str) -> int:
+def threads_per_process(nproc: int) -> int:
     """CPU threads each process gets (the same in every run, see the module docstring)."""
-    # On CUDA the threads only feed the GPU; on a CPU they are the device.
-    del device_type
     return max(1, (os.cpu_count() or 1) // nproc)
 
 
@@ -112,7 +110,7 @@ def measure_scaling(cfg: Config, nproc: int, batch_size: int, steps: int, warmup
 
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise UserError(f"--nproc {nproc} needs {nproc} GPUs, {torch.cuda.device_count()} visible")
-    threads = threads_per_process(nproc, device_type)
+    threads = threads_per_process(nproc)
     runs = []
     for world in world_sizes(nproc):
         print(f"measuring {world} process(es) x {threads} thread(s), batch {batch_size} each ...",

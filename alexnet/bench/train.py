@@ -152,6 +152,7 @@ def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device
     """
     import torch
 
+    from alexnet.models import count_parameters
     from alexnet.runtime import autocast, tune_cpu_allocator
 
     device = torch.device(device_name)
@@ -167,7 +168,7 @@ def measure_config(cfg: Config, batch_size: int, steps: int, warmup: int, device
     x = torch.randn(batch_size, in_channels, side, side, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     flops = _forward_flops(model, x)
-    gradient_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    gradient_numel = count_parameters(model)
     if distributed:
         from alexnet.training.distributed import data_parallel
 

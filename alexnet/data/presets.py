@@ -50,6 +50,11 @@ class CropParams:
         return CropParams(self.tops[start:stop], self.lefts[start:stop], self.flips[start:stop], colour)
 
 
+# Test-time views and the patches each averages per image (section 4.1): the centre crop; it
+# and its mirror; the four corners, the centre and their mirrors.
+EVAL_VIEWS = {"centre": 1, "flip": 2, "ten-crop": 10}
+
+
 def draw_crop_params(aug: TrainAugment, image_side: int, count: int, gen: torch.Generator) -> CropParams:
     """Uniform crop offsets over every position of the padded image, and fair-coin flips."""
     span = image_side + 2 * aug.pad - aug.crop + 1

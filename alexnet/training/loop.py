@@ -16,6 +16,7 @@ from torch import nn
 
 from alexnet.data.dataset import Dataset
 from alexnet.data.presets import (
+    EVAL_VIEWS,
     CropParams,
     Normalizer,
     centre_crop,
@@ -30,10 +31,6 @@ from alexnet.data.seeding import generator
 from alexnet.errors import UserError
 from alexnet.runtime import autocast
 from alexnet.training.distributed import DistContext, all_reduce_sum_
-
-# Test-time views and the patches each averages per image (section 4.1): the centre crop; it
-# and its mirror; the four corners, the centre and their mirrors.
-EVAL_VIEWS = {"centre": 1, "flip": 2, "ten-crop": 10}
 
 
 @dataclass

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from alexnet.data.presets import PCA_MODES
+from alexnet.data.presets import EVAL_VIEWS, PCA_MODES
 from alexnet.errors import UserError
 
 SCHEDULES = ("plateau", "onecycle", "cosine", "constant")
 NORMALIZATIONS = ("mean-image", "channel")
-EVAL_VIEW_NAMES = ("centre", "flip", "ten-crop")  # alexnet.training.loop.EVAL_VIEWS
+EVAL_VIEW_NAMES = tuple(EVAL_VIEWS)
 
 
 @dataclass(frozen=True)
