@@ -204,3 +204,29 @@ def test_many_blocks_and_any_thread_count_give_identical_results(channels_last: 
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(y, y1) and torch.equal(g, g1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reused_workspaces_give_fresh_results(channels_last: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU workspaces are reused across calls: a NaN in an earlier call, a different geometry
+    in between and a partial last block must not change the next call's output or gradient."""
+    monkeypatch.setattr(lrn_mod, "CPU_BLOCK_ELEMENTS", 64)  # many blocks, some of them partial
+    m = LocalResponseNorm(5, ALPHA, BETA, K)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.detach().requires_grad_()
+        y = m(x)
+        (g,) = torch.autograd.grad(y, x, torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+        return y, g
+
+    x = _input((5, 12, 7, 3), channels_last, torch.float32)
+    lrn_mod._CACHE.__dict__.clear()
+    fresh = run(x)
+    poisoned = x.detach().clone()
+    poisoned[:, :, 0] = float("inf")
+    poisoned[:, :, 1] = float("nan")
+    run(poisoned)
+    run(_input((2, 7, 4, 9), channels_last, torch.float32))  # another geometry in between
+    assert len(lrn_mod._CACHE.workspaces) >= 2
+    again = run(x)
+    assert torch.equal(fresh[0], again[0]) and torch.equal(fresh[1], again[1])

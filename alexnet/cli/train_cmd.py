@@ -54,7 +54,7 @@ def add_recipe_overrides(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     for f in recipe_fields():
         if f.name not in skip:
             group.add_argument("--" + f.name.replace("_", "-"), dest=f"recipe_{f.name}", type=_field_type(f),
-                               default=None, help=RECIPE_HELP.get(f.name))  # fmt: skip
+                               metavar=f.name.upper(), default=None, help=RECIPE_HELP.get(f.name))  # fmt: skip
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default=None, choices=list(RECIPES), help="hyperparameter recipe (default: small; see README)")
     p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where its last checkpoint left off")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, augmentation, dropout (default 0)")
+    add_seed_option(p)
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS", help="also checkpoint every STEPS steps")
     add_runtime_options(p, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
@@ -81,10 +81,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_seed_option(p: argparse.ArgumentParser) -> None:
+    """``--seed`` (shared by ``train`` and ``demo``)."""
+    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, augmentation, dropout (default 0)")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """One ``--option`` per entry of :data:`MODEL_FLAGS`, read by :func:`model_overrides`."""
     group = p.add_argument_group("model options")
     for name, kwargs in MODEL_FLAGS.items():
+        if "choices" not in kwargs:
+            kwargs = {"metavar": name.upper(), **kwargs}
         group.add_argument("--" + name.replace("_", "-"), dest=f"model_{name}", default=None, **kwargs)
 
 

@@ -45,6 +45,8 @@ LRN; ``alexnet bench train`` shows the current numbers).
 * **Recompute instead of saving**: only the input is saved (it is the ReLU's output, which
   autograd keeps anyway); the backward pass recomputes the denominator block by block (seven
   in-cache passes) instead of keeping full-size float32 tensors alive and streaming them back.
+* **Reused workspaces** (CPU): each thread keeps the scratch buffers and block views of the
+  last few geometries, so a call neither allocates nor zeroes ~6 MiB (see ``_workspace``).
 * **float32 inside**: bf16/fp16 inputs are widened block by block (the denominator must stay
   float32: the ``alpha'`` term, ~0.01, is below bf16 resolution around k = 2) and the result is
   written back in the input's dtype.
@@ -58,6 +60,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal
 
@@ -70,6 +74,9 @@ Convention = Literal["code", "paper"]
 # On CUDA blocks only bound the scratch memory; big blocks keep the kernel count low.
 CPU_BLOCK_ELEMENTS = 1 << 18
 CUDA_BLOCK_ELEMENTS = 1 << 24
+# Workspaces (6 buffers of ~1 MiB each) kept per thread on CPU: a few layers x (training,
+# validation and last partial batch) geometries.
+CPU_CACHED_WORKSPACES = 8
 
 
 def channel_window_sum(t: torch.Tensor, before: int, after: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,8 +231,9 @@ class _Workspace:
     def __init__(self, layout: _Layout) -> None:
         self.layout = layout
         n = (layout.pad + layout.rows * (layout.channels + layout.pad)) * layout.piece
-        # Zeroed: A's padding must stay 0, and no buffer may hold NaN/inf garbage, because
-        # padding positions take part in the flat passes (their results are never read).
+        # Zeroed because A's padding must be 0 (nothing writes it later). The other buffers'
+        # padding positions take part in the flat passes, but those results are never read
+        # (see _workspace), so what they hold, stale values included, does not matter.
         self.bufs = [torch.zeros(n, dtype=layout.dtype, device=layout.device) for _ in range(6)]
         self.views: dict[tuple[int, int], _Block] = {}
         self.inner = layout.piece
@@ -241,6 +249,30 @@ class _Workspace:
         return self.views[(m, i)]
 
 
+_CACHE = threading.local()
+
+
+def _workspace(layout: _Layout) -> _Workspace:
+    """A workspace for ``layout``: on CPU the calling thread's cached one for the same block
+    geometry (LRU of :data:`CPU_CACHED_WORKSPACES`), elsewhere a new one.
+
+    Reuse skips allocating and zeroing six ~1 MiB buffers per call (small net, batch 128:
+    ~1.7 ms of memset per training step) and rebuilding the block views. It is safe because a
+    workspace's buffers only ever hold this geometry's data: A's padding stays zero, and every
+    value a block reads it has written itself in the same call (stale values sit only where
+    results are never read, or in the backward's padding, which is zeroed per block).
+    """
+    if layout.device.type != "cpu":
+        return _Workspace(layout)
+    cache: OrderedDict[tuple[object, ...], _Workspace] = _CACHE.__dict__.setdefault("workspaces", OrderedDict())
+    key = (layout.channels, layout.rows, layout.piece, layout.size, layout.dtype)
+    ws = cache.pop(key, None) or _Workspace(layout)
+    cache[key] = ws
+    while len(cache) > CPU_CACHED_WORKSPACES:
+        cache.popitem(last=False)
+    return ws
+
+
 def _for_each_block(layout: _Layout, work: Callable[[_Workspace, slice, slice], None]) -> None:
     """Call ``work(workspace, rows, cols)`` for every block, one after the other.
 
@@ -251,7 +283,7 @@ def _for_each_block(layout: _Layout, work: Callable[[_Workspace, slice, slice], 
     68-72 vs 77-80 img/s, presumably because OpenMP's threads, still spinning after the
     convolutions, compete with the pool's for the cores.
     """
-    ws = _Workspace(layout)
+    ws = _workspace(layout)
     for rows, cols in layout.blocks:
         work(ws, rows, cols)
 
