@@ -24,7 +24,7 @@ def _seeded() -> None:
 def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m alexnet ARGS`` in a fresh process; returns the completed process."""
     return subprocess.run(
-        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
 

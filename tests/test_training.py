@@ -92,7 +92,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference_run: Pat
     proc = start(run, "--precision", "fp32")
     wait_for(run / "checkpoints" / "step-00000004.pt", proc)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err and "--resume" in err and "Traceback" not in err
     resumed = run_cli("train", "--resume", str(run), "--no-progress")

@@ -17,14 +17,14 @@ DATA_HELP = (
 )
 # Model options settable from the command line (dropout and init come from the recipe).
 MODEL_FLAGS = {
-    "lrn": dict(type=parse_bool, help="local response normalisation after conv1/conv2 (default true)"),
-    "lrn_convention": dict(choices=("code", "paper"), help="LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"),
-    "lrn_k": dict(type=float, help="LRN additive constant (paper 2, Caffe 1)"),
-    "activation": dict(choices=("relu", "tanh"), help="nonlinearity (default relu)"),
-    "pooling": dict(choices=("overlapping", "non-overlapping"), help="max-pool 3/2 (default) or 2/2"),
-    "towers": dict(type=int, choices=(1, 2), help="2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"),
-    "widths": dict(type=int_list, metavar="C1,C2,C3,C4,C5", help="the five conv widths (even numbers; default the model's)"),
-    "fc_width": dict(type=positive_int, help="width of fc6/fc7 (default the model's: 4096 paper, 1024 small)"),
+    "lrn": {"type": parse_bool, "help": "local response normalisation after conv1/conv2 (default true)"},
+    "lrn_convention": {"choices": ("code", "paper"), "help": "LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"},
+    "lrn_k": {"type": float, "help": "LRN additive constant (paper 2, Caffe 1)"},
+    "activation": {"choices": ("relu", "tanh"), "help": "nonlinearity (default relu)"},
+    "pooling": {"choices": ("overlapping", "non-overlapping"), "help": "max-pool 3/2 (default) or 2/2"},
+    "towers": {"type": int, "choices": (1, 2), "help": "2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"},
+    "widths": {"type": int_list, "metavar": "C1,C2,C3,C4,C5", "help": "the five conv widths (even numbers; default the model's)"},
+    "fc_width": {"type": positive_int, "help": "width of fc6/fc7 (default the model's: 4096 paper, 1024 small)"},
 }  # fmt: skip
 
 

@@ -328,9 +328,13 @@ def _checkpoint_dict(
         "num_classes": info.num_classes,
         "classes": list(info.classes),
         "data": {
-            "name": info.name, "channels": info.channels, "image_size": info.image_size,
-            "crop": dataset.eval_crop, "synthetic": info.synthetic, **norm.to_dict(),
-        },  # fmt: skip
+            "name": info.name,
+            "channels": info.channels,
+            "image_size": info.image_size,
+            "crop": dataset.eval_crop,
+            "synthetic": info.synthetic,
+            **norm.to_dict(),
+        },
         "epoch": progress.epoch,
         "step": progress.global_step,
         "step_in_epoch": progress.step_in_epoch,
@@ -437,7 +441,7 @@ def _training_flops_per_image(model: nn.Module, dataset: Dataset, device: torch.
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
