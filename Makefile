@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Exactly the releases this project is tested with (pyproject.toml admits them with ranges).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv data bench clean
+.PHONY: demo test venv data bench lint clean
 
 demo: venv data
 	$(BIN)/alexnet demo
@@ -30,6 +30,11 @@ data:
 
 bench: venv
 	$(BIN)/alexnet bench train
+
+# Style check (not part of `make test`): ruff pinned, since its default rule set changes.
+lint: venv
+	$(BIN)/python -m pip install -q 'ruff==0.17.6'
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
