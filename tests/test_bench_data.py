@@ -20,14 +20,19 @@ def test_bench_data_json_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert row[key] > 0, key
     assert row["ratio"] == pytest.approx(row["ours_img_s"] / row["baseline_img_s"])
     assert row["images"] == 128 and row["batch_size"] == 128 and row["workers"] == 1
-    assert set(row["cpu_ms_per_img"]) == {"baseline", "ours", "loader", "decode_limit"}
+    cpu = row["cpu_ms_per_img"]
+    assert set(cpu) == {"baseline", "ours", "loader", "decode_limit", "float32_copy_floor"}
+    assert 0 < cpu["float32_copy_floor"] < cpu["loader"]
+    ceiling = row["decode_limit_img_s"] * cpu["decode_limit"] / (cpu["loader"] + cpu["float32_copy_floor"])
+    assert row["float_path_ceiling_img_s"] == pytest.approx(ceiling)
+    assert row["float_path_ceiling_fraction_of_limit"] == pytest.approx(ceiling / row["decode_limit_img_s"])
     assert row["decoders"]["max_pixel_difference_tv_vs_pil"] <= 1
     generated = next(tmp_path.glob("jpeg-*"))
     assert (generated / "complete").is_file() and len(list(generated.rglob("*.jpg"))) == 128
     stamp = (generated / "complete").stat().st_mtime_ns
     assert main(args[:-1]) == 0  # text output; the generated set is reused, not rebuilt
     text = capsys.readouterr().out
-    assert "baseline" in text and "decode limit" in text and "x baseline" in text
+    assert "baseline" in text and "decode limit" in text and "x baseline" in text and "ceiling" in text
     assert (generated / "complete").stat().st_mtime_ns == stamp
 
 

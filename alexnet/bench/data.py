@@ -22,6 +22,12 @@ Besides images/s (wall clock), each line gives CPU-milliseconds per image (all t
 worker processes), which a machine shared with other jobs disturbs far less. A one-thread
 comparison of the CPU decoders on the prepared JPEGs (torchvision / PIL / PIL with ``draft``)
 is printed too; it is how the decoder was chosen.
+
+Last, the **ceiling of any CPU path to float tensors**: decoding alone costs D CPU-ms per image;
+a path to float tensors costs at least the loader's L plus the cheapest possible conversion F
+(one plain uint8 -> float32 copy of the crop, one thread). Using the cores as well as the
+decode-only loop does, it reaches at most D / (L + F) of the decode limit; mean subtraction,
+mirroring and colour noise only add to F. So this says how close "ours" can get on this machine.
 """
 
 from __future__ import annotations
@@ -165,6 +171,28 @@ def run_decode_limit(blobs: list[torch.Tensor], workers: int, seconds: float) ->
     return measure(lambda _e: ordered_parallel_map(decode, chunks, workers), seconds)
 
 
+def float_copy_floor(raw: list[bytes], ds: Any, repeat: int = 5) -> float:
+    """CPU-ms per image of the cheapest possible step from a decoded uint8 image to float32:
+    one plain converting copy of its training-crop window (no mean, no flip, no noise), one
+    thread, on a real decoded batch, best of ``repeat``. Every CPU path to float tensors pays
+    at least this on top of the loader, so it bounds what such a path can reach."""
+    from alexnet.data.prepared import decode_images
+    from alexnet.data.presets import single_threaded_ops
+
+    # The loader's own decode: an N,H,W,C uint8 batch, as the augmentation step receives it.
+    images = decode_images([bytearray(b) for b in raw[:BATCH]], ds.encoding, ds.size).permute(0, 2, 3, 1)
+    size = ds.train_augment.crop
+    out = torch.empty((len(images), size, size, images.shape[-1]), dtype=torch.float32)
+    best = float("inf")
+    with single_threaded_ops():
+        for _ in range(repeat):
+            start = time.thread_time()
+            for i in range(len(images)):
+                out[i].copy_(images[i, :size, :size])
+            best = min(best, time.thread_time() - start)
+    return best / len(images) * 1e3
+
+
 def compare_decoders(raw: list[bytes]) -> dict[str, Any]:
     """Images/s of each CPU decoder in one thread, and whether they decode to the same pixels."""
     from PIL import Image
@@ -243,8 +271,13 @@ def run(args: argparse.Namespace) -> int:
         keep("loader", run_ours(prepared, workers, args.seconds, augment=False, epoch0=1000 * r))
         keep("decode_limit", run_decode_limit(blobs, workers, args.seconds))
     decoders = compare_decoders(raw[: min(n, 256)])
+    floor_ms = float_copy_floor(raw, ds)
     (base, base_cpu), (ours, ours_cpu) = best["baseline"], best["ours"]
     (loader, loader_cpu), (limit, limit_cpu) = best["loader"], best["decode_limit"]
+    # What a CPU path to float tensors could reach at best: the decode limit scaled by the CPU
+    # time per image, decode alone vs the loader plus the bare float32 copy (as if that path
+    # used the cores as well as the decode-only loop does).
+    float_ceiling = limit * limit_cpu / (loader_cpu + floor_ms)
     row = {
         "benchmark": "data",
         "baseline_img_s": base,
@@ -254,7 +287,10 @@ def run(args: argparse.Namespace) -> int:
         "ours_fraction_of_limit": ours / limit,
         "loader_img_s": loader,
         "loader_fraction_of_limit": loader / limit,
-        "cpu_ms_per_img": {"baseline": base_cpu, "ours": ours_cpu, "loader": loader_cpu, "decode_limit": limit_cpu},
+        "cpu_ms_per_img": {"baseline": base_cpu, "ours": ours_cpu, "loader": loader_cpu, "decode_limit": limit_cpu,
+                           "float32_copy_floor": floor_ms},
+        "float_path_ceiling_img_s": float_ceiling,
+        "float_path_ceiling_fraction_of_limit": float_ceiling / limit,
         "decoders": decoders,
         "workers": workers,
         "batch_size": BATCH,
@@ -284,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  loader stage (uint8 batches for a GPU):      {loader:8.0f} img/s  {cpu['loader']:6.2f} CPU-ms/img  "
           f"{loader / base:.1f}x baseline, {row['loader_fraction_of_limit']:.0%} of the decode limit")  # fmt: skip
     print(f"decode limit  decode_jpeg alone, in memory:   {limit:8.0f} img/s  {cpu['decode_limit']:6.2f} CPU-ms/img")
+    print(f"  ceiling of any CPU path to float32: decode {cpu['decode_limit']:.2f} / (loader {cpu['loader']:.2f} "
+          f"+ bare uint8->float32 copy {floor_ms:.3f}) CPU-ms/img = "
+          f"{row['float_path_ceiling_fraction_of_limit']:.0%} of the decode limit ({float_ceiling:.0f} img/s)")  # fmt: skip
     rates = ", ".join(f"{k} {v:.0f}" for k, v in decoders["images_per_cpu_s"].items())
     print(f"decoders on the prepared 256x256 JPEGs, images per CPU-second (1 thread): {rates}; "
           f"max pixel difference torchvision vs PIL: {decoders['max_pixel_difference_tv_vs_pil']}")  # fmt: skip
