@@ -145,3 +145,19 @@ def test_demo_runs_end_to_end_with_recipe_overrides(tmp_path: Path) -> None:
     # The flip views were what validation used: eval --flip on the saved weights agrees.
     result = json.loads(run_cli("eval", str(out), "--flip", "--json").stdout)
     assert result["crops"] == 2 and result["top1_err"] == pytest.approx(history[-1]["val_top1_err"], abs=1e-9)
+
+
+def test_demo_long_setting_and_flags_beside_it(tmp_path: Path) -> None:
+    from alexnet.cli.demo_cmd import LONG_MODEL, LONG_RECIPE
+
+    out = tmp_path / "long"
+    proc = run_cli("demo", "--long", "--data", SYN, "--epochs", "1", "--dropout", "0.1", "--seed", "3", "--batch-size", "16",
+                   "--no-progress", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())["config"]
+    recipe = config["recipe"]
+    assert recipe["epochs"] == 1 and recipe["dropout"] == 0.1 and config["seed"] == 3  # given flags win
+    assert (recipe["crop_pad"], recipe["eval_views"]) == (LONG_RECIPE["crop_pad"], LONG_RECIPE["eval_views"])
+    weights = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert [weights[f"features.conv{i}.weight"].shape[0] for i in range(1, 6)] == LONG_MODEL["widths"]
+    assert weights["classifier.fc6.weight"].shape[0] == LONG_MODEL["fc_width"]

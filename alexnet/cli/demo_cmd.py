@@ -32,16 +32,32 @@ from alexnet.training.trainer import TrainConfig
 CLASSICAL_BEST = ("SVC (RBF kernel, C=10), Fashion-MNIST benchmark", 0.897)
 
 
+# `alexnet demo --long`: the longer setting of the README's results log (>= 93.5% measured).
+# Wider convolutions and fc layers (capacity is what limits the shipped widths at ~92.9%), the
+# paper's regularisers at CPU scale (2 px translations for the 227-of-256 crops, dropout 0.25
+# instead of 0.5, which costs too much progress in 40 epochs), and the section 4.1 test
+# protocol reduced to 28 px images (each test image averaged with its mirror).
+LONG_RECIPE = {"epochs": 40, "crop_pad": 2, "dropout": 0.25, "eval_views": "flip"}
+LONG_MODEL = {"widths": [48, 128, 192, 192, 128], "fc_width": 2048}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train alexnet-small on Fashion-MNIST and print results", description=__doc__)
     p.add_argument("--out", help="run folder (default runs/demo-<time>)")
-    p.add_argument("--epochs", type=positive_int, default=SMALL.epochs, help=f"epochs (default {SMALL.epochs}; measured: 4 -> 91.4%%, 15 -> 92.9%%)")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default {SMALL.epochs}; measured: 4 -> 91.4%%, 15 -> 92.9%%)")
+    p.add_argument("--long", action="store_true",
+                   help="the longer setting (~40 min on 2 cores; flags given beside it still win): "
+                        + " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in {**LONG_RECIPE, **LONG_MODEL}.items()))  # fmt: skip
     p.add_argument("--data", help="data source (default fashion-mnist, else synthetic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_seed_option(p)
     add_recipe_overrides(p, skip=("epochs",))
     add_model_options(p)
     p.set_defaults(func=run)
+
+
+def _flag_value(v: object) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def _default_data() -> str:
@@ -58,8 +74,10 @@ def _default_data() -> str:
 def run(args: argparse.Namespace) -> int:
     data = args.data or _default_data()
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    recipe = SMALL.with_overrides(**recipe_overrides(args), epochs=args.epochs)
-    cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_overrides(args))
+    long_recipe, long_model = (LONG_RECIPE, LONG_MODEL) if args.long else ({}, {})
+    recipe = SMALL.with_overrides(**{**long_recipe, **recipe_overrides(args), "epochs": args.epochs or long_recipe.get("epochs")})
+    model_options = {**long_model, **model_overrides(args)}
+    cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options)
     code = run_training(cfg, resume=False)
     if code:
         return code
