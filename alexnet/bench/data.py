@@ -42,13 +42,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from alexnet.cli.common import positive_int
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:
+    from alexnet.data.prepared import PreparedDataset
 
 BATCH = 128
 
@@ -171,7 +174,7 @@ def run_decode_limit(blobs: list[torch.Tensor], workers: int, seconds: float) ->
     return measure(lambda _e: ordered_parallel_map(decode, chunks, workers), seconds)
 
 
-def float_copy_floor(raw: list[bytes], ds: Any, repeat: int = 5) -> float:
+def float_copy_floor(raw: list[bytes], ds: PreparedDataset, repeat: int = 5) -> float:
     """CPU-ms per image of the cheapest possible step from a decoded uint8 image to float32:
     one plain converting copy of its training-crop window (no mean, no flip, no noise), one
     thread, on a real decoded batch, best of ``repeat``. Every CPU path to float tensors pays
