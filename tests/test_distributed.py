@@ -101,3 +101,25 @@ def test_sigterm_on_one_rank_checkpoints_and_stops_the_job_then_resumes(tmp_path
     resumed = run(torchrun("--nproc-per-node", "2", "--master-port", str(free_port())) + ["--resume", str(out), "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load(out)["step"] == 32
+
+
+def test_a_process_that_joined_a_group_exits_with_its_code_and_flushed_output() -> None:
+    # A real 2-process gloo job with DDP (the set-up whose teardown could abort, see
+    # distributed.exit_code): each rank prints without a newline (still buffered when it
+    # leaves) and exits through exit_code with status 0; torchrun must see both ranks succeed.
+    script = (
+        "import sys, torch; from alexnet.training import distributed as d\n"
+        "ctx, dev = d.init_from_env(torch.device('cpu'))\n"
+        "m = d.data_parallel(torch.nn.Linear(4, 2), dev); m(torch.ones(3, 4)).sum().backward()\n"
+        "print(d.gather_objects(ctx.rank, ctx), end=''); d.shutdown(ctx); d.exit_code(0)\n"
+        "print('unreachable')\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "--no-python", sys.executable, "-c", script]  # fmt: skip
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("[0, 1]") == 2 and "unreachable" not in proc.stdout
+    # Outside a process group the code is just returned (the CLI's tests run in-process).
+    from alexnet.training import distributed
+
+    assert distributed.exit_code(3) == 3

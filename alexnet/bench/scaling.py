@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def _worker_main(argv: list[str]) -> int:
     """One rank of one world size (started by torchrun); rank 0 prints every rank's JSON."""
     import torch
 
-    from alexnet.training.distributed import gather_objects, init_from_env, shutdown
+    from alexnet.training.distributed import exit_code, gather_objects, init_from_env, shutdown
 
     spec = json.loads(argv[argv.index("--worker") + 1])
     torch.set_num_threads(spec["threads"])
@@ -87,7 +88,7 @@ def _worker_main(argv: list[str]) -> int:
     if ctx.is_main:
         print(json.dumps(results))
     shutdown(ctx)
-    return 0
+    return exit_code(0)
 
 
 def _run_world(world: int, spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,9 +99,20 @@ def _run_world(world: int, spec: dict[str, Any]) -> list[dict[str, Any]]:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
-        raise RuntimeError(f"scaling benchmark with {world} process(es) failed:\n{tail}")
+        raise RuntimeError(f"scaling benchmark with {world} process(es) failed:\n{_failure_report(proc.stderr)}")
     return json.loads(lines[-1])
+
+
+def _failure_report(stderr: str, keep: int = 20) -> str:
+    """What the ranks printed themselves (their error) and torchrun's root-cause summary.
+
+    torchrun's own log lines (``W1125 11:45:27.637 ...``) and its traceback come after the
+    workers' output; the summary at the very end names the rank and signal.
+    """
+    out = stderr.strip().splitlines()
+    first_log = next((i for i, line in enumerate(out) if re.match(r"[WEI]\d{4} ", line)), len(out))
+    workers = out[:first_log][-keep:]
+    return "\n".join([*workers, "...", *out[first_log:][-keep:]] if workers else out[-keep:])
 
 
 def measure_scaling(cfg: Config, nproc: int, batch_size: int, steps: int, warmup: int,

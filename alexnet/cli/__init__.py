@@ -50,6 +50,14 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alexnet`` console script and ``python -m alexnet``."""
+    code = _dispatch(argv)
+    # A process started by torchrun that joined a process group exits right here (see
+    # distributed.exit_code); the module is only loaded once a command has needed it.
+    distributed = sys.modules.get("alexnet.training.distributed")
+    return distributed.exit_code(code) if distributed is not None else code
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

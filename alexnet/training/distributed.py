@@ -8,6 +8,7 @@ default process group: NCCL when training on CUDA, gloo on CPU. One process per 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,9 @@ import torch
 import torch.distributed as dist
 
 from alexnet.errors import UserError
+
+
+_joined_a_group = False  # set once this process has joined a process group (see exit_code)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ def init_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    global _joined_a_group
+    _joined_a_group = True
     return DistContext(rank, world, local_rank, backend), device
 
 
@@ -72,6 +78,32 @@ def shutdown(ctx: DistContext) -> None:
     """Leave the process group (if any)."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_code(code: int) -> int:
+    """Return ``code`` as the exit status; a process that joined a group ends here, at once.
+
+    Why the shortcut: ``DistributedDataParallel`` keeps the process group referenced from C++, so
+    ``destroy_process_group()`` cannot stop gloo's worker threads (torch 2.14: they outlive it).
+    A worker thread that drops the tensors of a finished collective while the interpreter is
+    shutting down needs the GIL, gets none, and aborts the process ("terminate called without an
+    active exception", SIGABRT): torchrun then fails a job whose work was all done (8 of 25 runs of
+    ``alexnet bench train --nproc 2`` on a 2-core machine; it failed CI once). Everything has been written
+    and closed when the command returns, so such a process flushes its streams and leaves with
+    ``os._exit``, skipping the teardown that races with those threads. Any other process (a
+    plain run, the tests calling the CLI in-process) just gets ``code`` back.
+    """
+    if not _joined_a_group:
+        return code
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written anyway
+            pass
+    os._exit(code)
 
 
 def all_reduce_sum_(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
