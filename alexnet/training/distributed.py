@@ -18,7 +18,6 @@ import torch.distributed as dist
 
 from alexnet.errors import UserError
 
-
 _joined_a_group = False  # set once this process has joined a process group (see exit_code)
 
 
