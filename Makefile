@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 # Exactly the releases this project is tested with (pyproject.toml admits them with ranges).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv data bench lint clean
+.PHONY: demo test venv data browser bench lint clean
 
 demo: venv data
 	$(BIN)/alexnet demo
 
-test: venv data
+test: venv data browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml
 # Fashion-MNIST from Debian when we can (root + apt); otherwise a hint, and the demo falls
 # back to the synthetic set (clearly labelled).
 data:
-	@sh scripts/get-fashion-mnist.sh
+	@sh scripts/get-debian-packages.sh data
+
+# Debian's Chromium for the browser tests (report page, serving page); never a browser download.
+browser:
+	@sh scripts/get-debian-packages.sh browser
 
 bench: venv
 	$(BIN)/alexnet bench train
