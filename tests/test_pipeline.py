@@ -28,7 +28,8 @@ from alexnet.data.presets import (
 )
 from alexnet.data.seeding import generator
 from alexnet.errors import UserError
-from alexnet.training.loop import InputPipeline, evaluate
+from alexnet.data.pipeline import InputPipeline
+from alexnet.evaluation import evaluate
 from tests.conftest import run_cli
 
 CPU = torch.device("cpu")

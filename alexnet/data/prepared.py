@@ -41,7 +41,7 @@ stacking to contiguous ``N,C,H,W`` cost 40% of the decode time. The loader stage
 
 **On a GPU.** Batches are assembled in pinned memory when CUDA is available, so the copy to
 the device is asynchronous; crops, flips, normalisation and colour noise then run on the GPU
-(:class:`~alexnet.training.loop.InputPipeline`). With ``decode_device="cuda"`` the threads only
+(:class:`~alexnet.data.pipeline.InputPipeline`). With ``decode_device="cuda"`` the threads only
 read bytes and ``torchvision.io.decode_jpeg(list_of_tensors, device="cuda")`` decodes each
 batch with nvJPEG in the consuming thread (on its current stream).
 """

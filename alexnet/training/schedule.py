@@ -21,12 +21,19 @@ def scheduler_steps_per_batch(recipe: Recipe) -> bool:
     return recipe.schedule != "plateau"
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
-    """The scheduler of ``recipe``; per-batch ones count steps, ``plateau`` counts epochs."""
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, lr: float | None = None):
+    """The scheduler of ``recipe``; per-batch ones count steps, ``plateau`` counts epochs.
+
+    ``lr``: the starting learning rate actually used (default ``recipe.lr``; larger with
+    ``scale_lr`` over several processes).
+    """
     if recipe.schedule == "plateau":
-        # min_lr caps the number of drops: lr * factor ** max_drops is the floor (with a margin
-        # below it so float rounding cannot allow or prevent the last drop).
-        floor = recipe.lr * recipe.lr_drop_factor**recipe.max_lr_drops * 0.5
+        # min_lr caps the number of drops: start * factor ** max_drops is the floor (with a margin
+        # below it so float rounding cannot allow or prevent the last drop). The start is the lr
+        # the optimizer runs with: a floor computed from the unscaled recipe.lr would sit
+        # world_size times too low under scale_lr and allow extra drops.
+        start = recipe.lr if lr is None else lr
+        floor = start * recipe.lr_drop_factor**recipe.max_lr_drops * 0.5
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=recipe.lr_drop_factor, patience=recipe.plateau_patience, min_lr=floor
         )
