@@ -25,13 +25,28 @@ DATA_HELP = (
     "fashion-mnist[:DIR] | mnist:DIR | synthetic[:classes=10,size=32,train=2048,val=512] | "
     "a folder written by `alexnet prepare`"
 )
+
+
+def model_option_choices(option: str) -> tuple[typing.Any, ...] | None:
+    """The values a model option's type allows (its ``Literal[...]`` annotation in the model
+    class), so the CLI offers exactly what the models accept; None for open types."""
+    from alexnet import models
+
+    for entry in models.MODELS.values():
+        target = getattr(entry.build, "func", entry.build)  # registry entries may be partials
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        if option in hints and typing.get_origin(hints[option]) is typing.Literal:
+            return typing.get_args(hints[option])
+    return None
+
+
 # Model options settable from the command line (dropout and init come from the recipe).
 MODEL_FLAGS = {
     "lrn": {"type": parse_bool, "help": "local response normalisation after conv1/conv2 (default true)"},
-    "lrn_convention": {"choices": ("code", "paper"), "help": "LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"},
+    "lrn_convention": {"choices": model_option_choices("lrn_convention"), "help": "LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"},
     "lrn_k": {"type": float, "help": "LRN additive constant (paper 2, Caffe 1)"},
-    "activation": {"choices": ("relu", "tanh"), "help": "nonlinearity (default relu)"},
-    "pooling": {"choices": ("overlapping", "non-overlapping"), "help": "max-pool 3/2 (default) or 2/2"},
+    "activation": {"choices": model_option_choices("activation"), "help": "nonlinearity (default relu)"},
+    "pooling": {"choices": model_option_choices("pooling"), "help": "max-pool 3/2 (default) or 2/2"},
     "towers": {"type": int, "choices": (1, 2), "help": "2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"},
     "widths": {"type": int_list, "metavar": "C1,C2,C3,C4,C5", "help": "the five conv widths (even numbers; default the model's)"},
     "fc_width": {"type": positive_int, "help": "width of fc6/fc7 (default the model's: 4096 paper, 1024 small)"},

@@ -250,7 +250,11 @@ def _start_or_resume(run: _Run, resume_from: Path | None) -> Progress:
     """A fresh start (refusing to overwrite a run), or the state restored from ``resume_from``."""
     out = Path(run.cfg.out)
     if resume_from is not None:
-        return _restore(resume_from, run)
+        progress = _restore(resume_from, run)
+        last = run.ckpt_dir / LAST
+        if run.ctx.is_main and (not last.exists() or not resume_from.samefile(last)):
+            _link(resume_from, last)  # the run now stands there (a damaged or newer last.pt is replaced)
+        return progress
     if any_rank([(run.ckpt_dir / LAST).exists()], run.ctx, run.device)[0]:
         raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
     torch.manual_seed(derive_seed("dropout", run.cfg.seed, run.ctx.rank))  # each rank its own dropout stream
