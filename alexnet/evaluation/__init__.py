@@ -73,17 +73,17 @@ def _display_classes(classes: list[str], num_classes: int) -> tuple[str, ...]:
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """Load an alexnet checkpoint or a torchvision AlexNet state_dict for inference."""
-    path = checkpoint_path(path)
+    given, path = Path(path), checkpoint_path(path)  # a run folder stays the model's name
     raw = read_raw(path)
     if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
-        return _load_torchvision_state_dict(raw, path, device)
+        return _load_torchvision_state_dict(raw, given, device)
     ckpt = Checkpoint.from_dict(raw, str(path))
     model = ckpt.build_model().to(device).eval()
     data_source = ckpt.config.get("data")
     return LoadedModel(
         model=model, name=ckpt.model_name, classes=_display_classes(list(ckpt.classes), ckpt.num_classes),
         channels=ckpt.data.channels, image_size=ckpt.data.image_size, crop=ckpt.data.crop,
-        norm=ckpt.data.norm, source=str(path), data_source=data_source if isinstance(data_source, str) else None,
+        norm=ckpt.data.norm, source=str(given), data_source=data_source if isinstance(data_source, str) else None,
     )  # fmt: skip
 
 
