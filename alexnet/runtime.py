@@ -12,8 +12,8 @@ import ctypes.util
 import os
 import platform
 import sys
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 

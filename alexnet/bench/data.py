@@ -139,8 +139,8 @@ def run_baseline(train_dir: Path, workers: int, seconds: float) -> tuple[float, 
 
 def run_ours(prepared: Path, workers: int, seconds: float, augment: bool, epoch0: int) -> tuple[float, float]:
     from alexnet.data.dataset import BatchPlan
-    from alexnet.data.prepared import PreparedDataset
     from alexnet.data.pipeline import InputPipeline
+    from alexnet.data.prepared import PreparedDataset
     from alexnet.training.recipes import PAPER
 
     ds = PreparedDataset(prepared, workers=workers)

@@ -21,7 +21,6 @@ from alexnet.data.prepared import PreparedDataset
 from alexnet.errors import UserError
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="inspect a prepared dataset (index, show)", description=__doc__)
     cmds = p.add_subparsers(title="subcommands", metavar="SUBCOMMAND", parser_class=type(p))

@@ -103,8 +103,8 @@ def crop_normalize_nhwc(
     is cropped at ``(tops[i], lefts[i])``, mirrored where ``flips[i]``, then either the same window
     of ``mean_image`` (``C,H,W``, 0-255 units) is subtracted or ``(x - mean) / std`` per channel,
     and ``shift`` (``N,C``, already in output units) is added. Each step is one pass over rows of
-    ``size*C`` contiguous values while the image is in cache: 0.1-0.13 CPU-ms per 227x227 image
-    against 1.1-2.4 for the batched gather (2-core AMD EPYC). Runs with intra-op parallelism off
+    ``size*C`` contiguous values while the image is in cache, about ten times cheaper on a CPU
+    than the batched gather (figures: ``docs/pipeline.md``). Runs with intra-op parallelism off
     in the calling thread (see :func:`single_threaded_ops`). Returns float32 ``N,C,size,size``
     in channels_last layout.
     """

@@ -23,13 +23,12 @@ from torch import nn
 from alexnet import models
 from alexnet.data import BatchPlan, Dataset, open_dataset
 from alexnet.data.dataset import SPLITS
+from alexnet.data.pipeline import InputNorm, InputPipeline
 from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
-from alexnet.io import atomic_write_text
-from alexnet.runtime import autocast, resolve_device, resolve_precision, tune_cpu_allocator
-from alexnet.data.pipeline import InputNorm, InputPipeline
 from alexnet.evaluation.metrics import Meter, evaluate
-from alexnet.runtime import default_workers
+from alexnet.io import atomic_write_text
+from alexnet.runtime import autocast, default_workers, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 
 __all__ = ["LoadedModel", "Meter", "evaluate", "evaluate_checkpoints", "load_image", "load_model", "predict",

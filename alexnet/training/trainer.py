@@ -37,7 +37,7 @@ from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
-from alexnet.runtime import fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import (
     BEST,
     LAST,
@@ -581,7 +581,7 @@ def _write_config(
             "versions": {"alexnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
                          "python": platform.python_version()},
             "git_commit": _git_commit(),
-            "host": {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads()},
+            "host": {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads()},
         },
     )  # fmt: skip
 

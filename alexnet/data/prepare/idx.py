@@ -14,6 +14,7 @@ from alexnet.data.idx import IDX_FILES, find_idx_file, read_idx
 from alexnet.data.prepare.items import ArrayRef, Item, SourcePlan, SplitPlan, finish_split
 from alexnet.errors import UserError
 
+
 def detect(root: Path) -> bool:
     return root.is_dir() and any((root / (IDX_FILES[s][0] + gz)).is_file() for s in IDX_FILES for gz in ("", ".gz"))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
 from typing import BinaryIO
 
 from alexnet.data.prepare.items import member_name
