@@ -178,11 +178,11 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
     try:
         with _stop_on_signals() as stop:
             for epoch in range(progress.epoch, recipe.epochs):
-                seen = _train_epoch(run, progress, epoch, stop)
+                train_meter = _train_epoch(run, progress, epoch, stop)
                 val = _validate(run)
                 if not scheduler_steps_per_batch(recipe):
                     run.scheduler.step(val["top1_err"])
-                record = _epoch_record(run, progress, epoch, seen, val)
+                record = _epoch_record(run, progress, epoch, train_meter, val)
                 progress.history.append(record)
                 improved = val["top1_err"] < progress.best_val_top1_err
                 progress.best_val_top1_err = min(progress.best_val_top1_err, val["top1_err"])
