@@ -1,4 +1,8 @@
-"""Atomic file writes: a file being written never replaces a good one half-done."""
+"""Atomic file writes: a file being written never replaces a good one half-done.
+
+The one implementation for the whole package (checkpoints, metrics, ``prepare``'s shards,
+indexes and manifest, contact sheets).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A reader (or a resumed job) sees either the old file or the complete new one, never a
-    partial write, even if the process is killed with SIGKILL in the middle.
+    partial write, even if the process is killed with SIGKILL in the middle; the folder is
+    fsynced after the rename, so the new name survives a power cut too. The temporary file is
+    ``.<name>.tmp.<random>`` (``prepare`` removes such leftovers of a killed run).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

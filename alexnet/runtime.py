@@ -1,12 +1,19 @@
-"""Device, precision and process-level settings shared by training, evaluation and benchmarks."""
+"""Device, precision and process-level settings shared by training, evaluation and benchmarks.
+
+Also the one place that asks the machine about itself: how many cores this process may use
+(:func:`available_cores`, :func:`default_workers`) and what the CPU is called (:func:`cpu_name`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import os
+import platform
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -14,6 +21,10 @@ from alexnet.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# Loader threads beyond this rarely help: one training step consumes the batches of a few
+# decoding threads (docs/pipeline.md), and each thread holds a batch in memory.
+MAX_DEFAULT_WORKERS = 8
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -96,3 +107,29 @@ def fast_sgd_options(device: torch.device) -> dict[str, bool]:
         return {"fused": True}
     except (RuntimeError, ValueError, TypeError):
         return {"foreach": True}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under ``taskset``/cgroups)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(limit: int | None = MAX_DEFAULT_WORKERS) -> int:
+    """The default number of decoding threads: one per available core, at most ``limit``
+    (``None``: no limit, for ``prepare``, whose work grows with the cores)."""
+    cores = available_cores()
+    return cores if limit is None else min(cores, limit)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from alexnet.data.dataset import BatchPlan, DatasetInfo, TensorDataset
+from alexnet.data.pipeline import InputPipeline
 from alexnet.data.prepare import Settings, prepare
 from alexnet.data.prepared import PreparedDataset, ordered_parallel_map
 from alexnet.data.presets import (
@@ -28,7 +29,7 @@ from alexnet.data.presets import (
 )
 from alexnet.data.seeding import generator
 from alexnet.errors import UserError
-from alexnet.training.loop import InputPipeline, evaluate
+from alexnet.evaluation import evaluate
 from tests.conftest import run_cli
 
 CPU = torch.device("cpu")

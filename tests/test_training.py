@@ -67,7 +67,9 @@ def test_run_folder_contents(reference_run: Path) -> None:
     for key in ("model", "model_name", "num_classes", "classes", "epoch", "step", "optimizer", "scheduler", "rng", "config"):
         assert key in ckpt, key
     assert (reference_run / "checkpoints" / "best.pt").exists()
-    assert (reference_run / "checkpoints" / "step-00000004.pt").exists()
+    # Step checkpoints every 4 of 24 steps: the newest two are kept (--keep-checkpoints 2).
+    steps = sorted(p.name for p in (reference_run / "checkpoints").glob("step-*.pt"))
+    assert steps == ["step-00000020.pt", "step-00000024.pt"]
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run: Path, tmp_path: Path) -> None:

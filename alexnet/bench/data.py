@@ -10,7 +10,7 @@ into a cache folder, then reused; ``alexnet bench prepare``'s generator), prepar
    ``ToTensor()``, ``Normalize(...)``, in a ``DataLoader`` with ``--workers`` processes
    (shuffled, otherwise default settings);
 2. **ours**: :class:`~alexnet.data.prepared.PreparedDataset` over the shards with ``--workers``
-   decoding threads, and :class:`~alexnet.training.loop.InputPipeline` with the paper's
+   decoding threads, and :class:`~alexnet.data.pipeline.InputPipeline` with the paper's
    recipe (random 227 crop, flip, mean-image subtraction, PCA colour noise): float32
    channels_last batches, ready for a CPU model;
    **ours, loader stage**: the same without the augmentation, i.e. the uint8 batches that go to
@@ -139,8 +139,8 @@ def run_baseline(train_dir: Path, workers: int, seconds: float) -> tuple[float, 
 
 def run_ours(prepared: Path, workers: int, seconds: float, augment: bool, epoch0: int) -> tuple[float, float]:
     from alexnet.data.dataset import BatchPlan
+    from alexnet.data.pipeline import InputPipeline
     from alexnet.data.prepared import PreparedDataset
-    from alexnet.training.loop import InputPipeline
     from alexnet.training.recipes import PAPER
 
     ds = PreparedDataset(prepared, workers=workers)

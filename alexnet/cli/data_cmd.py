@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.cli.common import positive_int
+from alexnet.data.dataset import SPLITS
 from alexnet.data.prepared import PreparedDataset
 from alexnet.errors import UserError
-
-SPLITS = ("train", "val")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,7 +105,7 @@ def write_grid(ds: PreparedDataset, split: str, path: str, count: int = 64) -> i
     their class names; returns the number of images."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from alexnet.data.prepare.shards import atomic_write
+    from alexnet.io import atomic_write
 
     if not str(path).lower().endswith(".png"):
         raise UserError(f"--grid needs a .png file name, got {path}")

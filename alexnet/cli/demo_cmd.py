@@ -24,6 +24,7 @@ from alexnet.cli.train_cmd import (
     run_training,
 )
 from alexnet.data.fashion_mnist import DEFAULT_DIR
+from alexnet.data.idx import IDX_FILES
 from alexnet.training.recipes import SMALL
 from alexnet.training.trainer import TrainConfig
 
@@ -61,7 +62,8 @@ def _flag_value(v: object) -> str:
 
 
 def _default_data() -> str:
-    if any((DEFAULT_DIR / f).exists() for f in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")):
+    train_images = IDX_FILES["train"][0]
+    if any((DEFAULT_DIR / (train_images + gz)).exists() for gz in (".gz", "")):
         return "fashion-mnist"
     print(
         f"Fashion-MNIST not found in {DEFAULT_DIR}: install it with 'sudo apt-get install dataset-fashion-mnist'.\n"

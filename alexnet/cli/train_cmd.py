@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
 import typing
+from pathlib import Path
 
 from alexnet.cli.common import add_runtime_options, int_list, parse_bool, positive_int
+from alexnet.errors import UserError
+from alexnet.runtime import default_workers
 from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
-from alexnet.training.trainer import NonFiniteLoss, TrainConfig, TrainingInterrupted, load_run_config, train
+from alexnet.training.trainer import (
+    DEFAULT_KEEP_CHECKPOINTS,
+    NonFiniteLoss,
+    TrainConfig,
+    TrainingInterrupted,
+    find_resume_point,
+    train,
+)
 
 DATA_HELP = (
     "fashion-mnist[:DIR] | mnist:DIR | synthetic[:classes=10,size=32,train=2048,val=512] | "
     "a folder written by `alexnet prepare`"
 )
+
+
+def model_option_choices(option: str) -> tuple[typing.Any, ...] | None:
+    """The values a model option's type allows (its ``Literal[...]`` annotation in the model
+    class), so the CLI offers exactly what the models accept; None for open types."""
+    from alexnet import models
+
+    for entry in models.MODELS.values():
+        target = getattr(entry.build, "func", entry.build)  # registry entries may be partials
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        if option in hints and typing.get_origin(hints[option]) is typing.Literal:
+            return typing.get_args(hints[option])
+    return None
+
+
 # Model options settable from the command line (dropout and init come from the recipe).
 MODEL_FLAGS = {
     "lrn": {"type": parse_bool, "help": "local response normalisation after conv1/conv2 (default true)"},
-    "lrn_convention": {"choices": ("code", "paper"), "help": "LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"},
+    "lrn_convention": {"choices": model_option_choices("lrn_convention"), "help": "LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"},
     "lrn_k": {"type": float, "help": "LRN additive constant (paper 2, Caffe 1)"},
-    "activation": {"choices": ("relu", "tanh"), "help": "nonlinearity (default relu)"},
-    "pooling": {"choices": ("overlapping", "non-overlapping"), "help": "max-pool 3/2 (default) or 2/2"},
+    "activation": {"choices": model_option_choices("activation"), "help": "nonlinearity (default relu)"},
+    "pooling": {"choices": model_option_choices("pooling"), "help": "max-pool 3/2 (default) or 2/2"},
     "towers": {"type": int, "choices": (1, 2), "help": "2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"},
     "widths": {"type": int_list, "metavar": "C1,C2,C3,C4,C5", "help": "the five conv widths (even numbers; default the model's)"},
     "fc_width": {"type": positive_int, "help": "width of fc6/fc7 (default the model's: 4096 paper, 1024 small)"},
@@ -41,6 +66,17 @@ RECIPE_HELP = {
     "scale_lr": "true: lr x number of processes (linear scaling rule)",
     "eval_views": "validation patches per image: centre | flip (centre + mirror) | ten-crop (section 4.1)",
 }
+
+
+def non_negative_int(text: str) -> int:
+    """An int >= 0, as an argparse type."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
 
 
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
@@ -67,9 +103,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help=f"data source: {DATA_HELP}")
     p.add_argument("--recipe", default=None, choices=list(RECIPES), help="hyperparameter recipe (default: small; see README)")
     p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where its last checkpoint left off")
-    add_seed_option(p)
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where its last checkpoint left off "
+                   "(or from RUN/checkpoints/FILE.pt when given that file)")  # fmt: skip
+    p.add_argument("--resume-from-valid", action="store_true",
+                   help="with --resume: if last.pt is damaged, continue from the newest valid step checkpoint")
+    add_seed_option(p, default=None)
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS", help="also checkpoint every STEPS steps")
+    p.add_argument("--keep-checkpoints", type=non_negative_int, default=None, metavar="N",
+                   help=f"keep the newest N step checkpoints, delete older ones (default {DEFAULT_KEEP_CHECKPOINTS}; "
+                   "each is a full copy of the model and optimizer)")  # fmt: skip
     add_runtime_options(p, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower to start)")
@@ -81,9 +123,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_seed_option(p: argparse.ArgumentParser) -> None:
-    """``--seed`` (shared by ``train`` and ``demo``)."""
-    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, augmentation, dropout (default 0)")
+def add_seed_option(p: argparse.ArgumentParser, default: int | None = 0) -> None:
+    """``--seed`` (shared by ``train`` and ``demo``; ``default=None`` lets ``--resume`` tell it was given)."""
+    p.add_argument("--seed", type=int, default=default, help="seed of init, data order, augmentation, dropout (default 0)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -104,10 +146,8 @@ def _overrides(args: argparse.Namespace, prefix: str) -> dict[str, typing.Any]:
     return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    """The run's config, and whether it resumes an existing run."""
-    from alexnet.errors import UserError
-
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
+    """The run's config, and the checkpoint it resumes from (None for a new run)."""
     recipe_over, model_over = recipe_overrides(args), model_overrides(args)
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
     runtime: dict[str, typing.Any] = {"progress": not args.no_progress}
@@ -122,42 +162,59 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         runtime["channels_last"] = args.channels_last
     if args.checkpoint_every is not None:
         runtime["checkpoint_every"] = args.checkpoint_every
+    if args.keep_checkpoints is not None:
+        runtime["keep_checkpoints"] = args.keep_checkpoints
     if args.workers is not None:
         runtime["workers"] = args.workers
-    elif not args.resume:  # prepared datasets decode JPEGs: one process per core by default
-        runtime["workers"] = min(os.cpu_count() or 1, 8)
+    elif not args.resume:  # prepared datasets decode JPEGs: one thread per core by default
+        runtime["workers"] = default_workers()
+    if args.resume_from_valid and not args.resume:
+        raise UserError("--resume-from-valid goes with --resume RUN")
     if args.resume:
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
-        changed += list(model_over)
+        changed += list(model_over) + (["seed"] if args.seed is not None else [])
         if changed:
             raise UserError(f"--resume continues the saved run exactly; drop {', '.join('--' + c.replace('_', '-') for c in changed)}")
-        saved = load_run_config(args.resume)
+        point = find_resume_point(args.resume, fall_back=args.resume_from_valid)
+        if point.note:
+            print(f"alexnet: warning: {point.note}", file=sys.stderr)
+        saved = point.config
         recipe = saved.recipe.with_overrides(epochs=recipe_over.get("epochs"))
-        return TrainConfig(**(saved.to_dict() | runtime | {"recipe": recipe, "out": args.resume})), True
+        cfg = TrainConfig(**(saved.to_dict() | runtime | {"recipe": recipe, "out": str(point.run)}))
+        return cfg, point.checkpoint
     if not args.data:
         raise UserError("--data is required (e.g. --data fashion-mnist), or --resume RUN")
     recipe = get_recipe(args.recipe or "small").with_overrides(**recipe_over)
     out = args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return TrainConfig(data=args.data, recipe=recipe, out=out, seed=args.seed, model_options=model_over, **runtime), False
+    seed = 0 if args.seed is None else args.seed
+    return TrainConfig(data=args.data, recipe=recipe, out=out, seed=seed, model_options=model_over, **runtime), None
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg, resume = config_from_args(args)
-    return run_training(cfg, resume)
+    cfg, resume_from = config_from_args(args)
+    return run_training(cfg, resume_from)
 
 
-def run_training(cfg: TrainConfig, resume: bool) -> int:
-    """Train and turn the expected ways of stopping into one line and an exit code."""
-    import sys
+def run_training(cfg: TrainConfig, resume: Path | bool | None = None) -> int:
+    """Train and turn the expected ways of stopping into one line and an exit code.
 
+    ``resume``: the checkpoint to continue from (``True``: the run's last.pt), or None/False.
+    """
     try:
-        last = train(cfg, resume=resume)
+        if resume is None or resume is False:
+            last = train(cfg)
+        else:
+            last = train(cfg, resume=True, resume_from=None if resume is True else resume)
     except TrainingInterrupted as e:
-        print(f"alexnet: {e}; resume with: alexnet train --resume {cfg.out}", file=sys.stderr)
+        # On a terminal the ^C echo (or a bar) may sit on the current line: start a fresh one.
+        fresh = "\n" if sys.stderr.isatty() else ""
+        print(f"{fresh}alexnet: {e}; resume with: alexnet train --resume {cfg.out}", file=sys.stderr)
         return 128 + e.signum
     except NonFiniteLoss as e:
-        print(f"alexnet: error: {e}; stopped, the last good checkpoint is kept in {cfg.out}/checkpoints "
-              "(try a lower --lr)", file=sys.stderr)  # fmt: skip
+        kept = (Path(cfg.out) / "checkpoints" / "last.pt").exists()
+        where = (f"the last good checkpoint is kept in {cfg.out}/checkpoints" if kept
+                 else "no checkpoint was written before it")  # fmt: skip
+        print(f"alexnet: error: {e}; stopped, {where} (try a lower --lr)", file=sys.stderr)
         return 1
     if last:
         print(f"done: {cfg.out}  val top-1 err {last['val_top1_err']:.2%}  top-5 err {last['val_top5_err']:.2%}")

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from alexnet.data.presets import ColourStats, TrainAugment
+from alexnet.data.presets import ColourStats, TrainAugment, colour_eigen
 from alexnet.data.seeding import generator
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # every data source has these two; "val" is the held-out one
 
 
 @dataclass(frozen=True)
@@ -171,5 +171,5 @@ def colour_stats_of(images: torch.Tensor, chunk: int = 4096) -> ColourStats:
     count = n * images.shape[2] * images.shape[3]
     mean = (total / n).reshape(c, -1).mean(1)
     cov = moments / count - torch.outer(mean, mean)
-    eigvals, eigvecs = torch.linalg.eigh(cov)
-    return ColourStats(mean_image, eigvals.float(), eigvecs.float())
+    values, vectors = colour_eigen(cov)
+    return ColourStats(mean_image, torch.from_numpy(values).float(), torch.from_numpy(vectors).float())

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from alexnet.data.dataset import DatasetInfo, TensorDataset, channel_stats
-from alexnet.data.idx import find_idx_file, read_idx
+from alexnet.data.idx import IDX_FILES, find_idx_file, read_idx
 from alexnet.data.presets import TrainAugment
 from alexnet.errors import UserError
 
@@ -21,7 +21,6 @@ FASHION_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
-_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 # 28x28 images: zero-pad by 2 and take random 28x28 crops (translations of up to 2 px) and
 # mirror them; the small-image counterpart of the paper's 227-of-256 crops.
@@ -35,7 +34,7 @@ def load_idx_dataset(folder: str | Path, name: str, classes: tuple[str, ...], fl
         hint = " (install it: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
         raise UserError(f"{name}: folder not found: {folder}{hint}")
     splits = {}
-    for split, (img_stem, lab_stem) in _FILES.items():
+    for split, (img_stem, lab_stem) in IDX_FILES.items():
         images = read_idx(find_idx_file(folder, img_stem))
         labels = read_idx(find_idx_file(folder, lab_stem))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -10,6 +10,13 @@ import numpy as np
 
 from alexnet.errors import UserError
 
+# The file names of an MNIST-format folder per split (each gzipped or not): images, labels.
+# The 10,000-image "t10k" test set is the val split.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
 # IDX type byte -> numpy dtype (big-endian), from the format's description on the MNIST page.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

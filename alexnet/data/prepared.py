@@ -25,23 +25,14 @@ keeps every sample exactly once and pads nothing). Within a rank, loader thread 
 ``workers`` reads batches ``w, w + workers, ...`` (:func:`ordered_parallel_map`). So the parts
 are disjoint and together cover the epoch; ``tests/test_pipeline.py`` checks it.
 
-**Decoding, measured** (``alexnet bench data``, 256x256 JPEGs of quality 90, AMD EPYC, 2 cores):
-``torchvision.io.decode_jpeg`` 3,300-3,500 images per CPU-second, PIL (``Image.open`` +
-``convert``) 2,000-2,700, PIL with ``draft`` the same (draft only helps when shrinking by 2x
-or more; prepared images are stored at the training size), pixel-identical outputs (both are
-libjpeg-turbo). The batched call on a list is a Python loop on the CPU, as fast as single
-calls. The decoder releases the GIL, so threads decode in parallel (2 threads: 6,300-7,000
-images/s when the machine is idle) without shipping batches through shared memory: with 2
-workers, threads reached 4,600 images/s at 0.40 CPU-ms per image, ``DataLoader`` processes
-running the same reader 2,300-2,500 at 0.72-0.78. Each thread's torch ops run without
-intra-op parallelism (see :func:`~alexnet.data.presets.single_threaded_ops`). The decoded
-image is ``H,W,C`` in memory, and batches keep that layout (channels_last), a plain copy;
-stacking to contiguous ``N,C,H,W`` cost 40% of the decode time. The loader stage reaches
-84-85% of the decode-alone rate (0.35 vs 0.30 CPU-ms per image).
+**Decoding.** ``torchvision.io.decode_jpeg`` in threads (it releases the GIL), each thread's
+torch ops without intra-op parallelism (:func:`~alexnet.data.presets.single_threaded_ops`);
+batches keep the decoder's ``H,W,C`` layout (channels_last). Why these choices, with the
+measurements behind them: ``docs/pipeline.md``.
 
 **On a GPU.** Batches are assembled in pinned memory when CUDA is available, so the copy to
 the device is asynchronous; crops, flips, normalisation and colour noise then run on the GPU
-(:class:`~alexnet.training.loop.InputPipeline`). With ``decode_device="cuda"`` the threads only
+(:class:`~alexnet.data.pipeline.InputPipeline`). With ``decode_device="cuda"`` the threads only
 read bytes and ``torchvision.io.decode_jpeg(list_of_tensors, device="cuda")`` decodes each
 batch with nvJPEG in the consuming thread (on its current stream).
 """

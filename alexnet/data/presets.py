@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,8 +103,8 @@ def crop_normalize_nhwc(
     is cropped at ``(tops[i], lefts[i])``, mirrored where ``flips[i]``, then either the same window
     of ``mean_image`` (``C,H,W``, 0-255 units) is subtracted or ``(x - mean) / std`` per channel,
     and ``shift`` (``N,C``, already in output units) is added. Each step is one pass over rows of
-    ``size*C`` contiguous values while the image is in cache: 0.1-0.13 CPU-ms per 227x227 image
-    against 1.1-2.4 for the batched gather (2-core AMD EPYC). Runs with intra-op parallelism off
+    ``size*C`` contiguous values while the image is in cache, about ten times cheaper on a CPU
+    than the batched gather (figures: ``docs/pipeline.md``). Runs with intra-op parallelism off
     in the calling thread (see :func:`single_threaded_ops`). Returns float32 ``N,C,size,size``
     in channels_last layout.
     """
@@ -237,13 +238,38 @@ class ColourStats:
     Attributes:
         mean_image: per-pixel mean, ``C x S x S`` in 0-255 units ("subtracting the mean activity
             over the training set from each pixel", section 2).
-        eigvals: eigenvalues of the 3x3 covariance of RGB pixel values (0-255 units squared).
-        eigvecs: the matching eigenvectors as columns.
+        eigvals: eigenvalues of the 3x3 covariance of RGB pixel values (0-255 units squared),
+            largest first.
+        eigvecs: the matching eigenvectors as columns, each signed so that its largest
+            component is positive.
+
+    Both come from :func:`colour_eigen`, whichever way the covariance was summed.
     """
 
     mean_image: torch.Tensor
     eigvals: torch.Tensor | None = None
     eigvecs: torch.Tensor | None = None
+
+
+def colour_eigen(cov: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and eigenvectors of a 3x3 colour covariance, in the one convention used
+    everywhere (manifests of ``prepare``, in-memory datasets, PCA colour noise):
+
+    * eigenvalues in descending order (the first principal component first);
+    * eigenvectors as columns (``vectors[:, k]`` belongs to ``values[k]``), each with the sign
+      that makes its largest-magnitude component positive, so equal data give equal vectors.
+
+    float64 arrays; the order decides which of the per-image draws alpha_i goes with which
+    component (section 4.1), so it must not depend on where the statistics were computed.
+    """
+    c = np.asarray(cov.detach().cpu().double() if isinstance(cov, torch.Tensor) else cov, dtype=np.float64)
+    values, vectors = np.linalg.eigh(c)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    for k in range(vectors.shape[1]):
+        if vectors[np.argmax(np.abs(vectors[:, k])), k] < 0:
+            vectors[:, k] = -vectors[:, k]
+    return values, vectors
 
 
 def pca_colour_shift(alphas: torch.Tensor, stats: ColourStats, mode: str) -> torch.Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -22,13 +21,18 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from alexnet import models
-from alexnet.data import BatchPlan, open_dataset
+from alexnet.data import BatchPlan, Dataset, open_dataset
+from alexnet.data.dataset import SPLITS
+from alexnet.data.pipeline import InputNorm, InputPipeline
 from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
+from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_text
-from alexnet.runtime import autocast, resolve_device, resolve_precision, tune_cpu_allocator
-from alexnet.training.checkpoint import KIND, build_model_from_checkpoint, load_checkpoint
-from alexnet.training.loop import InputNorm, InputPipeline, evaluate
+from alexnet.runtime import autocast, default_workers, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
+
+__all__ = ["LoadedModel", "Meter", "evaluate", "evaluate_checkpoints", "load_image", "load_model", "predict",
+           "write_per_class"]  # fmt: skip
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -68,22 +72,17 @@ def _display_classes(classes: list[str], num_classes: int) -> tuple[str, ...]:
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """Load an alexnet checkpoint or a torchvision AlexNet state_dict for inference."""
-    path = Path(path)
-    if path.is_file():
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - load_checkpoint below gives the one-line reason
-            raw = None
-        if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
-            return _load_torchvision_state_dict(raw, path, device)
-    ckpt = load_checkpoint(path)
-    model = build_model_from_checkpoint(ckpt).to(device).eval()
-    data = ckpt["data"]
+    given, path = Path(path), checkpoint_path(path)  # a run folder stays the model's name
+    raw = read_raw(path)
+    if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
+        return _load_torchvision_state_dict(raw, given, device)
+    ckpt = Checkpoint.from_dict(raw, str(path))
+    model = ckpt.build_model().to(device).eval()
+    data_source = ckpt.config.get("data")
     return LoadedModel(
-        model=model, name=ckpt["model_name"], classes=_display_classes(ckpt["classes"], ckpt["num_classes"]),
-        channels=data["channels"], image_size=data["image_size"], crop=data["crop"],
-        norm=InputNorm.from_dict(data), source=str(path),
-        data_source=ckpt.get("config", {}).get("data"),
+        model=model, name=ckpt.model_name, classes=_display_classes(list(ckpt.classes), ckpt.num_classes),
+        channels=ckpt.data.channels, image_size=ckpt.data.image_size, crop=ckpt.data.crop,
+        norm=ckpt.data.norm, source=str(given), data_source=data_source if isinstance(data_source, str) else None,
     )  # fmt: skip
 
 
@@ -127,9 +126,11 @@ def evaluate_checkpoints(
     data = data or loaded[0].data_source
     if not data:
         raise UserError(f"{paths[0]} does not say what data it was trained on; pass --data")
-    dataset = open_dataset(data, workers=min(os.cpu_count() or 1, 8) if workers is None else workers)
-    if split not in ("train", "val"):
-        raise UserError(f"unknown split {split!r}; use train or val")
+    dataset = open_dataset(data, workers=default_workers() if workers is None else workers)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use {' or '.join(SPLITS)}")
+    if dataset.num_samples(split) == 0:
+        raise UserError(f"{data} has no {split} images: there is nothing to evaluate")
     first = loaded[0]
     for m in loaded:
         if len(m.classes) != dataset.info.num_classes or m.channels != dataset.info.channels:
@@ -139,6 +140,7 @@ def evaluate_checkpoints(
             )
         if m.crop != first.crop or not _same_norm(m.norm, first.norm):
             raise UserError(f"{m.source} was trained with other input statistics or crop than {first.source}")
+        _check_input_size(m, dataset, data)
     pipeline = InputPipeline(dataset, device, channels_last=True, seed=0, norm=first.norm)
     for m in loaded:
         m.model.to(memory_format=torch.channels_last)
@@ -157,6 +159,21 @@ def evaluate_checkpoints(
         write_per_class(per_class_file, counts.cpu(), dataset.info.classes, ids)
         result["per_class_file"] = per_class_file
     return result
+
+
+def _check_input_size(m: LoadedModel, dataset: Dataset, data: str) -> None:
+    """Refuse data whose crops the model cannot take (a 32 px model on 64 px images), in one line."""
+    side, crop = dataset.info.image_size, dataset.eval_crop
+    if m.norm.mean_image is not None and tuple(m.norm.mean_image.shape[-2:]) != (side, side):
+        raise UserError(f"{m.source} was trained on {m.image_size} px images (its mean image is that size) but {data} "
+                        f"has {side} px images; evaluate it on data of its own size")  # fmt: skip
+    x = torch.zeros(1, m.channels, crop, crop, device=next(m.model.parameters()).device)
+    try:
+        with torch.inference_mode():
+            m.model(x)
+    except RuntimeError:
+        raise UserError(f"{m.source} takes {m.crop} px crops (trained on {m.image_size} px images) but {data} gives "
+                        f"{crop} px crops; evaluate it on data of its own size") from None
 
 
 def write_per_class(path: str, counts: torch.Tensor, classes: tuple[str, ...], ids: tuple[str, ...]) -> None:

@@ -1,236 +1,20 @@
-"""The pieces of one training step and one evaluation pass, as plain functions.
+"""One training step and one training epoch, as plain functions.
 
-Kept small and flat (torchvision's ``references/classification`` style): the trainer strings
-them together, and evaluation code elsewhere (``alexnet eval``) reuses :func:`evaluate`.
+Kept small and flat (torchvision's ``references/classification`` style): the trainer
+(:mod:`alexnet.training.trainer`) strings :func:`train_one_epoch` and
+:func:`alexnet.evaluation.evaluate` together; the benchmarks time :func:`train_step`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.data.dataset import Dataset
-from alexnet.data.presets import (
-    EVAL_VIEWS,
-    CropParams,
-    Normalizer,
-    centre_crop,
-    crop_batch,
-    crop_normalize_nhwc,
-    draw_crop_params,
-    is_nhwc,
-    pca_colour_shift,
-    ten_crops,
-)
-from alexnet.data.seeding import generator
-from alexnet.errors import UserError
+from alexnet.evaluation.metrics import Meter
 from alexnet.runtime import autocast
-from alexnet.training.distributed import DistContext, all_reduce_sum_
-
-
-@dataclass
-class Meter:
-    """Sums over samples: loss, top-1 and top-5 hits. Device tensors, so no sync per step."""
-
-    loss_sum: torch.Tensor
-    top1: torch.Tensor
-    top5: torch.Tensor
-    count: int = 0
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> Meter:
-        z = torch.zeros((), dtype=torch.float64, device=device)
-        return cls(z.clone(), z.clone(), z.clone(), 0)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, float], device: torch.device) -> Meter:
-        t = lambda v: torch.tensor(v, dtype=torch.float64, device=device)
-        return cls(t(d["loss_sum"]), t(d["top1"]), t(d["top5"]), int(d["count"]))
-
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add one batch (``loss`` is the batch mean)."""
-        n = labels.shape[0]
-        self.loss_sum += loss.detach().double() * n
-        k = min(5, logits.shape[1])
-        hits = logits.detach().topk(k, dim=1).indices == labels[:, None]
-        self.top1 += hits[:, 0].sum()
-        self.top5 += hits.any(dim=1).sum()
-        self.count += n
-
-    def as_dict(self) -> dict[str, float]:
-        """Plain floats (syncs with the device)."""
-        return {"loss_sum": self.loss_sum.item(), "top1": self.top1.item(), "top5": self.top5.item(), "count": self.count}
-
-    def reduced(self, ctx: DistContext) -> Meter:
-        """A copy summed over all ranks (itself when there is one process)."""
-        if not ctx.enabled:
-            return self
-        t = torch.stack([self.loss_sum, self.top1, self.top5, torch.tensor(float(self.count), dtype=torch.float64,
-                                                                             device=self.loss_sum.device)])
-        all_reduce_sum_(t, ctx)
-        return Meter(t[0], t[1], t[2], int(t[3].item()))
-
-    def summary(self) -> dict[str, float]:
-        """Mean loss and top-1/top-5 error rates."""
-        n = max(self.count, 1)
-        return {
-            "loss": self.loss_sum.item() / n,
-            "top1_err": 1.0 - self.top1.item() / n,
-            "top5_err": 1.0 - self.top5.item() / n,
-        }
-
-    def is_finite(self) -> bool:
-        """False once any accumulated loss was NaN or infinite."""
-        return bool(torch.isfinite(self.loss_sum))
-
-
-@dataclass(frozen=True)
-class InputNorm:
-    """How pixels are normalised: the paper's mean image, or per-channel mean/std (0-255 units).
-
-    Stored in checkpoints, so evaluation and prediction normalise exactly as training did.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    mean_image: torch.Tensor | None = None  # C x S x S; when set, subtract it (no std division)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"mean": list(self.mean), "std": list(self.std), "mean_image": self.mean_image}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> InputNorm:
-        return cls(tuple(d["mean"]), tuple(d["std"]), d.get("mean_image"))  # type: ignore[arg-type]
-
-
-class InputPipeline:
-    """uint8 ``N,C,H,W`` batches -> normalised float batches on the device.
-
-    Training batches get random crops and flips and (for RGB data, if asked) PCA colour noise,
-    all drawn for the *global* batch from a generator keyed by (seed, epoch, step); this process
-    applies its own slice. So the numbers do not depend on how many processes share a batch,
-    nor on whether the run was resumed.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        device: torch.device,
-        channels_last: bool,
-        seed: int,
-        norm: InputNorm | None = None,
-        normalize: str = "channel",
-        pca: str = "off",
-        pca_std: float = 0.1,
-    ) -> None:
-        """``norm``: the normalisation to use (default: computed from ``dataset`` as ``normalize``
-        says, ``channel`` or ``mean-image``); ``pca``: colour noise mode (``paper``, ``std``, ``off``),
-        alpha ~ N(0, ``pca_std``)."""
-        self.augment, self.eval_crop = dataset.train_augment, dataset.eval_crop
-        self.side = dataset.info.image_size
-        needs_stats = (norm is None and normalize == "mean-image") or pca != "off"
-        colour = dataset.colour_stats() if needs_stats else None
-        if norm is None:
-            mean_image = colour.mean_image if normalize == "mean-image" and colour is not None else None
-            norm = InputNorm(dataset.info.mean, dataset.info.std, mean_image)
-        self.norm = norm
-        self.normalize = Normalizer(norm.mean, norm.std)
-        self.mean_image = norm.mean_image.to(device) if norm.mean_image is not None else None
-        self.colour = colour if pca != "off" and colour is not None and colour.eigvals is not None else None
-        self.pca, self.pca_std = pca, pca_std
-        self.device, self.channels_last, self.seed = device, channels_last, seed
-
-    def crop_params(self, epoch: int, step: int, global_batch: int) -> CropParams:
-        """Crop, flip and colour-noise parameters of one global training batch."""
-        gen = generator("augment", self.seed, epoch, step)
-        params = draw_crop_params(self.augment, self.side, global_batch, gen)
-        if self.colour is not None:  # section 4.1: alpha_i ~ N(0, 0.1), one draw per image per use
-            alphas = torch.randn(global_batch, 3, generator=gen) * self.pca_std
-            params = dataclasses.replace(params, colour=pca_colour_shift(alphas, self.colour, self.pca))
-        return params
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-
-    def train(self, images: torch.Tensor, params: CropParams) -> torch.Tensor:
-        """Random-crop, flip, normalise and colour-shift one batch (``params`` sliced to it)."""
-        if self._fast_cpu(images):
-            return self._finish(self._fused(images, params.tops.tolist(), params.lefts.tolist(),
-                                            params.flips.tolist(), self._shift(params)))  # fmt: skip
-        images = images.to(self.device, non_blocking=True)
-        x = self._crop_and_normalize(images, lambda t: crop_batch(t, params, self.augment.crop, self.augment.pad))
-        shift = self._shift(params)
-        if shift is not None:
-            x = x + shift.to(self.device)[:, :, None, None]
-        return self._finish(x)
-
-    def _shift(self, params: CropParams) -> torch.Tensor | None:
-        """The colour offsets of ``params`` in the units of the normalised input (``N, C``)."""
-        if params.colour is None:
-            return None
-        shift = params.colour.to(torch.float32)
-        if self.mean_image is None:  # the offsets are in pixel units
-            shift = shift / self.normalize.std.view(1, -1)
-        return shift
-
-    def _fast_cpu(self, images: torch.Tensor) -> bool:
-        """Whether the image-by-image CPU path applies: CPU training on channels_last uint8
-        batches of real images (the prepared-data loader's output), no padding."""
-        return (
-            self.device.type == "cpu"
-            and images.device.type == "cpu"
-            and images.dtype == torch.uint8
-            and self.augment.pad == 0
-            and images.shape[-1] >= 64
-            and is_nhwc(images)
-        )
-
-    def _fused(self, images: torch.Tensor, tops: list[int], lefts: list[int], flips: list[bool],
-               shift: torch.Tensor | None, size: int | None = None) -> torch.Tensor:  # fmt: skip
-        mean_image = self.mean_image.cpu() if self.mean_image is not None else None
-        return crop_normalize_nhwc(images, tops, lefts, flips, size or self.augment.crop, mean_image=mean_image,
-                                   mean=self.norm.mean, std=self.norm.std, shift=shift)  # fmt: skip
-
-    def eval(self, images: torch.Tensor) -> torch.Tensor:
-        """Centre-crop and normalise one batch."""
-        if self._fast_cpu(images):
-            n, (h, w) = images.shape[0], images.shape[-2:]
-            top, left = (h - self.eval_crop) // 2, (w - self.eval_crop) // 2
-            return self._finish(self._fused(images, [top] * n, [left] * n, [False] * n, None, self.eval_crop))
-        images = images.to(self.device, non_blocking=True)
-        return self._finish(self._crop_and_normalize(images, lambda t: centre_crop(t, self.eval_crop)))
-
-    def eval_flip(self, images: torch.Tensor) -> torch.Tensor:
-        """The centre crop of every image, then its mirror (crop-major: 2N patches), normalised.
-
-        The reflection half of section 4.1's test protocol, for images no larger than the crop
-        (28 px Fashion-MNIST), where the ten patches would be five copies of one.
-        """
-        x = self.eval(images)
-        return torch.cat([x, x.flip(-1)])
-
-    def eval_views(self, views: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-        """The transform of ``views`` (one of :data:`EVAL_VIEWS`) and its patches per image."""
-        if views not in EVAL_VIEWS:
-            raise UserError(f"unknown test views {views!r}; choose one of {', '.join(EVAL_VIEWS)}")
-        transform = {"centre": self.eval, "flip": self.eval_flip, "ten-crop": self.eval_ten_crop}[views]
-        return transform, EVAL_VIEWS[views]
-
-    def eval_ten_crop(self, images: torch.Tensor) -> torch.Tensor:
-        """The ten test patches of every image (crop-major, see :func:`ten_crops`), normalised."""
-        images = images.to(self.device, non_blocking=True)
-        return self._finish(self._crop_and_normalize(images, lambda t: ten_crops(t, self.eval_crop)))
-
-    def _crop_and_normalize(self, images: torch.Tensor, crop: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        x = crop(images)
-        if self.mean_image is None:
-            return self.normalize(x)
-        return x.float() - crop(self.mean_image.expand(images.shape[0], -1, -1, -1))
 
 
 def train_step(
@@ -251,45 +35,34 @@ def train_step(
     return loss, logits
 
 
-@torch.inference_mode()
-def evaluate(
-    models: Sequence[nn.Module],
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    transform: Callable[[torch.Tensor], torch.Tensor],
+    prepare: Callable[[int, torch.Tensor], torch.Tensor],
+    meter: Meter,
     precision: str,
-    device: torch.device,
-    crops: int = 1,
-    per_class: torch.Tensor | None = None,
+    *,
+    start_step: int = 0,
+    label_smoothing: float = 0.0,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    after_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Meter:
-    """Loss and top-1/top-5 hits over ``batches`` (uint8 images, labels).
+    """Train on ``batches`` (uint8 images, labels), numbering steps from ``start_step``.
 
-    ``transform`` turns N images into ``crops * N`` crop-major patches. One model and one crop:
-    its logits. Otherwise softmax outputs are averaged over the crops (section 4.1, "averaging
-    the predictions made by the network's softmax layer on the ten patches") and then over the
-    models (section 6, "averaging the predictions of five similar CNNs"); the loss is then the
-    negative log of the averaged probability of the true class.
-
-    ``per_class`` (int64 ``num_classes x 3`` on ``device``), when given, accumulates for each true
-    class the number of images, top-1 hits and top-5 hits.
+    ``prepare(step, images)`` turns a batch into the network's input (crops, flips,
+    normalisation of that step); ``scheduler``, when given, steps after every batch;
+    ``after_step(step, loss)`` runs after each step (the trainer's checkpoints and stop checks).
+    Losses and hits accumulate in ``meter``, which is returned.
     """
-    for m in models:
-        m.eval()
-    meter = Meter.zeros(device)
-    for images, labels in batches:
-        if len(labels) == 0:  # a rank's share of a last global batch smaller than the world size
-            continue
-        labels = labels.to(device, non_blocking=True)
-        x = transform(images)
-        with autocast(device, precision):
-            outputs = [m(x).float() for m in models]
-        if len(outputs) == 1 and crops == 1:
-            scores, loss = outputs[0], F.cross_entropy(outputs[0], labels)
-        else:
-            probs = torch.stack([o.softmax(dim=1).view(crops, len(labels), -1).mean(dim=0) for o in outputs]).mean(dim=0)
-            scores, loss = probs, F.nll_loss(probs.clamp_min(1e-12).log(), labels)
-        meter.update(loss, scores, labels)
-        if per_class is not None:
-            hits = scores.topk(min(5, scores.shape[1]), dim=1).indices == labels[:, None]
-            rows = torch.stack([torch.ones_like(labels), hits[:, 0].long(), hits.any(dim=1).long()], dim=1)
-            per_class.index_add_(0, labels, rows)
+    model.train()
+    device = meter.loss_sum.device
+    for step, (images, labels) in enumerate(batches, start=start_step):
+        x, y = prepare(step, images), labels.to(device, non_blocking=True)
+        loss, logits = train_step(model, optimizer, x, y, precision, label_smoothing)
+        meter.update(loss, logits, y)
+        if scheduler is not None:
+            scheduler.step()
+        if after_step is not None:
+            after_step(step, loss)
     return meter

@@ -21,14 +21,25 @@ def scheduler_steps_per_batch(recipe: Recipe) -> bool:
     return recipe.schedule != "plateau"
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
-    """The scheduler of ``recipe``; per-batch ones count steps, ``plateau`` counts epochs."""
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, lr: float | None = None):
+    """The scheduler of ``recipe``; per-batch ones count steps, ``plateau`` counts epochs.
+
+    ``lr``: the starting learning rate actually used (default ``recipe.lr``; larger with
+    ``scale_lr`` over several processes).
+    """
     if recipe.schedule == "plateau":
-        # min_lr caps the number of drops: lr * factor ** max_drops is the floor (with a margin
-        # below it so float rounding cannot allow or prevent the last drop).
-        floor = recipe.lr * recipe.lr_drop_factor**recipe.max_lr_drops * 0.5
+        # min_lr caps the number of drops at max_lr_drops: the floor is start * factor ** drops.
+        # The start is the lr the optimizer runs with: a floor computed from the unscaled
+        # recipe.lr would sit world_size times too low under scale_lr and allow extra drops.
+        # eps (the smallest change applied) is relative to the floor, so that once the lr sits
+        # at the floor (up to rounding) a further "drop" to the floor is ignored, while a real
+        # drop (by 1 - factor of the lr) always exceeds it. (The former 0.5x margin below the
+        # floor let one more, partial drop through.)
+        start = recipe.lr if lr is None else lr
+        floor = start * recipe.lr_drop_factor**recipe.max_lr_drops
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=recipe.lr_drop_factor, patience=recipe.plateau_patience, min_lr=floor
+            optimizer, mode="min", factor=recipe.lr_drop_factor, patience=recipe.plateau_patience, min_lr=floor,
+            eps=floor * 1e-3,
         )
     total = recipe.epochs * steps_per_epoch
     warmup = round(recipe.warmup_epochs * steps_per_epoch)

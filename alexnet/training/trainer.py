@@ -1,19 +1,23 @@
-"""``alexnet train``: one flat training loop with exact resume.
+"""``alexnet train``: the run, from a :class:`TrainConfig` to a run folder, with exact resume.
 
-Reading order: :class:`TrainConfig` (what to run), :func:`train` (the loop), then the helpers
-below it. Everything random is either keyed by (seed, epoch, step) (data order, crops, flips)
-or lives in the global torch RNG (dropout) whose state is saved in every checkpoint, so a run
-killed at any step and resumed from its last checkpoint ends with bit-identical weights.
+Reading order: :class:`TrainConfig` (what to run), :func:`train` and :func:`_train` (the run
+top to bottom: build, start or resume, then per epoch :func:`~alexnet.training.loop.train_one_epoch`,
+:func:`~alexnet.evaluation.evaluate` and a checkpoint), then the helpers below them.
+Everything random is either keyed by (seed, epoch, step) (data order, crops, flips) or lives
+in the global torch RNG (dropout) whose state is saved in every checkpoint, so a run killed at
+any step and resumed from its last checkpoint ends with bit-identical weights. The checkpoint
+format is :mod:`alexnet.training.checkpoint`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 import platform
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,22 +32,38 @@ from tqdm import tqdm
 from alexnet import __version__, models
 from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
+from alexnet.data.pipeline import InputPipeline
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
+from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
-from alexnet.runtime import fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
-from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training.checkpoint import (
+    BEST,
+    LAST,
+    Checkpoint,
+    DataSpec,
+    Progress,
+    newest_valid_checkpoint,
+    prune_step_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+    step_file_name,
+)
 from alexnet.training.distributed import (
     DistContext,
+    all_reduce_sum_,
     any_rank,
     data_parallel,
     gather_objects,
     init_from_env,
     shutdown,
 )
-from alexnet.training.loop import InputNorm, InputPipeline, Meter, evaluate, train_step
+from alexnet.training.loop import train_one_epoch
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
+
+DEFAULT_KEEP_CHECKPOINTS = 2  # step checkpoints kept (each is a full copy once last.pt moves on)
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,7 @@ class TrainConfig:
     workers: int = 0  # decoding threads for prepared datasets; 0 = in the training thread
     gpu_decode: bool = False  # prepared JPEGs decoded on the GPU (CUDA only)
     checkpoint_every: int = 0
+    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS  # newest step checkpoints kept; older ones deleted
     eval_batch_size: int = 500
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -89,40 +110,101 @@ class TrainingInterrupted(Exception):
 
 
 class NonFiniteLoss(Exception):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss became NaN or infinite; no checkpoint is replaced by a diverged one."""
 
 
-@dataclass
-class Progress:
-    """Where the run is: the resume point stored in checkpoints."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    train_seconds: float = 0.0
-    best_val_top1_err: float = math.inf
-    epoch_seconds: float = 0.0  # training time spent in the current epoch so far
-    history: list[dict[str, Any]] = field(default_factory=list)
-    meter: dict[str, float] | None = None  # partial sums of the current epoch (mid-epoch resume)
-
-
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, resume_from: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``cfg.out``; returns the last epoch's metrics.
 
+    ``resume_from``: the checkpoint to continue from (default the run's ``checkpoints/last.pt``).
     Under ``torchrun`` every process runs this function: data-parallel (DDP), ``recipe.batch_size``
     images per process, rank 0 alone writing the run folder.
     """
     tune_cpu_allocator()
     ctx, device = init_from_env(resolve_device(cfg.device))
     try:
-        return _train(cfg, resume, ctx, device)
+        if resume:
+            start = Path(resume_from) if resume_from is not None else Path(cfg.out) / "checkpoints" / LAST
+        else:
+            start = None
+        return _train(cfg, start, ctx, device)
     finally:
         shutdown(ctx)
 
 
-def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.device) -> dict[str, Any]:
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
+@dataclass
+class _Run:
+    """The live objects of a run, built once by :func:`_build`."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    precision: str
+    dataset: Dataset
+    model: nn.Module  # the bare model (checkpoints hold its state_dict)
+    net: nn.Module  # what the steps call: the model, wrapped in DDP and/or compiled
+    model_options: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    pipeline: InputPipeline
+    lr: float
+    global_batch: int
+    steps_per_epoch: int
+    flops_per_image: float  # training FLOPs (forward + backward) of one image
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.cfg.out) / "checkpoints"
+
+    @property
+    def reduce_sum(self) -> Any:
+        return functools.partial(all_reduce_sum_, ctx=self.ctx) if self.ctx.enabled else None
+
+
+def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device: torch.device) -> dict[str, Any]:
+    """The run, top to bottom: build, start or resume, then epochs of train + validate + checkpoint."""
+    out, recipe = Path(cfg.out), cfg.recipe
+    run = _build(cfg, ctx, device)
+    progress = _start_or_resume(run, resume_from)
+    if ctx.is_main:
+        _write_config(out, cfg, run.dataset, run.model, run.precision, device, run.flops_per_image, ctx, run.lr)
+        _log(run.dataset.describe())
+        _log(f"model {recipe.model}: {models.count_parameters(run.model):,} parameters; {device}, {run.precision}, "
+             f"channels_last={cfg.channels_last}; {ctx.world_size} process(es) x batch {recipe.batch_size} = "
+             f"global batch {run.global_batch}, lr {run.lr:g}, {run.steps_per_epoch} steps/epoch")  # fmt: skip
+    from torch.utils.tensorboard import SummaryWriter  # slow to import; only needed here
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=progress.global_step) if ctx.is_main else None
+    try:
+        with _stop_on_signals() as stop:
+            for epoch in range(progress.epoch, recipe.epochs):
+                train_meter = _train_epoch(run, progress, epoch, stop)
+                val = _validate(run)
+                if not scheduler_steps_per_batch(recipe):
+                    run.scheduler.step(val["top1_err"])
+                record = _epoch_record(run, progress, epoch, train_meter, val)
+                progress.history.append(record)
+                improved = val["top1_err"] < progress.best_val_top1_err
+                progress.best_val_top1_err = min(progress.best_val_top1_err, val["top1_err"])
+                _save(run, progress, epoch + 1, 0, None)
+                if ctx.is_main:
+                    if improved:
+                        _link(run.ckpt_dir / LAST, run.ckpt_dir / BEST)
+                    _write_metrics(out, progress.history)
+                    for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_sec"):
+                        writer.add_scalar(key, record[key], progress.global_step)
+                    writer.flush()
+                    _log(_format_record(record, recipe.epochs))
+                if any_rank([stop.signum is not None], ctx, device)[0]:
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, run.ckpt_dir / LAST)
+    finally:
+        if writer is not None:
+            writer.close()
+    return progress.history[-1] if progress.history and ctx.is_main else {}
+
+
+def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
+    """Data, model, optimizer, schedule and input pipeline of ``cfg`` on this process."""
     recipe = cfg.recipe
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
@@ -133,6 +215,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
         dataset.decode_device = "cuda"
     if recipe.crop_pad >= 0:  # the recipe overrides the dataset's translation range
         dataset.train_augment = dataclasses.replace(dataset.train_augment, pad=recipe.crop_pad)
+    if dataset.num_samples("val") == 0:
+        raise UserError(f"{cfg.data} has no validation images; training reports (and the plateau schedule "
+                        "follows) the validation error: prepare it with a val split (e.g. --val-fraction 0.1)")  # fmt: skip
     model_options = _model_options(recipe, dataset, cfg.model_options)
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -141,146 +226,158 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
     optimizer = _make_optimizer(model, recipe, lr, device)
-    plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
-    steps_per_epoch = plan0.steps(dataset.num_samples("train"))
+    steps_per_epoch = _plan(cfg, ctx, 0).steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
         raise UserError(f"global batch {global_batch} is larger than the training set ({dataset.num_samples('train')})")
-    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
-    exists = any_rank([(ckpt_dir / "last.pt").exists()], ctx, device)[0]
-    progress = Progress()
-    if resume:
-        progress = _restore(ckpt_dir / "last.pt", model, optimizer, scheduler, ctx)
-    elif exists:
-        raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
-    else:  # each rank its own dropout stream (restored from the checkpoint on resume)
-        torch.manual_seed(derive_seed("dropout", cfg.seed, ctx.rank))
-    net: nn.Module = model
-    if ctx.enabled:
-        net = data_parallel(model, device)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch, lr)
+    net: nn.Module = data_parallel(model, device) if ctx.enabled else model
     if cfg.compile:
         net = torch.compile(net)
     pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, normalize=recipe.normalize,
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
-    val_transform, val_crops = pipeline.eval_views(recipe.eval_views)
-    flops_per_image = _training_flops_per_image(model, dataset, device)
-    main = ctx.is_main
-    if main:
-        _write_config(out, cfg, dataset, model, precision, device, flops_per_image, ctx, lr)
-        _log(dataset.describe())
-        _log(f"model {recipe.model}: {models.count_parameters(model):,} parameters; {device}, {precision}, "
-             f"channels_last={cfg.channels_last}; {ctx.world_size} process(es) x batch {recipe.batch_size} = "
-             f"global batch {global_batch}, lr {lr:g}, {steps_per_epoch} steps/epoch")  # fmt: skip
-    from torch.utils.tensorboard import SummaryWriter
+    flops = _training_flops_per_image(model, dataset, device)
+    return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
+                global_batch, steps_per_epoch, flops)  # fmt: skip
 
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=progress.global_step) if main else None
-    per_batch = scheduler_steps_per_batch(recipe)
+
+def _plan(cfg: TrainConfig, ctx: DistContext, epoch: int, start_step: int = 0) -> BatchPlan:
+    """The training batches of ``epoch``: a shuffle keyed by (seed, epoch), this rank's share."""
+    return BatchPlan(cfg.recipe.batch_size * ctx.world_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                     start_step=start_step, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)  # fmt: skip
+
+
+def _start_or_resume(run: _Run, resume_from: Path | None) -> Progress:
+    """A fresh start (refusing to overwrite a run), or the state restored from ``resume_from``."""
+    out = Path(run.cfg.out)
+    if resume_from is not None:
+        progress = _restore(resume_from, run)
+        last = run.ckpt_dir / LAST
+        if run.ctx.is_main and (not last.exists() or not resume_from.samefile(last)):
+            _link(resume_from, last)  # the run now stands there (a damaged or newer last.pt is replaced)
+        return progress
+    if any_rank([(run.ckpt_dir / LAST).exists()], run.ctx, run.device)[0]:
+        raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
+    torch.manual_seed(derive_seed("dropout", run.cfg.seed, run.ctx.rank))  # each rank its own dropout stream
+    return Progress()
+
+
+def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: Any) -> Meter:
+    """One epoch of training from where ``progress`` stands; returns the summed meter (all ranks).
+
+    Around :func:`train_one_epoch`: the progress bar, the step counter and time, the agreement
+    of ranks on stop and divergence flags, and step checkpoints.
+    """
+    cfg, ctx, recipe = run.cfg, run.ctx, run.cfg.recipe
+    start = progress.step_in_epoch if epoch == progress.epoch else 0
+    restored = start and progress.meter and ctx.is_main  # the saved sums are global: rank 0 carries them
+    meter = Meter.from_dict(progress.meter, run.device) if restored else Meter.zeros(run.device)
+    if not start:
+        progress.epoch_seconds = 0.0
+    clock = _Stopwatch(progress)
+    shard = (ctx.rank * recipe.batch_size, (ctx.rank + 1) * recipe.batch_size)
     # How often ranks agree on stop/divergence flags: every step on CPU (free), else every 20.
-    sync_every = 1 if device.type == "cpu" else 20
+    sync_every = 1 if run.device.type == "cpu" else 20
+    bar = tqdm(total=run.steps_per_epoch * run.global_batch, initial=start * run.global_batch, unit="img",
+               unit_scale=True, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, dynamic_ncols=True,
+               disable=not (cfg.progress and ctx.is_main and sys.stderr.isatty()))  # fmt: skip
 
-    def checkpoint(path: Path, epoch: int, step_in_epoch: int, meter: Meter | None) -> None:
-        """Collective: every rank calls it; rank 0 writes."""
-        # Never replace a good checkpoint with a diverged one: the loss so far and the weights
-        # after the last update must both be finite.
-        if (meter is not None and not meter.is_finite()) or not _weights_finite(model):
-            raise NonFiniteLoss(f"training diverged (non-finite loss or weights) by epoch {epoch + 1} step {step_in_epoch}")
-        rng = gather_objects(_rng_state(), ctx)
-        totals = meter.reduced(ctx).as_dict() if meter is not None else None
-        if main:
-            state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch, meter=totals)
-            save_checkpoint(path, _checkpoint_dict(model, optimizer, scheduler, state, cfg, dataset, model_options, rng,
-                                                   pipeline.norm))  # fmt: skip
+    def prepare(step: int, images: torch.Tensor) -> torch.Tensor:
+        # Crops/flips drawn for the global batch; this rank applies its own slice.
+        params = run.pipeline.crop_params(epoch, step, run.global_batch).slice(*shard)
+        return run.pipeline.train(images, params)
+
+    def after_step(step: int, loss: torch.Tensor) -> None:
+        progress.global_step += 1
+        bar.update(run.global_batch)
+        if (step + 1) % sync_every == 0:
+            stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, run.device)
+            if diverged:
+                raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+            if stopping:
+                clock.tick()
+                _save(run, progress, epoch, step + 1, meter)
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, run.ckpt_dir / LAST)
+        if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0:
+            clock.tick()
+            _save(run, progress, epoch, step + 1, meter)
+            if ctx.is_main:
+                _link(run.ckpt_dir / LAST, run.ckpt_dir / step_file_name(progress.global_step))
+                prune_step_checkpoints(run.ckpt_dir, cfg.keep_checkpoints)
 
     try:
-        with _stop_on_signals() as stop:
-            for epoch in range(progress.epoch, recipe.epochs):
-                start = progress.step_in_epoch if epoch == progress.epoch else 0
-                restored = start and progress.meter and main  # the saved sums are global: rank 0 carries them
-                meter = Meter.from_dict(progress.meter, device) if restored else Meter.zeros(device)
-                plan = dataclasses.replace(plan0, epoch=epoch, start_step=start)
-                model.train()
-                bar = tqdm(total=steps_per_epoch * global_batch, initial=start * global_batch, unit="img",
-                           unit_scale=True, desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                           disable=not (cfg.progress and main), leave=False, dynamic_ncols=True)  # fmt: skip
-                if not start:
-                    progress.epoch_seconds = 0.0
-                clock = time.perf_counter()
-
-                def tick() -> None:  # move the time since the last tick into the progress record
-                    nonlocal clock
-                    now = time.perf_counter()
-                    progress.train_seconds += now - clock
-                    progress.epoch_seconds += now - clock
-                    clock = now
-
-                for step, (images, labels) in enumerate(dataset.batches("train", plan), start=start):
-                    # Crops/flips drawn for the global batch; this rank applies its own slice.
-                    params = pipeline.crop_params(epoch, step, global_batch)
-                    params = params.slice(ctx.rank * recipe.batch_size, (ctx.rank + 1) * recipe.batch_size)
-                    x, y = pipeline.train(images, params), labels.to(device, non_blocking=True)
-                    loss, logits = train_step(net, optimizer, x, y, precision, recipe.label_smoothing)
-                    meter.update(loss, logits, y)
-                    if per_batch:
-                        scheduler.step()
-                    progress.global_step += 1
-                    bar.update(global_batch)
-                    if (step + 1) % sync_every == 0:
-                        stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, device)
-                        if diverged:
-                            raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-                        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                        if stopping:
-                            tick()
-                            checkpoint(ckpt_dir / "last.pt", epoch, step + 1, meter)
-                            raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_dir / "last.pt")
-                    if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0:
-                        tick()
-                        checkpoint(ckpt_dir / "last.pt", epoch, step + 1, meter)
-                        if main:
-                            _link(ckpt_dir / "last.pt", ckpt_dir / f"step-{progress.global_step:08d}.pt")
-                bar.close()
-                tick()
-                totals = meter.reduced(ctx)
-                if not totals.is_finite():
-                    raise NonFiniteLoss(f"loss is not finite at the end of epoch {epoch + 1}")
-                train_stats, seen, epoch_seconds = totals.summary(), totals.count, progress.epoch_seconds
-                val_plan = BatchPlan(cfg.eval_batch_size * ctx.world_size, rank=ctx.rank, world_size=ctx.world_size)
-                val_meter = evaluate([model], dataset.batches("val", val_plan), val_transform, precision, device,
-                                     crops=val_crops)  # fmt: skip
-                val = val_meter.reduced(ctx).summary()
-                if not per_batch:
-                    scheduler.step(val["top1_err"])
-                record = {
-                    "epoch": epoch + 1,
-                    "step": progress.global_step,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": train_stats["loss"],
-                    "train_top1_err": train_stats["top1_err"],
-                    "val_loss": val["loss"],
-                    "val_top1_err": val["top1_err"],
-                    "val_top5_err": val["top5_err"],
-                    "images_per_sec": seen / epoch_seconds if epoch_seconds > 0 else 0.0,
-                    "seconds": epoch_seconds,
-                    "train_seconds_total": progress.train_seconds,
-                    "gflops_per_sec": seen * flops_per_image / epoch_seconds / 1e9 if epoch_seconds > 0 else 0.0,
-                }
-                progress.history.append(record)
-                improved = val["top1_err"] < progress.best_val_top1_err
-                progress.best_val_top1_err = min(progress.best_val_top1_err, val["top1_err"])
-                checkpoint(ckpt_dir / "last.pt", epoch + 1, 0, None)
-                if main:
-                    if improved:
-                        _link(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-                    _write_metrics(out, progress.history)
-                    for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_sec"):
-                        writer.add_scalar(key, record[key], progress.global_step)
-                    writer.flush()
-                    _log(_format_record(record, recipe.epochs))
-                if any_rank([stop.signum is not None], ctx, device)[0]:
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, ckpt_dir / "last.pt")
+        train_one_epoch(
+            run.net, run.optimizer, run.dataset.batches("train", _plan(cfg, ctx, epoch, start)), prepare, meter,
+            run.precision, start_step=start, label_smoothing=recipe.label_smoothing,
+            scheduler=run.scheduler if scheduler_steps_per_batch(recipe) else None, after_step=after_step,
+        )  # fmt: skip
     finally:
-        if writer is not None:
-            writer.close()
-    return progress.history[-1] if progress.history and main else {}
+        bar.close()  # before any message: the bar's line is cleared, so the next line starts fresh
+    clock.tick()
+    totals = meter.reduced(run.reduce_sum)
+    if not totals.is_finite():
+        raise NonFiniteLoss(f"loss is not finite at the end of epoch {epoch + 1}")
+    return totals
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    """Validation loss and errors of the model as it is now (all ranks together)."""
+    ctx, cfg = run.ctx, run.cfg
+    transform, crops = run.pipeline.eval_views(cfg.recipe.eval_views)
+    plan = BatchPlan(cfg.eval_batch_size * ctx.world_size, rank=ctx.rank, world_size=ctx.world_size)
+    meter = evaluate([run.model], run.dataset.batches("val", plan), transform, run.precision, run.device, crops=crops)
+    return meter.reduced(run.reduce_sum).summary()
+
+
+def _epoch_record(run: _Run, progress: Progress, epoch: int, train_meter: Meter, val: dict[str, float]) -> dict[str, Any]:
+    """One line of metrics.jsonl."""
+    stats, seen, seconds = train_meter.summary(), train_meter.count, progress.epoch_seconds
+    flops = run.flops_per_image
+    return {
+        "epoch": epoch + 1,
+        "step": progress.global_step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_loss": stats["loss"],
+        "train_top1_err": stats["top1_err"],
+        "val_loss": val["loss"],
+        "val_top1_err": val["top1_err"],
+        "val_top5_err": val["top5_err"],
+        "images_per_sec": seen / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+        "train_seconds_total": progress.train_seconds,
+        "gflops_per_sec": seen * flops / seconds / 1e9 if seconds > 0 else 0.0,
+    }
+
+
+class _Stopwatch:
+    """Moves wall-clock time into the run's progress record (total and this epoch)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.clock = progress, time.perf_counter()
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.progress.train_seconds += now - self.clock
+        self.progress.epoch_seconds += now - self.clock
+        self.clock = now
+
+
+def _save(run: _Run, progress: Progress, epoch: int, step_in_epoch: int, meter: Meter | None) -> None:
+    """Write ``last.pt``. Collective: every rank calls it; rank 0 writes."""
+    # Never replace a good checkpoint with a diverged one: the loss so far and the weights
+    # after the last update must both be finite.
+    if (meter is not None and not meter.is_finite()) or not _weights_finite(run.model):
+        raise NonFiniteLoss(f"training diverged (non-finite loss or weights) by epoch {epoch + 1} step {step_in_epoch}")
+    rng = gather_objects(_rng_state(), run.ctx)
+    totals = meter.reduced(run.reduce_sum).as_dict() if meter is not None else None
+    if not run.ctx.is_main:
+        return
+    info = run.dataset.info
+    data = DataSpec(info.name, info.channels, info.image_size, run.dataset.eval_crop, info.synthetic, run.pipeline.norm)
+    state = dataclasses.replace(progress, epoch=epoch, step_in_epoch=step_in_epoch, meter=totals)
+    ckpt = Checkpoint(run.model.state_dict(), run.cfg.recipe.model, run.model_options, tuple(info.classes), data, state,
+                      run.optimizer.state_dict(), run.scheduler.state_dict(), rng, run.cfg.to_dict())  # fmt: skip
+    save_checkpoint(run.ckpt_dir / LAST, ckpt)
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -309,49 +406,6 @@ def _make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.d
                            **fast_sgd_options(device))  # fmt: skip
 
 
-def _checkpoint_dict(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    progress: Progress,
-    cfg: TrainConfig,
-    dataset: Dataset,
-    model_options: dict[str, Any],
-    rng: list[dict[str, Any]],
-    norm: InputNorm,
-) -> dict[str, Any]:
-    info = dataset.info
-    return {
-        "model": model.state_dict(),
-        "model_name": cfg.recipe.model,
-        "model_options": model_options,
-        "num_classes": info.num_classes,
-        "classes": list(info.classes),
-        "data": {
-            "name": info.name,
-            "channels": info.channels,
-            "image_size": info.image_size,
-            "crop": dataset.eval_crop,
-            "synthetic": info.synthetic,
-            **norm.to_dict(),
-        },
-        "epoch": progress.epoch,
-        "step": progress.global_step,
-        "step_in_epoch": progress.step_in_epoch,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng,  # one entry per rank
-        "progress": {
-            "train_seconds": progress.train_seconds,
-            "epoch_seconds": progress.epoch_seconds,
-            "best_val_top1_err": progress.best_val_top1_err,
-            "history": progress.history,
-            "meter": progress.meter,
-        },
-        "config": cfg.to_dict(),
-    }
-
-
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -359,31 +413,82 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ctx: DistContext) -> Progress:
-    """Load a checkpoint into the live objects; return where to continue."""
-    ckpt = load_checkpoint(path)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    states = ckpt["rng"]
-    if len(states) != ctx.world_size:
-        raise UserError(f"{path} was saved by {len(states)} process(es); resume it with the same number (now {ctx.world_size})")
-    mine = states[ctx.rank]
+def _restore(path: Path, run: _Run) -> Progress:
+    """Load the checkpoint at ``path`` into the live objects; return where to continue."""
+    ckpt = read_checkpoint(path)
+    ckpt.require_training_state()
+    ckpt.load_weights_into(run.model)
+    try:
+        run.optimizer.load_state_dict(ckpt.optimizer)
+        run.scheduler.load_state_dict(ckpt.scheduler)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"{path}: its optimizer or schedule state does not fit this run ({str(e).splitlines()[0]})") from None
+    if len(ckpt.rng) != run.ctx.world_size:
+        raise UserError(f"{path} was saved by {len(ckpt.rng)} process(es); resume it with the same number "
+                        f"(now {run.ctx.world_size})")  # fmt: skip
+    mine = ckpt.rng[run.ctx.rank]
     torch.set_rng_state(mine["torch"])
     if "cuda" in mine and torch.cuda.is_available():
         torch.cuda.set_rng_state(mine["cuda"], torch.cuda.current_device())
-    p = ckpt["progress"]
-    return Progress(
-        epoch=ckpt["epoch"], step_in_epoch=ckpt["step_in_epoch"], global_step=ckpt["step"],
-        train_seconds=p["train_seconds"], epoch_seconds=p["epoch_seconds"], best_val_top1_err=p["best_val_top1_err"],
-        history=list(p["history"]), meter=p["meter"],
-    )  # fmt: skip
+    return ckpt.progress
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What ``--resume`` continues: the run folder, the checkpoint file and its saved config."""
+
+    run: Path
+    checkpoint: Path
+    config: TrainConfig
+    note: str | None = None  # said to the user when not the run's last.pt is used
+
+
+def find_resume_point(target: str | Path, fall_back: bool = False) -> ResumePoint:
+    """The checkpoint ``--resume TARGET`` continues from.
+
+    ``TARGET`` is a run folder (its ``checkpoints/last.pt``) or a checkpoint file inside a run's
+    ``checkpoints/`` folder (that file). A damaged ``last.pt`` (truncated, empty) is reported
+    with the newest valid step checkpoint; with ``fall_back`` that one is used instead.
+    """
+    target = Path(target)
+    if target.is_file():
+        if target.parent.name != "checkpoints":
+            raise UserError(f"{target} is not inside a run's checkpoints/ folder; give the run folder to --resume")
+        ckpt = read_checkpoint(target)
+        ckpt.require_training_state()
+        return ResumePoint(target.parent.parent, target, _saved_config(ckpt))
+    if not target.is_dir():
+        raise UserError(f"run folder not found: {target}")
+    last = target / "checkpoints" / LAST
+    if not last.exists():
+        raise UserError(f"{target} has no checkpoints/{LAST}: nothing to resume (start it with --out {target})")
+    try:
+        ckpt = read_checkpoint(last)
+        ckpt.require_training_state()
+        return ResumePoint(target, last, _saved_config(ckpt))
+    except UserError as damage:
+        found = newest_valid_checkpoint(last.parent, exclude=last)
+        if found is None:
+            raise UserError(f"{damage}; no valid step checkpoint to fall back to either") from None
+        path, valid = found
+        where = f"{path.name} (step {valid.progress.global_step})"
+        if not fall_back:
+            raise UserError(f"{damage}; the newest valid checkpoint is {where}: resume from it with "
+                            "--resume-from-valid") from None  # fmt: skip
+        note = f"{last} is damaged; resuming from {where}, the newest valid checkpoint"
+        return ResumePoint(target, path, _saved_config(valid), note)
+
+
+def _saved_config(ckpt: Checkpoint) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(ckpt.config)
+    except (TypeError, KeyError, ValueError) as e:
+        raise UserError(f"{ckpt.source} holds a run config this alexnet cannot read ({e})") from None
 
 
 def load_run_config(run: str | Path) -> TrainConfig:
     """The :class:`TrainConfig` stored in a run's last checkpoint (for ``--resume``)."""
-    ckpt = load_checkpoint(Path(run) / "checkpoints" / "last.pt")
-    return TrainConfig.from_dict(ckpt["config"])
+    return find_resume_point(run).config
 
 
 @contextmanager
@@ -412,7 +517,8 @@ def _link(src: Path, dst: Path) -> None:
     """``dst`` becomes another name for ``src``'s current content (hard link; copy if unsupported).
 
     ``last.pt`` is always replaced by rename, so the link keeps the old content: best.pt and
-    step checkpoints cost no extra write.
+    step checkpoints cost no write when taken, but each holds a full copy of the checkpoint once
+    ``last.pt`` has moved on (hence ``keep_checkpoints``).
     """
     tmp = dst.with_name(f".{dst.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -475,7 +581,7 @@ def _write_config(
             "versions": {"alexnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
                          "python": platform.python_version()},
             "git_commit": _git_commit(),
-            "host": {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads()},
+            "host": {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads()},
         },
     )  # fmt: skip
 

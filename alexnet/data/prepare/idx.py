@@ -10,25 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from alexnet.data.fashion_mnist import DIGIT_CLASSES, FASHION_CLASSES
-from alexnet.data.idx import find_idx_file, read_idx
+from alexnet.data.idx import IDX_FILES, find_idx_file, read_idx
 from alexnet.data.prepare.items import ArrayRef, Item, SourcePlan, SplitPlan, finish_split
 from alexnet.errors import UserError
 
-FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
 
 def detect(root: Path) -> bool:
-    return root.is_dir() and any((root / (FILES[s][0] + gz)).is_file() for s in FILES for gz in ("", ".gz"))
+    return root.is_dir() and any((root / (IDX_FILES[s][0] + gz)).is_file() for s in IDX_FILES for gz in ("", ".gz"))
 
 
 def scan(root: Path) -> SourcePlan:
     fashion = "fashion" in str(root.resolve()).lower()
     splits: dict[str, SplitPlan] = {}
     top = 0
-    for split, (img_stem, lab_stem) in FILES.items():
+    for split, (img_stem, lab_stem) in IDX_FILES.items():
         if not any((root / (img_stem + gz)).is_file() for gz in ("", ".gz")):
             splits[split] = SplitPlan()
             continue

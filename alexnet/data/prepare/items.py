@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-SPLITS = ("train", "val")
+from alexnet.data.dataset import SPLITS
 
 
 class FileRef(NamedTuple):

@@ -45,10 +45,12 @@ from alexnet.data.prepare import manifest as mf
 from alexnet.data.prepare.convert import ENCODINGS, EXTENSIONS, ConversionError, convert
 from alexnet.data.prepare.items import SPLITS, ArrayRef, FileRef, Item, Skip, SourcePlan, TarRef
 from alexnet.data.prepare.layout import scan
-from alexnet.data.prepare.shards import ShardWriter, atomic_write, shard_name
+from alexnet.data.prepare.shards import ShardWriter, shard_name
 from alexnet.data.prepare.stats import PartialStats, finish
 from alexnet.data.prepare.tars import read_range
 from alexnet.errors import UserError
+from alexnet.io import atomic_write
+from alexnet.runtime import default_workers as runtime_default_workers
 
 WORK = ".work"
 
@@ -105,10 +107,8 @@ class PrepareResult:
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """One conversion process per available core (:func:`alexnet.runtime.default_workers`)."""
+    return runtime_default_workers(limit=None)
 
 
 # --------------------------------------------------------------------------- planning

@@ -6,17 +6,14 @@ A shard is a plain (uncompressed) tar; sample ``key`` is two members, ``<key>.jp
 samples give the same bytes. The writer records the byte offset and length of every image
 member's data: the split index lets a reader fetch any sample with one ``pread``.
 
-:func:`atomic_write` writes to a temporary name in the same folder, flushes it to disk and
-renames it into place: the final name only ever holds a complete file.
+Everything else is written with :func:`alexnet.io.atomic_write` (temporary name in the same
+folder, fsync, rename): the final name only ever holds a complete file.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import tarfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO
 
 from alexnet.data.prepare.items import member_name
@@ -54,16 +51,3 @@ class ShardWriter:
     def close(self) -> None:
         self.tar.close()
 
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -9,9 +9,9 @@ pixels):
 * the mean image (``size x size x 3``, section 2 of the paper: "subtracting the mean activity
   over the training set from each pixel");
 * per-channel mean and standard deviation (unbiased), 0-255 units;
-* the 3x3 covariance of RGB pixel values and its eigenvalues (descending) and eigenvectors
-  (columns, sign fixed so the largest component is positive), for PCA colour augmentation
-  (section 4.1). Units: 0-255 pixel values (eigenvalues in squared 0-255 units).
+* the 3x3 covariance of RGB pixel values and its eigenpairs in the convention of
+  :func:`alexnet.data.presets.colour_eigen` (descending, columns, signs fixed), for PCA colour
+  augmentation (section 4.1). Units: 0-255 pixel values (eigenvalues in squared 0-255 units).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from alexnet.data.presets import colour_eigen
 
 
 @dataclass
@@ -79,12 +81,7 @@ def finish(total: PartialStats) -> tuple[dict[str, object], np.ndarray] | None:
     denom = m * (m - 1) if m > 1 else 1
     cov = np.array([[(m * prods[i][j] - sums[i] * sums[j]) / denom for j in range(3)] for i in range(3)])
     std = [float(np.sqrt(max(cov[i, i], 0.0))) for i in range(3)]
-    values, vectors = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1]
-    values, vectors = values[order], vectors[:, order]
-    for k in range(3):
-        if vectors[np.argmax(np.abs(vectors[:, k])), k] < 0:
-            vectors[:, k] = -vectors[:, k]
+    values, vectors = colour_eigen(cov)
     mean_image = (total.pixel_sum / n).astype(np.float32)
     stats = {
         "images": n,
