@@ -51,3 +51,56 @@ def real_images(folder: Path, count: int = 8) -> list[str]:
         photo_like(rng, 160, 120).save(path, "JPEG", quality=90)
         files.append(str(path))
     return files
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``alexnet serve RUN`` as a real subprocess on a free loopback port."""
+
+    def __init__(self, run: Path, *args: str, startup_timeout: float = 240) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        from tests.conftest import REPO
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "alexnet", "serve", str(run), "--port", str(self.port), *args],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+        )  # fmt: skip
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("server did not answer /healthz in time")
+
+    def stop(self) -> str:
+        """Stop the server (SIGTERM, then SIGKILL); returns what it wrote to stderr."""
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err
