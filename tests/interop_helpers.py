@@ -29,12 +29,13 @@ def make_run(out: Path, name: str = "alexnet-small", num_classes: int = 4, mean_
     return out
 
 
-def real_images(folder: Path, count: int = 8) -> list[str]:
-    """``count`` real pictures as files: Fashion-MNIST test images (PNG) when installed, else
-    photo-like JPEGs from ``alexnet bench prepare``'s generator."""
+def real_images(folder: Path, count: int = 8, colour: bool = False) -> list[str]:
+    """``count`` pictures as files: Fashion-MNIST test images (real, grayscale PNGs) when installed,
+    else (or with ``colour``, where the channel order must show) photo-like colour JPEGs from
+    ``alexnet bench prepare``'s generator."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
-    if HAS_FASHION:
+    if HAS_FASHION and not colour:
         from alexnet.data.idx import find_idx_file, read_idx
 
         pixels = read_idx(find_idx_file(FASHION_DIR, "t10k-images-idx3-ubyte"))
@@ -104,3 +105,15 @@ class Server:
             self.proc.kill()
             _, err = self.proc.communicate()
         return err
+
+
+def run_main(capsys: object, *args: str) -> tuple[int, str, str]:
+    """``alexnet ARGS`` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from alexnet.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse
+        code = int(e.code or 0)
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    return code, captured.out, captured.err

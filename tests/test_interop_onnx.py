@@ -15,8 +15,8 @@ import onnx  # noqa: E402
 from alexnet.evaluation import load_image, load_model, predict  # noqa: E402
 from alexnet.interop.onnx_model import OnnxModel, export_onnx  # noqa: E402
 from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing  # noqa: E402
-from tests.conftest import assert_one_line_error, run_cli  # noqa: E402
-from tests.interop_helpers import make_run, real_images  # noqa: E402
+from tests.conftest import assert_one_line_error  # noqa: E402
+from tests.interop_helpers import make_run, real_images, run_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +63,15 @@ def test_export_matches_pytorch_on_real_images(name: str, mean_image: bool, imag
     assert stored["crop"] == torch_model.crop and (stored["mean_image"] is not None) == mean_image
 
 
-def test_predict_onnx_cli_agrees_with_pytorch(images: list[str], tmp_path: Path) -> None:
+def test_predict_onnx_cli_agrees_with_pytorch(images: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "run", "alexnet-small", mean_image=True)
     out = tmp_path / "small.onnx"
-    proc = run_cli("export", str(run), "--format", "onnx", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["max_abs_diff"] <= 1e-4
-    proc = run_cli("predict", str(out), *images[:2], "--json", "--topk", "3")
-    assert proc.returncode == 0, proc.stderr
-    via_onnx = json.loads(proc.stdout)
+    code, stdout, err = run_main(capsys, "export", str(run), "--format", "onnx", "--out", str(out), "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["max_abs_diff"] <= 1e-4
+    code, stdout, err = run_main(capsys, "predict", str(out), *images[:2], "--json", "--topk", "3")
+    assert code == 0, err
+    via_onnx = json.loads(stdout)
     via_torch = predict(str(run), images[:2], topk=3, precision_name="fp32")
     for a, b in zip(via_onnx, via_torch):
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
@@ -79,9 +79,12 @@ def test_predict_onnx_cli_agrees_with_pytorch(images: list[str], tmp_path: Path)
         assert a["predictions"][0]["class"] in ("cat", "dog", "ship", "tree")
 
 
-def test_export_errors_are_one_line(tmp_path: Path) -> None:
-    assert_one_line_error(run_cli("export", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx")), "not found")
+def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(capsys, "export", str(tmp_path / "missing"), "--out", str(tmp_path / "m.onnx"))
+    assert_one_line_error((code, err), "not found")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     img = real_images(tmp_path / "img", 1)[0]
-    assert_one_line_error(run_cli("predict", str(bad), img), "not a loadable onnx model")
+    code, _, err = run_main(capsys, "predict", str(bad), img)
+    assert_one_line_error((code, err), "not a loadable onnx model")
+    assert not (tmp_path / "m.onnx").exists()
