@@ -219,3 +219,17 @@ def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory
     assert labels == [p["class"] for p in expected]
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * p["prob"] for p in expected], abs=0.06)
     assert shot.stat().st_size > 1000
+
+
+def test_bench_serve_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    from tests.interop_helpers import run_main
+
+    code, out, err = run_main(capsys, "bench", "serve", "--model", "alexnet-small", "--requests", "12", "--iters", "3",
+                              "--concurrency", "1,4", "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert [lv["concurrency"] for lv in result["server"]] == [1, 4]
+    assert all(lv["errors"] == 0 and lv["requests"] == 12 and lv["p99_ms"] >= lv["p50_ms"] > 0 for lv in result["server"])
+    assert result["in_process_torch"]["n"] == 3 and result["onnxruntime"]["p50_ms"] > 0
+    assert result["onnx_check_max_abs_diff"] <= 1e-4 and result["server_p50_c1_over_onnxruntime_p50"] > 0
