@@ -20,11 +20,11 @@ import torch
 
 pytest.importorskip("google.protobuf")
 
-from alexnet.evaluation import load_image, load_model  # noqa: E402
-from alexnet.interop.caffe import import_caffe  # noqa: E402
-from alexnet.interop.preprocessing import Preprocessing  # noqa: E402
-from tests.conftest import assert_one_line_error  # noqa: E402
-from tests.interop_helpers import real_images, run_main  # noqa: E402
+from alexnet.evaluation import load_image, load_model
+from alexnet.interop.caffe import import_caffe
+from alexnet.interop.preprocessing import Preprocessing
+from tests.conftest import assert_one_line_error
+from tests.interop_helpers import real_images, run_main
 
 WIDTHS, FC, CLASSES = (8, 16, 24, 24, 16), 32, 10
 V1 = {"Convolution": 4, "ReLU": 18, "LRN": 15, "Pooling": 17, "InnerProduct": 14, "Dropout": 6, "Softmax": 20}
@@ -42,7 +42,7 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def field(number: int, value: int | float | bytes | str, kind: str = "varint") -> bytes:
+def field(number: int, value: float | bytes | str, kind: str = "varint") -> bytes:
     """One field: varint (wire type 0), 32-bit float (5), or length-delimited (2) for bytes/str."""
     if isinstance(value, (bytes, str)):
         kind = "bytes"
@@ -66,17 +66,17 @@ def caffe_layers(rng: np.random.Generator, caffenet_order: bool = False, conv2_k
     """The bvlc_alexnet deploy net with random weights (Caffe's layout: out x in/groups x kh x kw)."""
     c1, c2, c3, c4, c5 = WIDTHS
     spec = [
-        ("conv1", "Convolution", dict(num_output=c1, kernel=11, stride=4, pad=0, group=1, cin=3)),
+        ("conv1", "Convolution", {"num_output": c1, "kernel": 11, "stride": 4, "pad": 0, "group": 1, "cin": 3}),
         ("relu1", "ReLU", {}), ("norm1", "LRN", {}), ("pool1", "Pooling", {}),
-        ("conv2", "Convolution", dict(num_output=c2, kernel=conv2_kernel, stride=1, pad=2, group=2, cin=c1)),
+        ("conv2", "Convolution", {"num_output": c2, "kernel": conv2_kernel, "stride": 1, "pad": 2, "group": 2, "cin": c1}),
         ("relu2", "ReLU", {}), ("norm2", "LRN", {}), ("pool2", "Pooling", {}),
-        ("conv3", "Convolution", dict(num_output=c3, kernel=3, stride=1, pad=1, group=1, cin=c2)), ("relu3", "ReLU", {}),
-        ("conv4", "Convolution", dict(num_output=c4, kernel=3, stride=1, pad=1, group=2, cin=c3)), ("relu4", "ReLU", {}),
-        ("conv5", "Convolution", dict(num_output=c5, kernel=3, stride=1, pad=1, group=2, cin=c4)), ("relu5", "ReLU", {}),
+        ("conv3", "Convolution", {"num_output": c3, "kernel": 3, "stride": 1, "pad": 1, "group": 1, "cin": c2}), ("relu3", "ReLU", {}),
+        ("conv4", "Convolution", {"num_output": c4, "kernel": 3, "stride": 1, "pad": 1, "group": 2, "cin": c3}), ("relu4", "ReLU", {}),
+        ("conv5", "Convolution", {"num_output": c5, "kernel": 3, "stride": 1, "pad": 1, "group": 2, "cin": c4}), ("relu5", "ReLU", {}),
         ("pool5", "Pooling", {}),
-        ("fc6", "InnerProduct", dict(num_output=FC, cin=c5 * 36)), ("relu6", "ReLU", {}), ("drop6", "Dropout", {}),
-        ("fc7", "InnerProduct", dict(num_output=FC, cin=FC)), ("relu7", "ReLU", {}), ("drop7", "Dropout", {}),
-        ("fc8", "InnerProduct", dict(num_output=CLASSES, cin=FC)), ("prob", "Softmax", {}),
+        ("fc6", "InnerProduct", {"num_output": FC, "cin": c5 * 36}), ("relu6", "ReLU", {}), ("drop6", "Dropout", {}),
+        ("fc7", "InnerProduct", {"num_output": FC, "cin": FC}), ("relu7", "ReLU", {}), ("drop7", "Dropout", {}),
+        ("fc8", "InnerProduct", {"num_output": CLASSES, "cin": FC}), ("prob", "Softmax", {}),
     ]  # fmt: skip
     if caffenet_order:  # CaffeNet: pool1 before norm1
         spec[2], spec[3] = spec[3], spec[2]
@@ -155,7 +155,7 @@ def prototxt(layers: list[dict], v1: bool) -> str:
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
     """caffe ConvolutionLayer: out = sum over its group's input maps, (H + 2 pad - k) / stride + 1 (floor)."""
-    n, c, h, _ = x.shape
+    _, c, h, _ = x.shape
     k = w.shape[-1]
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     side = (h + 2 * pad - k) // stride + 1

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
-import onnx  # noqa: E402
+import onnx
 
-from alexnet.evaluation import load_image, load_model, predict  # noqa: E402
-from alexnet.interop.onnx_model import OnnxModel, export_onnx  # noqa: E402
-from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing  # noqa: E402
-from tests.conftest import assert_one_line_error  # noqa: E402
-from tests.interop_helpers import make_run, real_images, run_main  # noqa: E402
+from alexnet.evaluation import load_image, load_model, predict
+from alexnet.interop.onnx_model import OnnxModel, export_onnx
+from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing
+from tests.conftest import assert_one_line_error
+from tests.interop_helpers import make_run, real_images, run_main
 
 
 @pytest.fixture(scope="module")

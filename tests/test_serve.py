@@ -20,8 +20,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from alexnet.evaluation import predict  # noqa: E402
-from tests.interop_helpers import CLASSES, Server, make_run, real_images  # noqa: E402
+from alexnet.evaluation import predict
+from tests.interop_helpers import CLASSES, Server, make_run, real_images
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -111,7 +111,7 @@ def test_wrong_k_is_422(server: Server, images: list[str], k: str) -> None:
 
 def _send_large(server: Server, size: int, chunked: bool) -> tuple[int, dict]:
     """POST ``size`` bytes without waiting to finish sending: the server may answer early."""
-    head = f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+    head = "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
     head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
     chunk = b"\xff" * (256 * 1024)
     with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,14 +166,12 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(ServeConfig(str(run_dir), device="cpu", precision=args.precision))
         torch_ms = _timed(lambda: predictor.topk(predictor.decode(image, "bench").unsqueeze(0), 5), args.iters, args.max_seconds)
         model_name = predictor.loaded.name
-        del predictor
 
         # In-process, onnxruntime: the exported model, same decoding (alexnet.evaluation.load_image).
         onnx_path = tmp / "model.onnx"
         export = export_onnx(run_dir, onnx_path)
         ort_model = OnnxModel(onnx_path)
         ort_ms = _timed(lambda: ort_model.predict([str(image_path)], 5), args.iters, args.max_seconds)
-        del ort_model
 
         port = _free_port()
         server = subprocess.Popen(

@@ -52,7 +52,7 @@ class _LRNOp(torch.autograd.Function):
     """Our LRN during tracing, emitted as one ONNX ``LRN`` node (``alpha``: ONNX's, i.e. ours x size)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:  # noqa: ARG004
+    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         return LocalResponseNorm(size, alpha, beta, k, convention="code")(x)
 
     @staticmethod
