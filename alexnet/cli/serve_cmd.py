@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"alexnet serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"alexnet serve: {args.run} on http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    serve(cfg, args.host, args.port, args.workers)
+
+    def ready() -> None:
+        print(f"alexnet serve: {args.run} on http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
+
+    serve(cfg, args.host, args.port, args.workers, ready)
     return 0

@@ -273,19 +273,40 @@ def create_app_from_env() -> Any:
     return create_app(ServeConfig(**json.loads(os.environ[ENV_CONFIG])))
 
 
-def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Run the server until interrupted (loopback unless ``host`` says otherwise)."""
+def _check_port(host: str, port: int) -> None:
+    """A one-line error now for a port that is taken, rather than uvicorn's log after loading."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"cannot bind to {host!r}: {e.strerror or e}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host} port {port}: {e.strerror or e}; choose another with --port") from None
+
+
+def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, ready: Any = None) -> None:
+    """Run the server until interrupted (loopback unless ``host`` says otherwise); ``ready()`` is
+    called once the model is loaded, just before listening."""
     try:
         import uvicorn
     except ImportError:
         raise UserError(MISSING) from None
     if not Path(cfg.source).exists():
         raise UserError(f"model not found: {cfg.source}")
+    _check_port(host, port)
+    app = create_app(cfg)  # with several workers: fail here, once, with one line, rather than in each
+    if ready is not None:
+        ready()
     if workers == 1:
-        app = create_app(cfg)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
         return
-    create_app(cfg)  # fail here, once, with one line, rather than in every worker
+    del app
     os.environ[ENV_CONFIG] = json.dumps(asdict(cfg))
     uvicorn.run("alexnet.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)  # fmt: skip
