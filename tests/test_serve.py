@@ -189,6 +189,12 @@ def test_not_an_image_and_unsupported_format_are_415(server: Server) -> None:
     assert_error(status, ctype, body, 400, "no file")
 
 
+def test_too_many_files_is_413(server: Server, images: list[str]) -> None:
+    data, headers = multipart([(f"f{i}.png", Path(images[0]).read_bytes()) for i in range(17)])  # --max-files 16
+    status, ctype, body = call(server, "POST", "/v1/predict", data, headers)
+    assert_error(status, ctype, body, 413, "too many files")
+
+
 def test_concurrent_requests_all_succeed_with_the_same_answer(server: Server, images: list[str]) -> None:
     data = Path(images[1]).read_bytes()
     with ThreadPoolExecutor(8) as pool:
