@@ -220,11 +220,17 @@ def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory
             labels = page.locator("#top5 li.prediction .label").all_text_contents()
             widths = page.locator("#top5 li.prediction .bar").evaluate_all("bars => bars.map(b => b.style.width)")
             page.screenshot(path=str(shot), full_page=True)
+            not_image = Path(picture).with_name("notes.txt")
+            not_image.write_text("not a picture\n")
+            page.set_input_files("#file", str(not_image))
+            page.wait_for_selector("#error:has-text('not an image')", timeout=60_000)
+            bars_after_error = page.locator("#top5 li").count()
         finally:
             browser.close()
     assert labels == [p["class"] for p in expected]
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * p["prob"] for p in expected], abs=0.06)
     assert shot.stat().st_size > 1000
+    assert bars_after_error == 0  # the page shows the API's error instead of stale bars
 
 
 def test_bench_serve_smoke(capsys: pytest.CaptureFixture[str]) -> None:
