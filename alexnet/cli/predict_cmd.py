@@ -11,7 +11,7 @@ from alexnet.evaluation import predict
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files", description=__doc__)
-    p.add_argument("checkpoint", metavar="CKPT", help="alexnet checkpoint or run folder, or a torchvision AlexNet state_dict")
+    p.add_argument("checkpoint", metavar="CKPT", help="alexnet checkpoint or run folder, a torchvision AlexNet state_dict, or an exported .onnx")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -20,7 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = predict(args.checkpoint, args.images, args.topk, args.device, args.precision)
+    if args.checkpoint.lower().endswith(".onnx"):  # an `alexnet export` file: onnxruntime, CPU, fp32
+        from alexnet.interop.onnx_model import OnnxModel
+
+        results = OnnxModel(args.checkpoint).predict(args.images, args.topk)
+    else:
+        results = predict(args.checkpoint, args.images, args.topk, args.device, args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -1,0 +1,211 @@
+"""ONNX export of any run (or torchvision weights file), checked with onnxruntime, and ONNX inference.
+
+The graph takes the normalised float32 ``N x C x crop x crop`` batch (dynamic ``N``) and gives
+logits. LRN becomes ONNX's ``LRN`` operator: like Caffe and cuda-convnet, ONNX divides alpha by
+``size`` (``y = x / (bias + alpha / size * sum x^2) ** beta``, window ``c - (size-1)//2 ..
+c + ceil((size-1)/2)``: for size 5 the same 5 channels as ours), so ONNX's ``alpha`` is our
+effective coefficient times ``size`` whatever our model's ``lrn_convention``. Grouped
+convolutions stay ``Conv`` with ``group = 2``.
+
+The preprocessing (decode, short side, crop, mean image or per-channel mean/std) is written as
+JSON into the model's metadata (key :data:`~alexnet.interop.preprocessing.METADATA_KEY`), with
+the class names (``alexnet.classes``) and the model name, so ``alexnet predict model.onnx``
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet.errors import UserError
+from alexnet.evaluation import LoadedModel, load_image, load_model
+from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing
+from alexnet.io import atomic_write
+from alexnet.models.lrn import LocalResponseNorm
+
+OPSET = 17
+CHECK_IMAGES = 8
+CHECK_TOLERANCE = 1e-4  # max abs logit difference onnxruntime vs PyTorch (fp32 both)
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UserError("ONNX needs the optional packages onnx and onnxruntime: pip install 'alexnet[onnx]'") from None
+    return onnx, onnxruntime
+
+
+class _LRNOp(torch.autograd.Function):
+    """Our LRN during tracing, emitted as one ONNX ``LRN`` node (``alpha``: ONNX's, i.e. ours x size)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+        return LocalResponseNorm(size, alpha, beta, k, convention="code")(x)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, size: int, alpha: float, beta: float, k: float) -> Any:
+        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+
+
+class _ExportableLRN(nn.Module):
+    def __init__(self, lrn: LocalResponseNorm) -> None:
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.lrn
+        return _LRNOp.apply(x, m.size, m.alpha_effective * m.size, m.beta, m.k)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    """``model`` with every LRN module wrapped so it exports as ONNX ``LRN`` (same weights, shared)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LocalResponseNorm):
+                setattr(parent, name, _ExportableLRN(child))
+    return model
+
+
+def onnx_bytes(loaded: LoadedModel, opset: int = OPSET) -> bytes:
+    """The serialised ONNX model of ``loaded`` (CPU, fp32, dynamic batch), with its metadata."""
+    onnx, _ = _require_onnx()
+    import copy
+
+    model = _exportable(copy.deepcopy(loaded.model).cpu().float().eval())
+    example = torch.zeros(1, loaded.channels, loaded.crop, loaded.crop)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of torch.export, which needs onnxscript
+        # and a translation for our LRN; this one turns our LRN into ONNX's with `symbolic`.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )  # fmt: skip
+    proto = onnx.load_from_string(buffer.getvalue())
+    meta = {
+        METADATA_KEY: Preprocessing.of(loaded).to_json(),
+        "alexnet.model": loaded.name,
+        "alexnet.classes": json.dumps(list(loaded.classes)),
+        "alexnet.source": loaded.source,
+    }
+    for key, value in meta.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    proto.producer_name = "alexnet"
+    proto.doc_string = (
+        f"{loaded.name}: input '{INPUT_NAME}' float32 N x {loaded.channels} x {loaded.crop} x {loaded.crop}, "
+        f"normalised as metadata '{METADATA_KEY}' says; output '{OUTPUT_NAME}' N x {len(loaded.classes)}"
+    )
+    return proto.SerializeToString()
+
+
+def check_images(pre: Preprocessing, files: list[str] | None, count: int = CHECK_IMAGES) -> torch.Tensor:
+    """The uint8 batch the export check runs: ``files`` decoded, or ``count`` fixed noise images."""
+    if files:
+        return torch.stack([load_image(f, pre.channels, pre.image_size, pre.crop) for f in files])
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (count, pre.channels, pre.crop, pre.crop), generator=gen, dtype=torch.uint8)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote and how closely onnxruntime matched PyTorch."""
+
+    path: str
+    model: str
+    bytes: int
+    images: int
+    max_abs_diff: float
+    max_abs_logit: float
+    export_seconds: float
+
+
+def export_onnx(
+    source: str | Path, out: str | Path, check_files: list[str] | None = None, tolerance: float = CHECK_TOLERANCE
+) -> ExportResult:
+    """Export a run / checkpoint / torchvision state_dict to ONNX at ``out``, atomically.
+
+    Before writing, onnxruntime runs the exported graph on the check images (``check_files``, or
+    8 fixed noise images) and the max abs logit difference to PyTorch must be <= ``tolerance``;
+    otherwise nothing is written and a :class:`UserError` says by how much it missed.
+    """
+    _, ort = _require_onnx()
+    loaded = load_model(source, torch.device("cpu"))
+    loaded.model.float()
+    start = time.perf_counter()
+    data = onnx_bytes(loaded)
+    seconds = time.perf_counter() - start
+    pre = Preprocessing.of(loaded)
+    x = pre.normalize(check_images(pre, check_files))
+    with torch.inference_mode():
+        expected = loaded.model(x).numpy()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if not diff <= tolerance:
+        raise UserError(f"ONNX check failed: onnxruntime's logits differ from PyTorch's by {diff:.3g} > {tolerance:g}; {out} not written")
+    try:
+        atomic_write(out, lambda f: f.write(data))
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    return ExportResult(str(out), loaded.name, len(data), x.shape[0], diff, float(np.abs(expected).max()), seconds)
+
+
+class OnnxModel:
+    """An exported model under onnxruntime, with the preprocessing and classes from its metadata."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        _, ort = _require_onnx()
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"ONNX model not found: {path}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for damaged files
+            raise UserError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise UserError(f"{path} has no alexnet preprocessing metadata; export it with `alexnet export`")
+        self.preprocessing = Preprocessing.from_json(meta[METADATA_KEY])
+        self.name = meta.get("alexnet.model", "onnx")
+        self.classes: tuple[str, ...] = tuple(json.loads(meta.get("alexnet.classes", "[]")))
+        self.source = str(path)
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """uint8 ``N,C,crop,crop`` images -> ``N x classes`` logits."""
+        x = self.preprocessing.normalize(batch).numpy()
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def predict(self, images: list[str], topk: int = 5) -> list[dict[str, Any]]:
+        """Top-``topk`` classes of image files, in :func:`alexnet.evaluation.predict`'s format."""
+        pre = self.preprocessing
+        batch = torch.stack([load_image(p, pre.channels, pre.image_size, pre.crop) for p in images])
+        probs = torch.from_numpy(self.logits(batch)).softmax(dim=1)
+        top = probs.topk(min(topk, probs.shape[1]), dim=1)
+        names = self.classes or tuple(str(i) for i in range(probs.shape[1]))
+        return [
+            {
+                "image": str(path),
+                "predictions": [
+                    {"class": names[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values[n], top.indices[n])
+                ],
+            }
+            for n, path in enumerate(images)
+        ]

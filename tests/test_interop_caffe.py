@@ -1,0 +1,271 @@
+"""`alexnet import caffe` against an independent float64 numpy forward pass of Caffe's layer semantics.
+
+The caffemodel, prototxt and mean files are written here from caffe.proto's field numbers with a
+tiny protobuf wire encoder of the test's own (not the importer's schema code): BlobProto shape 7,
+data 5, legacy num/channels/height/width 1-4; NetParameter layer 100 (V2), layers 2 (V1);
+LayerParameter name 1, type 2, blobs 7; V1LayerParameter name 4, type 5 (enum), blobs 6.
+The net is AlexNet's topology at 227 px with narrow widths (the converter reads widths from the
+blobs), so the float64 reference stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("google.protobuf")
+
+from alexnet.evaluation import load_image, load_model
+from alexnet.interop.caffe import import_caffe
+from alexnet.interop.preprocessing import Preprocessing
+from tests.conftest import assert_one_line_error
+from tests.interop_helpers import real_images, run_main
+
+WIDTHS, FC, CLASSES = (8, 16, 24, 24, 16), 32, 10
+V1 = {"Convolution": 4, "ReLU": 18, "LRN": 15, "Pooling": 17, "InnerProduct": 14, "Dropout": 6, "Softmax": 20}
+
+# ------------------------------------------------------------------ protobuf wire format, by hand
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def field(number: int, value: float | bytes | str, kind: str = "varint") -> bytes:
+    """One field: varint (wire type 0), 32-bit float (5), or length-delimited (2) for bytes/str."""
+    if isinstance(value, (bytes, str)):
+        kind = "bytes"
+    if kind == "varint":
+        return varint(number << 3 | 0) + varint(int(value))
+    if kind == "float":
+        return varint(number << 3 | 5) + struct.pack("<f", value)
+    data = value.encode() if isinstance(value, str) else value
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def blob(arr: np.ndarray, legacy: bool) -> bytes:
+    data = field(5, arr.astype("<f4").tobytes(), "bytes")  # packed floats
+    if legacy:  # num, channels, height, width: always 4-D, leading 1s
+        dims = (1,) * (4 - arr.ndim) + arr.shape
+        return b"".join(field(i + 1, d) for i, d in enumerate(dims)) + data
+    return field(7, b"".join(field(1, d) for d in arr.shape)) + data  # BlobShape.dim
+
+
+def caffe_layers(rng: np.random.Generator, caffenet_order: bool = False, conv2_kernel: int = 5) -> list[dict]:
+    """The bvlc_alexnet deploy net with random weights (Caffe's layout: out x in/groups x kh x kw)."""
+    c1, c2, c3, c4, c5 = WIDTHS
+    spec = [
+        ("conv1", "Convolution", {"num_output": c1, "kernel": 11, "stride": 4, "pad": 0, "group": 1, "cin": 3}),
+        ("relu1", "ReLU", {}), ("norm1", "LRN", {}), ("pool1", "Pooling", {}),
+        ("conv2", "Convolution", {"num_output": c2, "kernel": conv2_kernel, "stride": 1, "pad": 2, "group": 2, "cin": c1}),
+        ("relu2", "ReLU", {}), ("norm2", "LRN", {}), ("pool2", "Pooling", {}),
+        ("conv3", "Convolution", {"num_output": c3, "kernel": 3, "stride": 1, "pad": 1, "group": 1, "cin": c2}), ("relu3", "ReLU", {}),
+        ("conv4", "Convolution", {"num_output": c4, "kernel": 3, "stride": 1, "pad": 1, "group": 2, "cin": c3}), ("relu4", "ReLU", {}),
+        ("conv5", "Convolution", {"num_output": c5, "kernel": 3, "stride": 1, "pad": 1, "group": 2, "cin": c4}), ("relu5", "ReLU", {}),
+        ("pool5", "Pooling", {}),
+        ("fc6", "InnerProduct", {"num_output": FC, "cin": c5 * 36}), ("relu6", "ReLU", {}), ("drop6", "Dropout", {}),
+        ("fc7", "InnerProduct", {"num_output": FC, "cin": FC}), ("relu7", "ReLU", {}), ("drop7", "Dropout", {}),
+        ("fc8", "InnerProduct", {"num_output": CLASSES, "cin": FC}), ("prob", "Softmax", {}),
+    ]  # fmt: skip
+    if caffenet_order:  # CaffeNet: pool1 before norm1
+        spec[2], spec[3] = spec[3], spec[2]
+    layers = []
+    for name, kind, p in spec:
+        layer = {"name": name, "type": kind, **p}
+        if kind == "Convolution":
+            fan_in = p["cin"] // p["group"] * p["kernel"] ** 2
+            layer["w"] = rng.normal(0, np.sqrt(2 / fan_in), (p["num_output"], p["cin"] // p["group"], p["kernel"], p["kernel"]))
+            layer["b"] = rng.normal(0, 0.1, p["num_output"])
+        elif kind == "InnerProduct":
+            layer["w"] = rng.normal(0, np.sqrt(2 / p["cin"]), (p["num_output"], p["cin"]))
+            layer["b"] = rng.normal(0, 0.1, p["num_output"])
+        layers.append(layer)
+    return layers
+
+
+def layer_params(layer: dict, v1: bool) -> bytes:
+    kind = layer["type"]
+    if kind == "Convolution":  # ConvolutionParameter: num_output 1, pad 3, kernel_size 4, group 5, stride 6
+        body = field(1, layer["num_output"]) + field(3, layer["pad"]) + field(4, layer["kernel"]) + field(5, layer["group"])
+        return field(10 if v1 else 106, body + field(6, layer["stride"]))
+    if kind == "InnerProduct":  # InnerProductParameter.num_output 1
+        return field(17 if v1 else 117, field(1, layer["num_output"]))
+    if kind == "LRN":  # local_size 1, alpha 2, beta 3 (k 5 left at Caffe's default of 1)
+        return field(18 if v1 else 118, field(1, 5) + field(2, 1e-4, "float") + field(3, 0.75, "float"))
+    if kind == "Pooling":  # pool 1 (MAX = 0), kernel_size 2, stride 3
+        return field(19 if v1 else 121, field(1, 0) + field(2, 3) + field(3, 2))
+    return b""
+
+
+def caffemodel(layers: list[dict], v1: bool) -> bytes:
+    out = field(1, "AlexNet")
+    for layer in layers:
+        blobs = [layer[k] for k in ("w", "b") if k in layer]
+        if v1:
+            body = field(4, layer["name"]) + field(5, V1[layer["type"]])
+            body += b"".join(field(6, blob(x, legacy=True)) for x in blobs)
+            out += field(2, body + layer_params(layer, v1))
+        else:
+            body = field(1, layer["name"]) + field(2, layer["type"])
+            body += b"".join(field(7, blob(x, legacy=False)) for x in blobs)
+            out += field(100, body + layer_params(layer, v1))
+    return out
+
+
+def prototxt(layers: list[dict], v1: bool) -> str:
+    """The deploy file, as Caffe's text format (with the fillers and lr settings real files carry)."""
+    lines = ['name: "AlexNet"']
+    if v1:
+        lines += ['input: "data"', "input_dim: 10", "input_dim: 3", "input_dim: 227", "input_dim: 227"]
+    else:
+        lines.append('layer { name: "data" type: "Input" top: "data" input_param { shape: { dim: 10 dim: 3 dim: 227 dim: 227 } } }')
+    for layer in layers:
+        kind, name = layer["type"], layer["name"]
+        params = ""
+        if kind == "Convolution":
+            params = (f"convolution_param {{ num_output: {layer['num_output']} pad: {layer['pad']} kernel_size: {layer['kernel']} "
+                      f"group: {layer['group']} stride: {layer['stride']} weight_filler {{ type: \"gaussian\" std: 0.01 }} }}")  # fmt: skip
+        elif kind == "InnerProduct":
+            params = f"inner_product_param {{ num_output: {layer['num_output']} }}"
+        elif kind == "LRN":
+            params = "lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }"
+        elif kind == "Pooling":
+            params = "pooling_param { pool: MAX kernel_size: 3 stride: 2 }"
+        if v1:
+            enum = {4: "CONVOLUTION", 18: "RELU", 15: "LRN", 17: "POOLING", 14: "INNER_PRODUCT", 6: "DROPOUT", 20: "SOFTMAX"}
+            lines.append(f'layers {{ name: "{name}" type: {enum[V1[kind]]} blobs_lr: 1 {params} }}')
+        else:
+            lines.append(f'layer {{ name: "{name}" type: "{kind}" param {{ lr_mult: 1 decay_mult: 1 }} {params} }}')
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ Caffe's layer semantics in float64 numpy
+
+
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
+    """caffe ConvolutionLayer: out = sum over its group's input maps, (H + 2 pad - k) / stride + 1 (floor)."""
+    _, c, h, _ = x.shape
+    k = w.shape[-1]
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    side = (h + 2 * pad - k) // stride + 1
+    cols = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :side, :side]
+    outs = []
+    per_in, per_out = c // groups, w.shape[0] // groups
+    for g in range(groups):
+        part = cols[:, g * per_in : (g + 1) * per_in]  # n, cin, side, side, k, k
+        outs.append(np.einsum("nchwij,ocij->nohw", part, w[g * per_out : (g + 1) * per_out], optimize=True))
+    return np.concatenate(outs, axis=1) + b[None, :, None, None]
+
+
+def lrn(x: np.ndarray, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> np.ndarray:
+    """caffe LRNLayer ACROSS_CHANNELS: scale = k + alpha / size * sum of squares over channels c - 2 .. c + 2."""
+    sq = np.pad(x**2, ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    window = sum(sq[:, i : i + x.shape[1]] for i in range(size))
+    return x * (k + alpha / size * window) ** -beta
+
+
+def max_pool(x: np.ndarray, kernel: int = 3, stride: int = 2) -> np.ndarray:
+    """caffe PoolingLayer MAX: output side ceil((H - k) / stride) + 1, windows clipped at the edge."""
+    h = x.shape[2]
+    side = int(np.ceil((h - kernel) / stride)) + 1
+    out = np.full(x.shape[:2] + (side, side), -np.inf)
+    for i in range(side):
+        for j in range(side):
+            win = x[:, :, i * stride : min(i * stride + kernel, h), j * stride : min(j * stride + kernel, h)]
+            out[:, :, i, j] = win.max(axis=(2, 3))
+    return out
+
+
+def caffe_forward(bgr: np.ndarray, layers: list[dict]) -> np.ndarray:
+    """The deploy net on a BGR, mean-subtracted float64 batch, layer by layer as Caffe runs it."""
+    x = bgr
+    for layer in layers:
+        kind = layer["type"]
+        if kind == "Convolution":
+            x = conv(x, layer["w"], layer["b"], layer["stride"], layer["pad"], layer["group"])
+        elif kind == "ReLU":
+            x = np.maximum(x, 0)
+        elif kind == "LRN":
+            x = lrn(x)
+        elif kind == "Pooling":
+            x = max_pool(x)
+        elif kind == "InnerProduct":
+            x = x.reshape(x.shape[0], -1) @ layer["w"].T + layer["b"]
+    return x  # fc8 (Softmax not applied: logits)
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return real_images(tmp_path_factory.mktemp("caffe-images"), 3, colour=True)  # colour: BGR vs RGB must show
+
+
+def write_files(folder: Path, layers: list[dict], v1: bool, mean_bgr: np.ndarray) -> tuple[Path, Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    proto, model, mean = folder / "deploy.prototxt", folder / "weights.caffemodel", folder / "mean.binaryproto"
+    proto.write_text(prototxt(layers, v1))
+    model.write_bytes(caffemodel(layers, v1))
+    mean.write_bytes(blob(mean_bgr[None], legacy=True))  # as Caffe's imagenet_mean.binaryproto: 1 x 3 x 256 x 256
+    return proto, model, mean
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["V2-layer", "V1-layers-legacy-shapes"])
+def test_import_matches_caffe_semantics(v1: bool, images: list[str], tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    layers = caffe_layers(rng)
+    mean_bgr = rng.uniform(80, 150, (3, 256, 256))
+    proto, model, mean = write_files(tmp_path / "caffe", layers, v1, mean_bgr)
+    result = import_caffe(proto, model, tmp_path / "run", mean)
+    assert result.format.startswith("V1" if v1 else "V2")
+    assert result.options == {"lrn_k": 1.0, "widths": list(WIDTHS), "fc_width": FC}
+
+    loaded = load_model(tmp_path / "run", torch.device("cpu"))
+    assert (loaded.name, loaded.image_size, loaded.crop, len(loaded.classes)) == ("alexnet", 256, 227, CLASSES)
+    batch = torch.stack([load_image(f, 3, loaded.image_size, loaded.crop) for f in images])  # RGB uint8
+    with torch.inference_mode():
+        ours = loaded.model(Preprocessing.of(loaded).normalize(batch)).double().numpy()
+
+    # Caffe's view of the same pixels: BGR, minus the BGR mean image's centre 227 crop, float64.
+    bgr = batch.numpy().astype(np.float64)[:, ::-1]
+    off = (256 - 227) // 2
+    reference = caffe_forward(bgr - mean_bgr[None, :, off : off + 227, off : off + 227], layers)
+    assert np.abs(reference).max() > 1.0  # a live signal, not all zeros
+    assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
+    assert (ours.argmax(1) == reference.argmax(1)).all()
+
+
+def test_cli_import_then_predict_and_misfits_are_one_line(
+    images: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(2)
+    mean_bgr = rng.uniform(80, 150, (3, 256, 256))
+    proto, model, mean = write_files(tmp_path / "ok", caffe_layers(rng), False, mean_bgr)
+    code, out, err = run_main(capsys, "import", "caffe", str(proto), str(model), "--mean", str(mean), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "BGR->RGB" in out and "k=1" in out and "mean image 256x256" in out
+    code, out, err = run_main(capsys, "predict", str(tmp_path / "run"), images[0], "--json", "--precision", "fp32")
+    assert code == 0, err
+    assert len(json.loads(out)[0]["predictions"]) == 5
+
+    def import_error(folder: str, layers: list[dict], model_path: Path | None = None) -> tuple[int, str]:
+        proto, model, _ = write_files(tmp_path / folder, layers, False, mean_bgr)
+        code, _, err = run_main(capsys, "import", "caffe", str(proto), str(model_path or model), "--out", str(tmp_path / "x"))
+        return code, err
+
+    assert_one_line_error(import_error("caffenet", caffe_layers(rng, caffenet_order=True)), "'pool1'")
+    assert_one_line_error(import_error("other", caffe_layers(rng, conv2_kernel=3)), "'conv2'")
+    assert_one_line_error(import_error("missing", caffe_layers(rng), tmp_path / "none.caffemodel"), "not found")
+    assert not (tmp_path / "x").exists()
