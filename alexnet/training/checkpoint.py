@@ -20,7 +20,6 @@ kept (:func:`prune_step_checkpoints`).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import re
@@ -407,7 +406,3 @@ def newest_valid_checkpoint(ckpt_dir: Path, exclude: Path | None = None) -> tupl
             best = (p, ckpt)
     return best
 
-
-def with_progress(ckpt: Checkpoint, **changes: Any) -> Checkpoint:
-    """A copy of ``ckpt`` whose :class:`Progress` has ``changes``."""
-    return dataclasses.replace(ckpt, progress=dataclasses.replace(ckpt.progress, **changes))
