@@ -31,6 +31,7 @@ from alexnet.data.dataset import Dataset
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json, atomic_write_text
+from alexnet.runfolder import run_folder_lock
 from alexnet.runtime import fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.training.distributed import (
@@ -114,8 +115,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """
     tune_cpu_allocator()
     ctx, device = init_from_env(resolve_device(cfg.device))
-    try:
-        return _train(cfg, resume, ctx, device)
+    try:  # one writer per run folder: rank 0 holds the lock, every rank learns if it failed
+        with run_folder_lock(cfg.out, take=ctx.is_main, agree=lambda failed: any_rank([failed], ctx, device)[0]):
+            return _train(cfg, resume, ctx, device)
     finally:
         shutdown(ctx)
 
