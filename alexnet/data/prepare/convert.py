@@ -141,6 +141,19 @@ def to_pixels(source: bytes | np.ndarray, size: int, draft: bool = True) -> np.n
     return np.asarray(resize_crop(img, size, full, scale), dtype=np.uint8)
 
 
+def model_pixels(source: bytes, channels: int, size: int) -> np.ndarray:
+    """``size x size x channels`` uint8 pixels of an encoded image as a model sees them: the
+    stored image :func:`to_pixels` makes for ``alexnet prepare`` (same decode, same alpha on
+    white, same rescale and centre square), grey (ITU-R 601 luma, Pillow's ``L``) for
+    one-channel models. ``predict`` calls this, so it sees the pixels training saw (and then
+    takes the evaluation crop like evaluation does). Raises :class:`ConversionError`.
+    """
+    pixels = to_pixels(source, size)
+    if channels == 1:
+        return np.asarray(Image.fromarray(pixels, "RGB").convert("L"))[:, :, None]
+    return pixels
+
+
 def encode(pixels: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> bytes:
     """Encode ``H,W,3`` uint8 pixels as JPEG or as a ``.npy`` array (``raw``)."""
     if encoding == "jpeg":
