@@ -71,6 +71,7 @@ def run_folder_lock(
     folder = Path(folder)
     fd: int | None = None
     error: UserError | None = None
+    created = take and not folder.exists()
     if take:
         try:
             make_folder(folder, flag)
@@ -95,4 +96,8 @@ def run_folder_lock(
         yield folder
     finally:
         if fd is not None:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # nothing written (a bad flag):
+                with contextlib.suppress(OSError):  # leave no empty run folder behind
+                    (folder / LOCK_NAME).unlink()
+                    folder.rmdir()
             os.close(fd)  # releases the lock; the file stays (see the module docstring)

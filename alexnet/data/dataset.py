@@ -18,6 +18,7 @@ from alexnet.data.presets import ColourStats, TrainAugment
 from alexnet.data.seeding import generator
 
 SPLITS = ("train", "val")
+MIN_CLASSES = 2  # a classifier needs two classes to tell apart; `train` refuses fewer, `prepare` warns
 
 
 @dataclass(frozen=True)

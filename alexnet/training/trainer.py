@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from alexnet import __version__, models
 from alexnet.data import BatchPlan, open_dataset
-from alexnet.data.dataset import Dataset
+from alexnet.data.dataset import MIN_CLASSES, Dataset
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json, atomic_write_text
@@ -129,6 +129,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data, workers=cfg.workers)
+    if dataset.info.num_classes < MIN_CLASSES:  # one class: a classifier with nothing to tell apart
+        raise UserError(f"{cfg.data} has {dataset.info.num_classes} class; training needs at least {MIN_CLASSES}")
     if cfg.gpu_decode:
         if device.type != "cuda" or not hasattr(dataset, "decode_device"):
             raise UserError("--gpu-decode needs --device cuda and a prepared dataset")
