@@ -68,7 +68,7 @@ def tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
 
 def fill(folder: Path) -> None:
     """Write a file until the file system is full."""
-    with open(folder / "filler", "wb") as f, contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), open(folder / "filler", "wb", buffering=0) as f:
         while True:
             f.write(b"\0" * 65536)
             f.flush()
