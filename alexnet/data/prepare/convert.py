@@ -76,6 +76,8 @@ def decode(data: bytes, size: int | None = None) -> tuple[Image.Image, tuple[int
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise ConversionError(f"truncated or damaged: {msg}") from None
         raise ConversionError(f"cannot decode ({msg or type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file can fail a decoder plugin in odd ways (struct.error, ...)
+        raise ConversionError(f"cannot decode ({type(e).__name__}: {e})") from None
     return img, full, scale
 
 
