@@ -128,3 +128,36 @@ def test_data_commands_on_a_folder_that_is_not_prepared(tmp_path: Path, capsys: 
     assert main(["data", "show", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert_one_line_error((2, err), "alexnet prepare")
+
+
+def test_sigterm_stops_prepare_with_how_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM (in this process, once the first shard is done) stops the run in one line that says
+    how to resume; the finished shards stay and the next run only does the rest."""
+    import threading
+
+    src = tmp_path / "src"
+    for k in range(2):
+        (src / f"c{k}").mkdir(parents=True)
+        for i in range(15):
+            (src / f"c{k}" / f"{i:03d}.jpg").write_bytes(fx.jpeg(100 * k + i))
+    out = tmp_path / "out"
+    args = ["prepare", str(src), str(out), "--size", "384", "--shard-size", "2", "--workers", "1", "--no-progress"]
+
+    def terminate_after_first_shard() -> None:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".work/*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=terminate_after_first_shard)
+    watcher.start()
+    code = main(args)
+    watcher.join()
+    assert code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and f"alexnet prepare {src} {out}" in lines[0], err
+    assert not (out / "manifest.json").exists() and list(out.glob("*.tar"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # the shard being written was discarded
+    assert main([*args[:3], "--size", "384", "--shard-size", "2", "--workers", "1", "--no-progress"]) == 0
+    assert "resuming: " in capsys.readouterr().err
