@@ -90,7 +90,9 @@ def test_one_class_folder_prepares_with_a_warning(world: Path, capsys: pytest.Ca
     assert "warning:" in err and "only 1 class (cat)" in err and "at least 2" in err
 
 
-def test_predict_reads_stdin_and_empty_stdin_is_one_line(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_reads_stdin_and_empty_stdin_is_one_line(
+    world: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from alexnet.evaluation.predict import predict
 
     buf = io.BytesIO()
@@ -99,5 +101,5 @@ def test_predict_reads_stdin_and_empty_stdin_is_one_line(world: Path, capsys: py
     from_stdin = predict(str(world / "run"), ["-"], stdin=io.BytesIO(buf.getvalue()), precision_name="fp32")
     from_file = predict(str(world / "run"), [str(world / "green.png")], precision_name="fp32")
     assert from_stdin[0]["image"] == "<stdin>" and from_stdin[0]["predictions"] == from_file[0]["predictions"]
-    proc = run_cli("predict", str(world / "run"), "-")  # stdin is empty (not a terminal) under subprocess.run
-    assert_one_line_error(proc, "empty file")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))  # `alexnet predict RUN - < /dev/null`
+    assert_one_line_error((main(["predict", str(world / "run"), "-"]), capsys.readouterr().err), "empty file")

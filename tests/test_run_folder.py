@@ -95,14 +95,22 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
         assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]  # no half file
 
 
-def test_read_only_run_folder_is_one_line(tmp_path: Path) -> None:
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The command line in this process (cheaper than a new one): exit code and stderr."""
+    from alexnet.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_read_only_run_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
-        proc = run_cli("train", "--data", SYN, *TINY, "--out", str(ro / "run"))
-        assert_one_line_error(proc, "Read-only file system")
-        assert str(ro / "run") in proc.stderr
+        code, err = cli(capsys, "train", "--data", SYN, *TINY, "--out", str(ro / "run"))
+        assert_one_line_error((code, err), "Read-only file system")
+        assert str(ro / "run") in err
 
 
-def test_prepare_on_a_full_or_read_only_disk_is_one_line(tmp_path: Path) -> None:
+def test_prepare_on_a_full_or_read_only_disk_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image
 
     src = tmp_path / "src"
@@ -111,11 +119,11 @@ def test_prepare_on_a_full_or_read_only_disk_is_one_line(tmp_path: Path) -> None
         for i in range(12):
             Image.effect_noise((96, 96), 30 + i).convert("RGB").save(src / c / f"{i}.png")
     with tmpfs(tmp_path / "small", "96k") as small:
-        proc = run_cli("prepare", str(src), str(small / "out"), "--size", "64", "--encoding", "raw", "--shard-size", "2",
-                       "--workers", "1", "--no-progress")  # fmt: skip
-        assert_one_line_error(proc, "No space left on device")
-        assert str(small / "out") in proc.stderr
+        code, err = cli(capsys, "prepare", str(src), str(small / "out"), "--size", "64", "--encoding", "raw",
+                        "--shard-size", "2", "--workers", "1", "--no-progress")  # fmt: skip
+        assert_one_line_error((code, err), "No space left on device")
+        assert str(small / "out") in err
         assert not [p for p in (small / "out").rglob("*") if ".tmp" in p.name]  # no half file left
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
-        proc = run_cli("prepare", str(src), str(ro / "out"), "--size", "64", "--workers", "1", "--no-progress")
-        assert_one_line_error(proc, "Read-only file system")
+        code, err = cli(capsys, "prepare", str(src), str(ro / "out"), "--size", "64", "--workers", "1", "--no-progress")
+        assert_one_line_error((code, err), "Read-only file system")
