@@ -42,7 +42,7 @@ def resume(run: Path) -> subprocess.Popen:
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while not condition():
         assert proc.poll() is None, proc.communicate()
