@@ -5,6 +5,7 @@ and the previous checkpoint intact."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def test_a_second_writer_gets_one_line_and_a_killed_one_leaves_no_stale_lock(tmp
         holder.send_signal(signal.SIGKILL)  # no clean-up runs: the kernel drops the lock
         holder.wait()
     with run_folder_lock(run) as folder:
-        assert (folder / LOCK_NAME).read_text().strip() == str(__import__("os").getpid())
+        assert (folder / LOCK_NAME).read_text().strip() == str(os.getpid())
 
 
 def test_the_lock_is_held_for_the_whole_run_and_released_after(tmp_path: Path) -> None:
