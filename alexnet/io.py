@@ -23,6 +23,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     ``.<name>.tmp.<random>`` (``prepare`` removes such leftovers of a killed run).
     """
     path = Path(path)
+    try:
+        _replace(path, write)
+    except OSError as e:  # name the file the caller asked for, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def _replace(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", dir=path.parent)
     try:
@@ -32,7 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)  # a failed write (disk full) leaves no half file behind
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,7 +22,13 @@ from alexnet.cli import main
 from alexnet.data.prepare import Settings, prepare
 
 
-def test_resume_after_sigkill_gives_identical_output(tmp_path: Path) -> None:
+KILL_POINTS, KILL_SEED = 5, 2012
+
+
+def test_sigkill_at_random_points_then_resume_gives_identical_output(tmp_path: Path) -> None:
+    """kill -9 at KILL_POINTS seeded random points (after a random number of finished shards, plus
+    a random delay into the next ones), each time running the command again; the end is
+    byte-identical to an uninterrupted run."""
     src = tmp_path / "src"
     for k in range(3):
         (src / f"c{k}").mkdir(parents=True)
@@ -34,26 +41,28 @@ def test_resume_after_sigkill_gives_identical_output(tmp_path: Path) -> None:
     prepare(src, reference, settings=Settings(size=384, shard_size=5), workers=1, val_fraction=0.1, progress=False)
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "alexnet", "prepare", str(src), str(out), "--workers", "1", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    # Kill once a shard is complete (tar and sidecar in place), while later ones are being made.
-    while not list(out.glob(".work/train-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done = sorted(out.glob("*-*.tar"))
-    assert done and not (out / "manifest.json").exists(), "the run finished before it could be killed"
-    assert len(done) < 30
-    for shard in done:  # whatever is in place under a final name is a complete shard
-        with tarfile.open(shard) as tar:
-            assert len(tar.getnames()) == 10  # 5 samples x (.jpg + .cls)
+    cmd = [sys.executable, "-m", "alexnet", "prepare", str(src), str(out), "--workers", "1", "--no-progress", *args]
+    rng = random.Random(KILL_SEED)
+    targets = sorted(rng.sample(range(1, 27), KILL_POINTS))  # of 31 shards: leave some for the last run
+    for target in targets:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 600  # generous: a loaded CI machine can take minutes to start Python
+        while len(list(out.glob(".work/*.npz"))) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(list(out.glob(".work/*.npz"))) >= target, f"never got {target} shards done"
+        time.sleep(rng.uniform(0.0, 0.05))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.communicate()
+        assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+        for shard in sorted(out.glob("*-*.tar")):  # whatever is in place under a final name is complete
+            with tarfile.open(shard) as tar:
+                assert len(tar.getnames()) == 10  # 5 samples x (.jpg + .cls)
 
     rerun = run_cli("prepare", str(src), str(out), "--workers", "2", "--no-progress", *args)
     assert rerun.returncode == 0, rerun.stderr
-    assert "resuming: " in rerun.stderr and "1 skipped" in rerun.stdout
-    assert int(rerun.stderr.split("resuming: ")[1].split()[0]) >= 1  # shards not made again
+    assert "1 skipped" in rerun.stdout
+    assert int(rerun.stderr.split("resuming: ")[1].split()[0]) >= targets[-1]  # shards not made again
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(p.name for p in reference.iterdir())
     for name in names:
@@ -120,3 +129,34 @@ def test_data_commands_on_a_folder_that_is_not_prepared(tmp_path: Path, capsys: 
     assert main(["data", "show", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert_one_line_error((2, err), "alexnet prepare")
+
+
+def test_sigterm_stops_prepare_with_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (sent to this process right after its first shard is written) stops the run in one
+    line that says how to resume; the finished shard stays and the next run only does the rest."""
+    from alexnet.data.prepare import run as prepare_run
+
+    src = tmp_path / "src"
+    for k in range(2):
+        (src / f"c{k}").mkdir(parents=True)
+        for i in range(6):
+            (src / f"c{k}" / f"{i:03d}.jpg").write_bytes(fx.jpeg(100 * k + i))
+    out = tmp_path / "out"
+    args = ["prepare", str(src), str(out), "--size", "64", "--shard-size", "2", "--workers", "1", "--no-progress"]
+    write_shard = prepare_run.write_shard
+
+    def write_then_terminate(*a: object, **kw: object) -> None:
+        write_shard(*a, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, delivered to the real handler
+
+    monkeypatch.setattr(prepare_run, "write_shard", write_then_terminate)
+    assert main(args) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and f"alexnet prepare {src} {out}" in lines[0], err
+    assert not (out / "manifest.json").exists() and len(list(out.glob("*.tar"))) == 1
+    monkeypatch.setattr(prepare_run, "write_shard", write_shard)
+    assert main(args) == 0
+    assert "resuming: 1 of 6 shards already done" in capsys.readouterr().err

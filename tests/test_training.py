@@ -4,10 +4,12 @@ divergence, and learning on real data."""
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,12 +37,21 @@ def start(run: Path, *extra: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def resume(run: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--resume", str(run), "--no-progress"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.time() + timeout
-    while not path.exists():
+    while not condition():
         assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
+        assert time.time() < deadline, "the run never got there"
+        time.sleep(0.005)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    wait_until(path.exists, proc, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +83,38 @@ def test_run_folder_contents(reference_run: Path) -> None:
     assert steps == ["step-00000020.pt", "step-00000024.pt"]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run: Path, tmp_path: Path) -> None:
+KILL_POINTS, KILL_SEED = 5, 2012
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical(reference_run: Path, tmp_path: Path) -> None:
+    """kill -9 at KILL_POINTS seeded random points (a step, then a random delay into the next
+    ones), each time resuming the killed run; the end is the uninterrupted run, bit for bit."""
+    rng = random.Random(KILL_SEED)
+    targets = sorted(rng.sample(range(1, 22), KILL_POINTS))  # 24 steps; leave the last ones to finish
     run = tmp_path / "killed"
-    proc = start(run, "--precision", "fp32")
-    wait_for(run / "checkpoints" / "step-00000008.pt", proc)  # inside epoch 1 (12 steps per epoch)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert final_state(run)["step"] < 12  # it really stopped mid-epoch
+    ckpt = run / "checkpoints"
+    proc = start(run, "--precision", "fp32", "--checkpoint-every", "1")  # a checkpoint to lose every step
+    for n, target in enumerate(targets):
+        if n:
+            proc = resume(run)
+        wait_until(lambda t=target: max((int(p.stem[5:]) for p in ckpt.glob("step-*.pt")), default=0) >= t, proc)
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        assert final_state(run)["step"] >= target  # whatever the kill hit, last.pt is a whole checkpoint
+    assert final_state(run)["step"] < 24  # it really stopped before the end
     resumed = run_cli("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     a, b = final_state(reference_run), final_state(run)
     assert a["step"] == b["step"] == 24
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    momentum = [(x["momentum_buffer"], y["momentum_buffer"]) for x, y in
+                zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())]  # fmt: skip
+    assert momentum and all(torch.equal(x, y) for x, y in momentum)
     assert comparable_history(a) == comparable_history(b)
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # nothing duplicated by the resume
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # nothing duplicated by the resumes
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(reference_run: Path, tmp_path: Path) -> None:

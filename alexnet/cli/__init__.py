@@ -8,6 +8,7 @@ traceback. To add a command, write a module with ``add_parser(subparsers)`` that
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -76,3 +77,23 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return 130
     except BrokenPipeError:  # `alexnet ... | head`
         return 0
+    except OSError as e:  # disk full, read-only folder, ...: one line naming the path and the cause
+        print(f"alexnet: error: {describe_os_error(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# What the user can do about the usual failed writes.
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an :class:`OSError`: the path, the cause, and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    hint = _OS_HINTS.get(e.errno or 0)
+    return f"{where}{e.strerror or e}" + (f" ({hint})" if hint else "")

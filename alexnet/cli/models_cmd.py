@@ -6,11 +6,12 @@ import argparse
 import json
 
 from alexnet import models
+from alexnet.cli.common import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the models", description=__doc__)
-    p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer (default 1000)")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of the last layer (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

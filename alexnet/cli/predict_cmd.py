@@ -1,4 +1,5 @@
-"""``alexnet predict``: the most likely classes of image files under a checkpoint."""
+"""``alexnet predict``: the most likely classes of image files (or a folder of them, or ``-`` for
+image bytes on standard input) under a checkpoint. URLs are not fetched."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from alexnet.evaluation import predict
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files", description=__doc__)
     p.add_argument("checkpoint", metavar="CKPT", help="alexnet checkpoint or run folder, a torchvision AlexNet state_dict, or an exported .onnx")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads), folders of them, or - (standard input)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_runtime_options(p)

@@ -8,7 +8,12 @@ OUT/manifest.json with the reason. See docs/prepare.md."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
+import signal
 import sys
+from collections.abc import Iterator
 
 from alexnet.cli.common import positive_int
 from alexnet.data.prepare import LAYOUTS, Settings, default_workers, prepare
@@ -59,13 +64,43 @@ def _human(seconds: float) -> str:
     )
 
 
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C: the shards finished so far stay, the one being written
+    is discarded (see alexnet.data.prepare.run), and the command says how to resume."""
+    pid = os.getpid()
+
+    def handler(signum: int, _frame: object) -> None:
+        if os.getpid() == pid:  # not in a forked worker that has not reset its handlers yet
+            raise _Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = Settings(size=args.size, encoding=args.encoding, quality=args.quality, shard_size=args.shard_size)
-    result = prepare(
-        args.source, args.out, layout=args.layout, settings=settings, workers=args.workers,
-        val_fraction=args.val_fraction, progress=not args.no_progress and sys.stderr.isatty(),
-        log=lambda msg: print(msg, file=sys.stderr),
-    )  # fmt: skip
+    try:
+        with _stop_on_sigterm():
+            result = prepare(
+                args.source, args.out, layout=args.layout, settings=settings, workers=args.workers,
+                val_fraction=args.val_fraction, progress=not args.no_progress and sys.stderr.isatty(),
+                log=lambda msg: print(msg, file=sys.stderr),
+            )  # fmt: skip
+    except (_Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
+        again = shlex.join(["alexnet", "prepare", args.source, args.out])
+        print(f"\nalexnet: stopped by {signal.Signals(signum).name}; the finished shards are kept in {args.out}; "
+              f"resume with the same command ({again} and the same options)", file=sys.stderr)  # fmt: skip
+        return 128 + signum
     m = result.manifest
     print(f"layout {m['source']['layout']} ({m['name']}), {len(m['classes'])} classes; " + "; ".join(result.notes))
     total_skipped = 0

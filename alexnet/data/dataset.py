@@ -18,6 +18,7 @@ from alexnet.data.presets import ColourStats, TrainAugment, colour_eigen
 from alexnet.data.seeding import generator
 
 SPLITS = ("train", "val")  # every data source has these two; "val" is the held-out one
+MIN_CLASSES = 2  # a classifier needs two classes to tell apart; `train` refuses fewer, `prepare` warns
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise UserError(f"{path} is truncated (header needs {header} bytes, file has {len(raw)})")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_TYPES[type_code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap at 2**63
     if len(raw) != expected:
         raise UserError(
             f"{path} is truncated or damaged: header says {shape} ({expected} bytes), file has {len(raw)} bytes"

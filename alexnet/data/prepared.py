@@ -223,6 +223,27 @@ def ordered_parallel_map(
             t.join()
 
 
+def _load_array(path: Path) -> np.ndarray:
+    """One ``.npy`` array (never pickled objects); a one-line :class:`UserError` otherwise."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path.parent}: cannot read {path.name} ({e}); prepare the dataset again") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
+        raise UserError(f"{path.parent}: {path.name} is not one array; prepare the dataset again")
+    return array
+
+
+def _index_in_range(index: np.ndarray, shard_sizes: np.ndarray, classes: int) -> bool:
+    """Every row names an existing shard, a byte range inside that file, and a class."""
+    if len(index) == 0:
+        return True
+    shard, offset, length, label = (index[:, k] for k in range(4))
+    if not ((shard >= 0).all() and (shard < len(shard_sizes)).all() and (label >= 0).all() and (label < classes).all()):
+        return False
+    return bool((offset >= 0).all() and (length >= 0).all() and (offset + length <= shard_sizes[shard]).all())
+
+
 class PreparedDataset(Dataset):
     """A prepared dataset folder as a :class:`~alexnet.data.dataset.Dataset`.
 
@@ -266,12 +287,14 @@ class PreparedDataset(Dataset):
         self._files: dict[str, _ShardFiles] = {}
         for split in SPLITS:
             entry = m["splits"][split]
-            try:
-                index = np.load(self.root / entry["index"], allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise UserError(f"{self.root}: cannot read {entry['index']} ({e}); prepare the dataset again") from None
-            if index.ndim != 2 or index.shape[1] != len(mf.INDEX_COLUMNS) or len(index) != entry["count"]:
+            index = _load_array(self.root / entry["index"])
+            if index.dtype.kind not in "iu" or index.ndim != 2 or index.shape[1] != len(mf.INDEX_COLUMNS) \
+                    or len(index) != entry["count"] or (index.size and index.max() >= 2**62):
                 raise UserError(f"{self.root}: {entry['index']} does not match the manifest; prepare the dataset again")
+            index = index.astype(np.int64, copy=False)
+            if not _index_in_range(index, self._shard_sizes(entry["shards"]), len(m["classes"])):
+                raise UserError(f"{self.root}: {entry['index']} points outside its shards or classes; "
+                                "prepare the dataset again")  # fmt: skip
             self._index[split] = index
             self._files[split] = _ShardFiles(self.root, list(entry["shards"]))
         stats = m.get("statistics")
@@ -279,7 +302,10 @@ class PreparedDataset(Dataset):
             mean, std = tuple(stats["mean"]), tuple(stats["std"])
             self.eigenvalues = torch.tensor(stats["eigenvalues"], dtype=torch.float64)
             self.eigenvectors = torch.tensor(stats["eigenvectors"], dtype=torch.float64)
-            image = np.load(self.root / stats["mean_image"], allow_pickle=False)
+            image = _load_array(self.root / stats["mean_image"])
+            if image.shape != (self.size, self.size, 3) or image.dtype.kind != "f":
+                raise UserError(f"{self.root}: {stats['mean_image']} is not a {self.size}x{self.size}x3 mean image; "
+                                "prepare the dataset again")  # fmt: skip
             self.mean_image: torch.Tensor | None = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         else:  # no training split: neutral normalisation, no PCA statistics
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -290,6 +316,15 @@ class PreparedDataset(Dataset):
         crop = crop_for(self.size)
         self.train_augment = TrainAugment(crop=crop, pad=0, flip=True)
         self.eval_crop = crop
+
+    def _shard_sizes(self, names: list[str]) -> np.ndarray:
+        sizes = []
+        for name in names:
+            try:
+                sizes.append((self.root / name).stat().st_size)
+            except OSError as e:
+                raise UserError(f"cannot open shard {name} of {self.root} ({e.strerror}); prepare it again") from None
+        return np.array(sizes, dtype=np.int64)
 
     def num_samples(self, split: str) -> int:
         return len(self._index[split])

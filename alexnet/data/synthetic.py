@@ -11,17 +11,35 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alexnet.data.dataset import DatasetInfo, TensorDataset, channel_stats
+from alexnet.data.dataset import MIN_CLASSES, DatasetInfo, TensorDataset, channel_stats
 from alexnet.data.presets import TrainAugment
 from alexnet.data.seeding import generator
+
+
+# The synthetic set lives in memory: refuse sizes that would exhaust it (8 GiB of working set
+# holds ~500M pixel values per split, e.g. 160,000 images of 3x32x32) with a clear message.
+MAX_BUILD_BYTES = 8 << 30
+
+
+def build_bytes(classes: int, size: int, images: int, channels: int) -> int:
+    """Peak memory of building a split of ``images``: float32 templates, and four float32
+    temporaries (noise, pattern, shifted, scaled) plus the uint8 result per image."""
+    pixels = channels * size * size
+    return 4 * classes * pixels + 17 * images * pixels
 
 
 def synthetic(
     classes: int = 10, size: int = 32, train: int = 2048, val: int = 512, channels: int = 3, seed: int = 0
 ) -> TensorDataset:
     """Build the synthetic dataset (``classes`` patterns of ``channels x size x size``)."""
-    if classes < 2 or size < 8 or train < 1 or val < 1 or channels not in (1, 3):
-        raise ValueError("synthetic needs classes >= 2, size >= 8, train >= 1, val >= 1, channels 1 or 3")
+    if classes < MIN_CLASSES or size < 8 or train < 1 or val < 1 or channels not in (1, 3):
+        raise ValueError(f"synthetic needs classes >= {MIN_CLASSES}, size >= 8, train >= 1, val >= 1, channels 1 or 3")
+    need = build_bytes(classes, size, max(train, val), channels)
+    if need > MAX_BUILD_BYTES:
+        raise ValueError(
+            f"synthetic data of {max(train, val):,} images of {channels}x{size}x{size} ({classes:,} classes) would need "
+            f"{need / 2**30:,.0f} GiB of memory to build (at most {MAX_BUILD_BYTES // 2**30} GiB); use fewer or smaller images"
+        )
     g = generator("synthetic-templates", seed, classes, size, channels)
     coarse = torch.rand(classes, channels, 4, 4, generator=g)
     templates = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)

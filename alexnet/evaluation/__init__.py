@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from alexnet import models
@@ -31,8 +30,6 @@ from alexnet.io import atomic_write_text
 from alexnet.runtime import autocast, default_workers, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 
-__all__ = ["LoadedModel", "Meter", "evaluate", "evaluate_checkpoints", "load_image", "load_model", "predict",
-           "write_per_class"]  # fmt: skip
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -208,50 +205,8 @@ def _same_norm(a: InputNorm, b: InputNorm) -> bool:
     return (a.mean, a.std) == (b.mean, b.std) and (a.mean_image is None or torch.equal(a.mean_image, b.mean_image))
 
 
-def load_image(path: str | Path, channels: int, image_size: int, crop: int) -> torch.Tensor:
-    """An image file as a uint8 ``C x crop x crop`` tensor, preprocessed like the training data:
-    short side resized to ``image_size`` (antialiased), centre ``image_size`` square, centre crop."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            w, h = im.size
-            scale = image_size / min(w, h)
-            im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - crop) // 2, (h - crop) // 2
-            im = im.crop((left, top, left + crop, top + crop))
-            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    return data.view(crop, crop, channels).permute(2, 0, 1).contiguous()
+# Predictions live in their own module; these names stay importable from here.
+from alexnet.evaluation.predict import load_image, predict  # noqa: E402
 
-
-@torch.inference_mode()
-def predict(
-    checkpoint: str, images: list[str], topk: int = 5, device_name: str = "auto", precision_name: str = "auto"
-) -> list[dict[str, Any]]:
-    """Top-``topk`` classes and probabilities for each image file."""
-    device = resolve_device(device_name)
-    precision = resolve_precision(precision_name, device)
-    m = load_model(checkpoint, device)
-    batch = torch.stack([load_image(p, m.channels, m.image_size, m.crop) for p in images]).to(device)
-    if m.norm.mean_image is not None:
-        x = batch.float() - centre_crop(m.norm.mean_image.to(device), m.crop)
-    else:
-        x = Normalizer(m.norm.mean, m.norm.std)(batch)
-    with autocast(device, precision):
-        probs = m.model(x).float().softmax(dim=1)
-    k = min(topk, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [
-        {
-            "image": str(path),
-            "predictions": [
-                {"class": m.classes[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values[n], top.indices[n])
-            ],
-        }
-        for n, path in enumerate(images)
-    ]
+__all__ = ["LoadedModel", "Meter", "evaluate", "evaluate_checkpoints", "load_image", "load_model", "predict",
+           "write_per_class"]  # fmt: skip

@@ -31,12 +31,13 @@ from tqdm import tqdm
 
 from alexnet import __version__, models
 from alexnet.data import BatchPlan, open_dataset
-from alexnet.data.dataset import Dataset
+from alexnet.data.dataset import MIN_CLASSES, Dataset
 from alexnet.data.pipeline import InputPipeline
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
+from alexnet.runfolder import run_folder_lock
 from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import (
     BEST,
@@ -122,12 +123,13 @@ def train(cfg: TrainConfig, resume: bool = False, resume_from: str | Path | None
     """
     tune_cpu_allocator()
     ctx, device = init_from_env(resolve_device(cfg.device))
-    try:
-        if resume:
-            start = Path(resume_from) if resume_from is not None else Path(cfg.out) / "checkpoints" / LAST
-        else:
-            start = None
-        return _train(cfg, start, ctx, device)
+    try:  # one writer per run folder: rank 0 holds the lock, every rank learns if it failed
+        with run_folder_lock(cfg.out, take=ctx.is_main, agree=lambda failed: any_rank([failed], ctx, device)[0]):
+            if resume:
+                start = Path(resume_from) if resume_from is not None else Path(cfg.out) / "checkpoints" / LAST
+            else:
+                start = None
+            return _train(cfg, start, ctx, device)
     finally:
         shutdown(ctx)
 
@@ -209,6 +211,8 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data, workers=cfg.workers)
+    if dataset.info.num_classes < MIN_CLASSES:  # one class: a classifier with nothing to tell apart
+        raise UserError(f"{cfg.data} has {dataset.info.num_classes} class; training needs at least {MIN_CLASSES}")
     if cfg.gpu_decode:
         if device.type != "cuda" or not hasattr(dataset, "decode_device"):
             raise UserError("--gpu-decode needs --device cuda and a prepared dataset")

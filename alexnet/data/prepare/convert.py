@@ -76,6 +76,8 @@ def decode(data: bytes, size: int | None = None) -> tuple[Image.Image, tuple[int
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise ConversionError(f"truncated or damaged: {msg}") from None
         raise ConversionError(f"cannot decode ({msg or type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file can fail a decoder plugin in odd ways (struct.error, ...)
+        raise ConversionError(f"cannot decode ({type(e).__name__}: {e})") from None
     return img, full, scale
 
 
@@ -139,6 +141,19 @@ def to_pixels(source: bytes | np.ndarray, size: int, draft: bool = True) -> np.n
     if img.size == (size, size):
         return np.asarray(img, dtype=np.uint8)
     return np.asarray(resize_crop(img, size, full, scale), dtype=np.uint8)
+
+
+def model_pixels(source: bytes, channels: int, size: int) -> np.ndarray:
+    """``size x size x channels`` uint8 pixels of an encoded image as a model sees them: the
+    stored image :func:`to_pixels` makes for ``alexnet prepare`` (same decode, same alpha on
+    white, same rescale and centre square), grey (ITU-R 601 luma, Pillow's ``L``) for
+    one-channel models. ``predict`` calls this, so it sees the pixels training saw (and then
+    takes the evaluation crop like evaluation does). Raises :class:`ConversionError`.
+    """
+    pixels = to_pixels(source, size)
+    if channels == 1:
+        return np.asarray(Image.fromarray(pixels, "RGB").convert("L"))[:, :, None]
+    return pixels
 
 
 def encode(pixels: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> bytes:

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from alexnet.data.prepare.items import SPLITS
 from alexnet.errors import UserError
 
 FORMAT, VERSION = "alexnet-prepared", 1
@@ -61,4 +62,59 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
             f"{path} has format version {manifest.get('version')}; this alexnet reads version {VERSION}: "
             "run `alexnet prepare` again"
         )
+    problem = _problem(manifest)
+    if problem:
+        raise UserError(f"{path} is damaged ({problem}); run `alexnet prepare` again")
     return manifest
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_numbers(v: Any, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def _is_file_name(v: Any) -> bool:
+    """A plain file name inside the dataset folder: a manifest never points outside it."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v and "\0" not in v
+
+
+def _problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with the fields readers use (None: nothing); a hand-edited or damaged
+    manifest is a one-line error, never a KeyError deep inside a reader."""
+    if not _is_int(m.get("image_size"), 1):
+        return "image_size is not a positive whole number"
+    if not isinstance(m.get("encoding"), str) or not isinstance(m.get("name"), str):
+        return "encoding or name is missing"
+    classes = m.get("classes")
+    if not isinstance(classes, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("name"), str) for c in classes
+    ):
+        return "classes is not a list of {id, name}"
+    splits = m.get("splits")
+    if not isinstance(splits, dict):
+        return "splits is missing"
+    for split in SPLITS:
+        s = splits.get(split)
+        if not isinstance(s, dict) or not _is_int(s.get("count")) or not _is_int(s.get("inputs")):
+            return f"splits.{split} has no count"
+        if not (_is_file_name(s.get("index")) and _is_file_name(s.get("keys"))):
+            return f"splits.{split} names no index or keys file"
+        if not isinstance(s.get("shards"), list) or not all(_is_file_name(x) for x in s["shards"]):
+            return f"splits.{split}.shards is not a list of file names"
+        if not isinstance(s.get("skipped"), list) or not all(
+            isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("key", "file", "reason")) for x in s["skipped"]
+        ):
+            return f"splits.{split}.skipped is not a list of {{key, file, reason}}"
+    st = m.get("statistics")
+    if st is not None:
+        if not isinstance(st, dict) or not all(_is_numbers(st.get(k), 3) for k in ("mean", "std", "eigenvalues")):
+            return "statistics has no mean, std and eigenvalues"
+        vectors = st.get("eigenvectors")
+        if not isinstance(vectors, list) or len(vectors) != 3 or not all(_is_numbers(r, 3) for r in vectors):
+            return "statistics.eigenvectors is not 3x3"
+        if not _is_file_name(st.get("mean_image")) or not _is_int(st.get("images")):
+            return "statistics names no mean image"
+    return None

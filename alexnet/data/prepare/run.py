@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import ImageFile
 
+from alexnet.data.dataset import MIN_CLASSES
 from alexnet.data.prepare import manifest as mf
 from alexnet.data.prepare.convert import ENCODINGS, EXTENSIONS, ConversionError, convert
 from alexnet.data.prepare.items import SPLITS, ArrayRef, FileRef, Item, Skip, SourcePlan, TarRef
@@ -158,6 +159,7 @@ def _init_worker(counter: Any) -> None:
     global _progress
     _progress = counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() must stop a worker, whatever the parent set
     with contextlib.suppress(Exception):  # die with the main process (Linux)
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -331,6 +333,9 @@ def prepare(
     started = time.perf_counter()
 
     plan = scan(source, layout, val_fraction, progress=progress)
+    if len(plan.classes) < 2:  # prepared anyway (features, statistics), but training refuses it
+        say(f"warning: {source} has only {len(plan.classes)} class ({', '.join(n for _, n in plan.classes)}); "
+            f"`alexnet train` needs at least {MIN_CLASSES}")
     tasks = plan_shards(plan, settings)
     digest = settings_digest(plan, settings, tasks)
     result = PrepareResult(out, {}, list(plan.notes))

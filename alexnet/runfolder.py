@@ -1,0 +1,103 @@
+"""A run folder has one writer: an exclusive lock that every writing command takes.
+
+Two ``alexnet train --out X`` started side by side used to both run and both exit 0, the second
+silently overwriting the first run's metrics and checkpoints. Every command that writes a run
+folder (train, resume, demo, baselines, experiments, reports) holds :func:`run_folder_lock` while
+it writes. The lock is ``flock`` on ``RUN/.alexnet.lock``: the kernel drops it when the process
+ends in any way (SIGKILL included), so a killed run never leaves a stale lock behind and
+``--resume`` needs no clean-up. The file holds the owner's pid for the error message; it is
+never deleted (unlinking a lock file lets two processes lock two different inodes).
+
+Under ``torchrun`` the ranks share one folder and only rank 0 writes: rank 0 takes the lock
+(``take=True``) and all ranks learn the outcome through ``agree`` (an OR over ranks), so every
+rank stops with the same one-line error instead of waiting in a collective for a dead rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from alexnet.errors import UserError
+
+LOCK_NAME = ".alexnet.lock"
+
+
+def make_folder(folder: str | Path, flag: str = "--out") -> Path:
+    """Create ``folder`` (and its parents) if needed; a one-line :class:`UserError` when it is a
+    file or lies under one (``flag`` names the option the user gave it with)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder; choose a folder for the run")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+        raise UserError(f"{flag} {folder} is under {blocker or 'a file'}, which is a file, not a folder; choose another path") from None
+    return folder
+
+
+def _try_lock(folder: Path) -> tuple[int | None, str]:
+    """Open and lock ``folder/LOCK_NAME``: (descriptor, "") or (None, pid of the holder)."""
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, ""
+
+
+@contextlib.contextmanager
+def run_folder_lock(
+    folder: str | Path, take: bool = True, agree: Callable[[bool], bool] | None = None, flag: str = "--out"
+) -> Iterator[Path]:
+    """Hold the exclusive write lock of the run folder ``folder`` (created if needed).
+
+    A second holder gets :class:`UserError` "RUN is in use by another alexnet process (pid N)".
+    ``take=False`` (ranks other than 0) takes no lock but still calls ``agree``; ``agree(failed)``
+    returns whether any process failed (an OR over the ranks; None for a single process).
+    """
+    folder = Path(folder)
+    fd: int | None = None
+    error: UserError | None = None
+    created = take and not folder.exists()
+    if take:
+        try:
+            make_folder(folder, flag)
+            fd, holder = _try_lock(folder)
+            if fd is None:
+                error = UserError(
+                    f"{folder} is in use by another alexnet process (pid {holder}); "
+                    "wait for it to finish or choose another folder"
+                )
+        except UserError as e:
+            error = e
+        except OSError as e:  # a read-only or full file system: say so here, before any rank waits
+            error = UserError(f"cannot write to {e.filename or folder}: {e.strerror or e}")
+    failed = error is not None
+    if agree is not None:
+        failed = agree(failed)
+    if failed:
+        if fd is not None:
+            os.close(fd)
+        raise error or UserError(f"{folder} could not be locked by rank 0 (see its message)")
+    try:
+        yield folder
+    finally:
+        if fd is not None:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # nothing written (a bad flag):
+                with contextlib.suppress(OSError):  # leave no empty run folder behind
+                    (folder / LOCK_NAME).unlink()
+                    folder.rmdir()
+            os.close(fd)  # releases the lock; the file stays (see the module docstring)
