@@ -21,7 +21,6 @@ from PIL import Image
 from alexnet.cli import main
 from alexnet.data.prepare import Settings, prepare
 
-
 KILL_POINTS, KILL_SEED = 5, 2012
 
 

@@ -34,9 +34,8 @@ def test_a_second_writer_gets_one_line_and_a_killed_one_leaves_no_stale_lock(tmp
         second = run_cli("train", "--data", SYN, *TINY, "--out", str(run))
         assert_one_line_error(second, f"{run} is in use by another alexnet process (pid {holder.pid})")
         assert not (run / "checkpoints").exists()  # the second writer wrote nothing
-        with pytest.raises(UserError, match=f"pid {holder.pid}"):  # in-process too
-            with run_folder_lock(run):
-                pass
+        with pytest.raises(UserError, match=f"pid {holder.pid}"), run_folder_lock(run):  # in-process too
+            pass
     finally:
         holder.send_signal(signal.SIGKILL)  # no clean-up runs: the kernel drops the lock
         holder.wait()

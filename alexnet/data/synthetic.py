@@ -15,7 +15,6 @@ from alexnet.data.dataset import MIN_CLASSES, DatasetInfo, TensorDataset, channe
 from alexnet.data.presets import TrainAugment
 from alexnet.data.seeding import generator
 
-
 # The synthetic set lives in memory: refuse sizes that would exhaust it (8 GiB of working set
 # holds ~500M pixel values per split, e.g. 160,000 images of 3x32x32) with a clear message.
 MAX_BUILD_BYTES = 8 << 30

@@ -23,13 +23,11 @@ from alexnet import models
 from alexnet.data import BatchPlan, Dataset, open_dataset
 from alexnet.data.dataset import SPLITS
 from alexnet.data.pipeline import InputNorm, InputPipeline
-from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_text
-from alexnet.runtime import autocast, default_workers, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.runtime import default_workers, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
-
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -206,7 +204,7 @@ def _same_norm(a: InputNorm, b: InputNorm) -> bool:
 
 
 # Predictions live in their own module; these names stay importable from here.
-from alexnet.evaluation.predict import load_image, predict  # noqa: E402
+from alexnet.evaluation.predict import load_image, predict
 
 __all__ = ["LoadedModel", "Meter", "evaluate", "evaluate_checkpoints", "load_image", "load_model", "predict",
            "write_per_class"]  # fmt: skip
