@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", choices=BUDGETS, default="quick",
                    help="quick: a training subset and few epochs (<= 10 min each on 2 cores); full: the reported setting")  # fmt: skip
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs and results (default {DEFAULT_OUT})")
+    p.add_argument("--threshold", type=float, default=None, metavar="X",
+                   help="relu-vs-tanh: training-error threshold (fraction); dropout: training-loss threshold")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON (one object per experiment)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar inside runs")
     p.add_argument("--plan", action="store_true", help="print the runs and their settings; train nothing")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = []
     for name in names:
         plan = make_plan(name, args.data, args.seeds, args.budget, args.out, progress=not args.no_progress,
-                         device=args.device, precision=args.precision)  # fmt: skip
+                         device=args.device, precision=args.precision, threshold=args.threshold)  # fmt: skip
         if plan.experiment.needs_colour:
             try:
                 require_colour(plan)

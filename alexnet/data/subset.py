@@ -1,6 +1,6 @@
 """Fixed subsets of an in-memory dataset: ``SOURCE@train=N,val=M`` (quick experiments).
 
-The subset is the first N (M) samples of a permutation keyed by the split name alone, so every
+The subset is the first N (M) samples (the whole split if it is smaller) of a permutation keyed by the split name alone, so every
 run, arm and seed that names the same subset trains on exactly the same images. The per-channel
 statistics are recomputed on the subset's training images (the data the run actually sees).
 """
@@ -33,7 +33,7 @@ def parse_subset(spec: str) -> dict[str, int]:
 
 
 def subset(dataset: Dataset, sizes: dict[str, int]) -> TensorDataset:
-    """The first ``sizes[split]`` samples of a fixed permutation of each named split."""
+    """The first ``sizes[split]`` samples of a fixed permutation of each named split (at most all)."""
     if not isinstance(dataset, TensorDataset):
         raise UserError(
             f"{dataset.info.name}: subsets ({SEPARATOR}train=N,...) work on in-memory sources "
@@ -42,12 +42,10 @@ def subset(dataset: Dataset, sizes: dict[str, int]) -> TensorDataset:
     splits = dict(dataset.splits)
     for split, n in sizes.items():
         images, labels = splits[split]
-        if n > len(labels):
-            raise UserError(f"{dataset.info.name}: subset {split}={n} is larger than the split ({len(labels)})")
         order = _permutation(split, len(labels))[:n].sort().values
         splits[split] = (images[order], labels[order])
     mean, std = channel_stats(splits["train"][0])
-    label = ",".join(f"{k}={v}" for k, v in sizes.items())
+    label = ",".join(f"{k}={min(v, dataset.num_samples(k))}" for k, v in sizes.items())
     info = replace(dataset.info, name=f"{dataset.info.name}{SEPARATOR}{label}", mean=mean, std=std)
     return TensorDataset(info, splits, dataset.train_augment, dataset.eval_crop)
 
