@@ -5,6 +5,7 @@ command again after a kill: finished runs are skipped and the unfinished one res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         _say(f"[{name}] section {plan.experiment.section}: {len(plan.runs)} runs "
              f"({plan.budget_name}: {plan.budget.describe()}) in {plan.out}")  # fmt: skip
-        run_plan(plan, on_event=lambda e, n=name: _say(_describe(n, e)))
+        # The trainer narrates on stdout; here stdout carries only the results (Markdown or JSON).
+        with contextlib.redirect_stdout(sys.stderr):
+            run_plan(plan, on_event=lambda e, n=name: _say(_describe(n, e)))
         result = analyse(plan)
         written = write_outputs(result, plan.out)
         outputs.append(result)

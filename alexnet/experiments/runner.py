@@ -75,6 +75,10 @@ def _check_same_run(folder: Path, cfg: TrainConfig) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} is unreadable; remove {folder} or choose another --out") from None
     wanted = json.loads(json.dumps(cfg.to_dict()))  # as JSON would store it (tuples -> lists)
+    # epochs may grow, as with `train --resume --epochs`: the first epochs are the same run's.
+    for d in (saved, wanted):
+        if isinstance(d.get("recipe"), dict):
+            d["recipe"] = {k: v for k, v in d["recipe"].items() if k != "epochs"}
     differs = [k for k in _DEFINING if saved.get(k) != wanted[k]]
     if differs:
         raise UserError(
