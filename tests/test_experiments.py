@@ -27,7 +27,7 @@ from alexnet.experiments import (
     verdict,
     write_outputs,
 )
-from alexnet.training.trainer import train
+from alexnet.training.trainer import TrainConfig, train
 from tests.conftest import assert_one_line_error, run_cli
 
 # What each experiment is about: the only settings in which its arms may differ.
@@ -44,7 +44,7 @@ INTENDED = {
 TINY = "synthetic:classes=4,size=28,train=128,val=32,channels=1"  # one step per epoch
 
 
-def _flat(cfg) -> dict[str, object]:  # noqa: ANN001 - a TrainConfig
+def _flat(cfg: TrainConfig) -> dict[str, object]:
     d = cfg.to_dict()
     flat = {f"recipe.{k}": v for k, v in d.pop("recipe").items()}
     flat |= {f"model.{k}": v for k, v in d.pop("model_options").items()}
@@ -100,7 +100,11 @@ def test_plan_rejects_bad_input(tmp_path) -> None:
 
 
 def test_crossing_interpolates_between_epochs() -> None:
-    records = [{"epoch": 1, "step": 10, "e": 0.5}, {"epoch": 2, "step": 20, "e": 0.3}, {"epoch": 3, "step": 30, "e": 0.1}]
+    records = [
+        {"epoch": 1, "step": 10, "e": 0.5},
+        {"epoch": 2, "step": 20, "e": 0.3},
+        {"epoch": 3, "step": 30, "e": 0.1},
+    ]
     assert crossing(records, "e", 0.2) == pytest.approx(2.5)
     assert crossing(records, "e", 0.2, x="step") == pytest.approx(25.0)
     assert crossing(records, "e", 0.3) == pytest.approx(2.0)
@@ -142,7 +146,9 @@ def test_analysis_of_hand_made_metrics_speed(tmp_path) -> None:
         _write_metrics(run.folder, curve, seconds_per_epoch=10.0)
     result = analyse(plan)
     r, t = result["arms"]["relu"], result["arms"]["tanh"]
-    assert r["epochs_to_threshold"]["mean"] == pytest.approx(2.0) and r["epochs_to_threshold"]["std"] == pytest.approx(0.5)
+    assert r["epochs_to_threshold"]["mean"] == pytest.approx(2.0) and r["epochs_to_threshold"]["std"] == pytest.approx(
+        0.5
+    )
     assert r["seconds_to_threshold"]["mean"] == pytest.approx(20.0)
     assert t["epochs_to_threshold"]["values"] == [pytest.approx(6.5), pytest.approx(6.5), None]
     assert t["epochs_to_threshold"]["missing"] == 1

@@ -12,12 +12,12 @@ import sys
 from alexnet.cli.common import add_runtime_options, positive_int
 from alexnet.errors import UserError
 from alexnet.experiments import (
-    Plan,
     BUDGETS,
     DEFAULT_DATA,
     DEFAULT_OUT,
     DEFAULT_SEEDS,
     EXPERIMENTS,
+    Plan,
     RunEvent,
     analyse,
     make_plan,
@@ -96,7 +96,7 @@ def _describe(name: str, e: RunEvent) -> str:
 
 
 def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def verdict(diff: float | None, noise: float | None) -> str:
 
 
 # Per-run numbers: name -> (description, function of the run's records). Errors are fractions.
-def _last(key: str):  # noqa: ANN202 - a small closure factory
+def _last(key: str) -> Callable[[list[dict[str, Any]]], float | None]:
     return lambda records: records[-1][key] if records else None
 
 
@@ -103,14 +103,14 @@ def analyse(plan: Plan) -> dict[str, Any]:
                 values.setdefault(name, []).append(crossing(records, "train_top1_err", threshold, x))
         if exp.kind == "dropout":
             last = records[-1] if records else None
-            values.setdefault("gap_top1_err", []).append(last["val_top1_err"] - last["train_top1_err"] if last else None)
+            values.setdefault("gap_top1_err", []).append(
+                last["val_top1_err"] - last["train_top1_err"] if last else None
+            )
             values.setdefault("gap_loss", []).append(last["val_loss"] - last["train_loss"] if last else None)
             if threshold is not None:
                 values.setdefault("steps_to_loss", []).append(crossing(records, "train_loss", threshold, "step"))
     if exp.kind == "views":  # arms are views of the same nets
-        per_arm = {
-            view: {"val_top1_err": [_view_err(r.folder, view) for r in plan.runs]} for view in exp.views
-        }
+        per_arm = {view: {"val_top1_err": [_view_err(r.folder, view) for r in plan.runs]} for view in exp.views}
     primary = {
         "final": ["val_top1_err"],
         "speed": ["epochs_to_threshold", "seconds_to_threshold"],
@@ -142,7 +142,9 @@ def analyse(plan: Plan) -> dict[str, Any]:
 def _ratio(arms: dict[str, dict[str, Any]], metric: str, baseline: str) -> dict[str, float | None]:
     """Each arm's mean over the baseline's mean (Figure 1's "six times faster")."""
     base = arms[baseline][metric]["mean"]
-    return {arm: (m[metric]["mean"] / base if base and m[metric]["mean"] is not None else None) for arm, m in arms.items()}
+    return {
+        arm: (m[metric]["mean"] / base if base and m[metric]["mean"] is not None else None) for arm, m in arms.items()
+    }
 
 
 def _curve_point(r: dict[str, Any]) -> dict[str, Any]:

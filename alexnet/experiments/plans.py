@@ -167,13 +167,23 @@ EXPERIMENTS: dict[str, Experiment] = {
             paper={"relu": "reaches 25% train error (CIFAR-10) in ~6 epochs", "tanh": "~6x the epochs of ReLU (~36)"},
         ),
         _final(
-            "lrn", "3.3", "local response normalisation reduces top-1 error by 1.4% (ImageNet); 13% -> 11% (CIFAR-10)",
+            "lrn",
+            "3.3",
+            "local response normalisation reduces top-1 error by 1.4% (ImageNet); 13% -> 11% (CIFAR-10)",
             (Arm("lrn", (("lrn", True),)), Arm("no-lrn", (("lrn", False),))),
-            {"lrn": "ImageNet 40.7% top-1; CIFAR-10 four-layer net 11%", "no-lrn": "+1.4% top-1 (ImageNet); 13% (CIFAR-10)"},
+            {
+                "lrn": "ImageNet 40.7% top-1; CIFAR-10 four-layer net 11%",
+                "no-lrn": "+1.4% top-1 (ImageNet); 13% (CIFAR-10)",
+            },
         ),
         _final(
-            "overlapping-pooling", "3.4", "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
-            (Arm("overlapping", (("pooling", "overlapping"),)), Arm("non-overlapping", (("pooling", "non-overlapping"),))),
+            "overlapping-pooling",
+            "3.4",
+            "overlapping pooling (3/2) reduces top-1 error by 0.4% against 2/2",
+            (
+                Arm("overlapping", (("pooling", "overlapping"),)),
+                Arm("non-overlapping", (("pooling", "non-overlapping"),)),
+            ),
             {"overlapping": "baseline", "non-overlapping": "+0.4% top-1 (ImageNet)"},
         ),
         Experiment(
@@ -190,12 +200,16 @@ EXPERIMENTS: dict[str, Experiment] = {
             paper={"dropout-0.5": "~2x the iterations to converge", "no-dropout": "substantial overfitting"},
         ),
         _final(
-            "two-towers", "3.2", "the two-tower net beats one tower with half the kernels by 1.7% top-1",
+            "two-towers",
+            "3.2",
+            "the two-tower net beats one tower with half the kernels by 1.7% top-1",
             (Arm("two-towers", (("towers", 2),)), Arm("one-tower", (("towers", 1),))),
             {"two-towers": "baseline", "one-tower": "+1.7% top-1 (ImageNet)"},
         ),
         _final(
-            "pca-colour", "4.1", "PCA colour augmentation reduces top-1 error by over 1%",
+            "pca-colour",
+            "4.1",
+            "PCA colour augmentation reduces top-1 error by over 1%",
             (Arm("pca", recipe=(("pca_lighting", "paper"),)), Arm("no-pca", recipe=(("pca_lighting", "off"),))),
             {"pca": "baseline", "no-pca": "+1% top-1 or more (ImageNet)"},
             needs_colour=True,
@@ -214,12 +228,16 @@ EXPERIMENTS: dict[str, Experiment] = {
             paper={"centre": "no number in the paper", "ten-crop": "lower error (no number in the paper)"},
         ),
         _final(
-            "depth", "7", "removing any middle convolutional layer costs about 2% top-1",
-            tuple(Arm(name, (("remove", r),)) for name, r in
-                  (("full", "none"), ("no-conv2", "conv2"), ("no-conv3", "conv3"), ("no-conv4", "conv4"))),
+            "depth",
+            "7",
+            "removing any middle convolutional layer costs about 2% top-1",
+            tuple(
+                Arm(name, (("remove", r),))
+                for name, r in (("full", "none"), ("no-conv2", "conv2"), ("no-conv3", "conv3"), ("no-conv4", "conv4"))
+            ),
             {"full": "baseline", "no-conv2": "+~2% top-1", "no-conv3": "+~2% top-1", "no-conv4": "+~2% top-1"},
             recipe=_pinned(model="alexnet-small-depth", lr=0.05, schedule="onecycle"),
-        ),  # fmt: skip
+        ),
     )
 }
 

@@ -58,15 +58,24 @@ def to_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         "",
         f"Paper: {result['claim']}.",
         "",
-        f"Data `{result['data']}`, model `{result['model']}`, budget {result['budget']} ({result['budget_detail']}), "
-        f"{result['seeds']} seed(s); mean ± sample std over seeds.",
+        (
+            f"Data `{result['data']}`, model `{result['model']}`, budget {result['budget']} "
+            f"({result['budget_detail']}), {result['seeds']} seed(s); mean ± sample std over seeds."
+        ),
     ]
     if result.get("threshold") is not None:
         what = "training loss" if result["experiment"] == "dropout" else "training top-1 error"
         lines.append(f"Threshold: {what} {result['threshold']:g}.")
     if result.get("note"):
         lines.append(result["note"])
-    lines += ["", "| arm | " + " | ".join(METRIC_LABELS[m] for m in primary) + " | paper | verdict vs " + result["baseline"] + " |"]
+    lines += [
+        "",
+        "| arm | "
+        + " | ".join(METRIC_LABELS[m] for m in primary)
+        + " | paper | verdict vs "
+        + result["baseline"]
+        + " |",
+    ]
     lines.append("|---" * (len(primary) + 3) + "|")
     verdicts: dict[str, list[str]] = {}
     for c in result["comparisons"]:
@@ -75,7 +84,9 @@ def to_markdown(result: dict[str, Any], plot: str | None = None) -> str:
     for arm, metrics in result["arms"].items():
         cells = [fmt_summary(m, metrics[m]) for m in primary]
         paper = result["paper"].get(arm, "")
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {paper} | {'; '.join(verdicts.get(arm, ['(baseline)']))} |")
+        lines.append(
+            f"| {arm} | " + " | ".join(cells) + f" | {paper} | {'; '.join(verdicts.get(arm, ['(baseline)']))} |"
+        )
     if result.get("ratio"):
         r = {k: v for k, v in result["ratio"].items() if k != result["baseline"]}
         rs = {k: v for k, v in result["ratio_seconds"].items() if k != result["baseline"]}

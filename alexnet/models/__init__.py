@@ -52,8 +52,13 @@ MODELS: dict[str, ModelInfo] = {
             partial(AlexNet, shape=SMALL_SHAPE),
             (("init", "kaiming"),),
         ),
-        ModelInfo("alexnet-small-depth", "alexnet-small with option remove=conv2|conv3|conv4 (section 7)", 28,
-                  partial(AlexNetDepth, shape=SMALL_SHAPE), (("init", "kaiming"),)),  # fmt: skip
+        ModelInfo(
+            "alexnet-small-depth",
+            "alexnet-small with option remove=conv2|conv3|conv4 (section 7)",
+            28,
+            partial(AlexNetDepth, shape=SMALL_SHAPE),
+            (("init", "kaiming"),),
+        ),
         ModelInfo("fourlayer", "the four-layer CIFAR-10 net of section 3.1, Figure 1 (relu/tanh)", 32, FourLayerNet),
     )
 }
