@@ -44,7 +44,9 @@ class Budget:
         return f"{source}{SEPARATOR}{','.join(parts)}" if parts else source
 
     def describe(self) -> str:
-        sizes = ", ".join(f"{k} subset of up to {v:,}" for k, v in (("train", self.train), ("val", self.val)) if v is not None)
+        sizes = ", ".join(
+            f"{k} subset of up to {v:,}" for k, v in (("train", self.train), ("val", self.val)) if v is not None
+        )
         return f"{self.epochs} epochs" + (f", {sizes}" if sizes else ", full splits")
 
 
@@ -196,7 +198,9 @@ EXPERIMENTS: dict[str, Experiment] = {
             # No translations, so that overfitting has room to show within the budget.
             recipe=_pinned(model="alexnet-small", lr=0.05, schedule="onecycle", crop_pad=0),
             budgets={"quick": Budget(epochs=8, train=5_000, val=2_000), "full": Budget(epochs=30, train=20_000)},
-            threshold={"default": 0.4},  # training loss (cross-entropy, nats) both arms should reach
+            # A training loss (cross-entropy, nats) both arms reach: the dropout arm ends the quick
+            # budget near 0.46 (measured, docs/RESULTS.md). `--threshold` re-analyses without training.
+            threshold={"default": 0.5},
             paper={"dropout-0.5": "~2x the iterations to converge", "no-dropout": "substantial overfitting"},
         ),
         _final(
