@@ -30,6 +30,7 @@ COMMANDS = (
     "alexnet.cli.prepare_cmd",
     "alexnet.cli.data_cmd",
     "alexnet.cli.bench_cmd",
+    "alexnet.cli.experiment_cmd",
 )
 
 

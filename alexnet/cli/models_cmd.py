@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<15} {'parameters':>12} {'input':>6}  description")
+    width = max(15, *(len(r["name"]) for r in rows))
+    print(f"{'name':<{width}} {'parameters':>12} {'input':>6}  description")
     for r in rows:
-        print(f"{r['name']:<15} {r['parameters']:>12,} {r['input_size']:>6}  {r['description']}")
+        print(f"{r['name']:<{width}} {r['parameters']:>12,} {r['input_size']:>6}  {r['description']}")
     return 0

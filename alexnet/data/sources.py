@@ -5,7 +5,9 @@ SOURCE is one of
 * ``fashion-mnist`` or ``fashion-mnist:DIR``: Fashion-MNIST IDX files (default: Debian's folder);
 * ``mnist:DIR``: MNIST IDX files;
 * ``synthetic`` or ``synthetic:classes=10,size=32,train=2048,val=512,channels=3``;
-* a folder written by ``alexnet prepare`` (it holds ``manifest.json``).
+* a folder written by ``alexnet prepare`` (it holds ``manifest.json``);
+
+any in-memory one followed by ``@train=N,val=M`` for a fixed subset (``alexnet.data.subset``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 from alexnet.data.dataset import Dataset
 from alexnet.data.fashion_mnist import fashion_mnist, mnist
+from alexnet.data.subset import SEPARATOR, parse_subset, subset
 from alexnet.data.synthetic import synthetic
 from alexnet.errors import UserError
 
@@ -55,6 +58,9 @@ def open_dataset(source: str, workers: int = 0) -> Dataset:
 
     ``workers``: decoding processes for prepared datasets (in-memory sources ignore it).
     """
+    base, sep, spec = source.rpartition(SEPARATOR)
+    if sep and base and not os.path.exists(source):
+        return subset(open_dataset(base, workers), parse_subset(spec))
     if os.path.isdir(source):
         from alexnet.data.prepare.manifest import MANIFEST
         from alexnet.data.prepared import PreparedDataset

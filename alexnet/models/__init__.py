@@ -6,6 +6,8 @@ name               what                                                         
 ``alexnet``        the paper's two-tower net with LRN (60,965,224 parameters)   227
 ``alexnet-owt``    torchvision's single-tower layout, torchvision-compatible    224
 ``alexnet-small``  the paper's topology at CPU size, for 28-32 px data          28
+``alexnet-small-depth``  alexnet-small minus one middle conv (section 7)         28
+``fourlayer``      the four-layer CIFAR-10 net of Figure 1 (section 3.1)        32
 =================  ===========================================================  =====
 """
 
@@ -20,6 +22,8 @@ from torch import nn
 
 from alexnet.errors import UserError
 from alexnet.models.alexnet import PAPER_SHAPE, SMALL_SHAPE, AlexNet
+from alexnet.models.depth import AlexNetDepth
+from alexnet.models.fourlayer import FourLayerNet
 from alexnet.models.owt import AlexNetOWT
 
 __all__ = ["MODELS", "ModelInfo", "available", "count_parameters", "create", "info"]
@@ -48,6 +52,14 @@ MODELS: dict[str, ModelInfo] = {
             partial(AlexNet, shape=SMALL_SHAPE),
             (("init", "kaiming"),),
         ),
+        ModelInfo(
+            "alexnet-small-depth",
+            "alexnet-small with option remove=conv2|conv3|conv4 (section 7)",
+            28,
+            partial(AlexNetDepth, shape=SMALL_SHAPE),
+            (("init", "kaiming"),),
+        ),
+        ModelInfo("fourlayer", "the four-layer CIFAR-10 net of section 3.1, Figure 1 (relu/tanh)", 32, FourLayerNet),
     )
 }
 

@@ -1,0 +1,105 @@
+"""``alexnet experiment NAME|all``: re-measure one of the paper's claims (arms x seeds of ordinary
+training runs, then mean +- std, the paper's figure and a seed-noise verdict). Run the same
+command again after a kill: finished runs are skipped and the unfinished one resumes exactly."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.errors import UserError
+from alexnet.experiments import (
+    BUDGETS,
+    DEFAULT_DATA,
+    DEFAULT_OUT,
+    DEFAULT_SEEDS,
+    EXPERIMENTS,
+    Plan,
+    RunEvent,
+    analyse,
+    make_plan,
+    require_colour,
+    run_plan,
+    to_markdown,
+    write_outputs,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="re-measure one of the paper's claims (resumable)", description=__doc__)
+    p.add_argument("name", metavar="NAME", choices=[*EXPERIMENTS, "all"], help=f"{' | '.join(EXPERIMENTS)} | all")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"data source as for `alexnet train` (default {DEFAULT_DATA})")
+    p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS, help=f"seeds per arm (default {DEFAULT_SEEDS})")
+    p.add_argument("--budget", choices=BUDGETS, default="quick",
+                   help="quick: a training subset and few epochs (<= 10 min each on 2 cores); full: the reported setting")  # fmt: skip
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs and results (default {DEFAULT_OUT})")
+    p.add_argument("--threshold", type=float, default=None, metavar="X",
+                   help="relu-vs-tanh: training-error threshold (fraction); dropout: training-loss threshold")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the results as JSON (one object per experiment)")
+    p.add_argument("--no-progress", action="store_true", help="no per-step progress bar inside runs")
+    p.add_argument("--plan", action="store_true", help="print the runs and their settings; train nothing")
+    add_runtime_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    outputs = []
+    for name in names:
+        plan = make_plan(name, args.data, args.seeds, args.budget, args.out, progress=not args.no_progress,
+                         device=args.device, precision=args.precision, threshold=args.threshold)  # fmt: skip
+        if plan.experiment.needs_colour:
+            try:
+                require_colour(plan)
+            except UserError as e:
+                if args.name != "all":
+                    raise
+                _say(f"[{name}] skipped: {e}")
+                continue
+        if args.plan:
+            _print_plan(plan)
+            continue
+        _say(f"[{name}] section {plan.experiment.section}: {len(plan.runs)} runs "
+             f"({plan.budget_name}: {plan.budget.describe()}) in {plan.out}")  # fmt: skip
+        # The trainer narrates on stdout; here stdout carries only the results (Markdown or JSON).
+        with contextlib.redirect_stdout(sys.stderr):
+            run_plan(plan, on_event=lambda e, n=name: _say(_describe(n, e)))
+        result = analyse(plan)
+        written = write_outputs(result, plan.out)
+        outputs.append(result)
+        if not args.json:
+            print(to_markdown(result))
+            print(f"written: {', '.join(written.values())}")
+            if "plot" not in written and name != "ten-crop":
+                print("no plot: matplotlib is not installed (pip install 'alexnet[report]')")
+    if args.json:
+        print(json.dumps(outputs[0] if len(names) == 1 and outputs else outputs))
+    return 0
+
+
+def _print_plan(plan: Plan) -> None:
+    print(f"{plan.experiment.name}: {plan.budget_name} ({plan.budget.describe()}), data {plan.runs[0].config.data}")
+    for r in plan.runs:
+        changes = plan.experiment.arm(r.arm).changes() if r.arm in {a.name for a in plan.experiment.arms} else {}
+        print(f"  {r.arm:<16} seed {r.seed}  {r.folder}  {json.dumps(changes)}")
+
+
+def _describe(name: str, e: RunEvent) -> str:
+    eta = "ETA after the first run" if e.eta_seconds is None else f"ETA {_duration(e.eta_seconds)}"
+    verb = {"skip": "finished before, skipped", "resume": "resuming", "start": "training", "done": "done",
+            "eval": f"evaluating ({e.arm})"}[e.state]  # fmt: skip
+    arm = "" if e.state == "eval" else f"arm {e.arm} "
+    return f"[{name}] run {e.index + 1}/{e.total}: {arm}seed {e.seed}: {verb}  ({eta}; {e.folder})"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

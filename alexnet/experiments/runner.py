@@ -1,0 +1,152 @@
+"""Run a :class:`~alexnet.experiments.plans.Plan`: skip finished runs, resume an unfinished one.
+
+A run is finished when its ``metrics.jsonl`` holds every epoch of its recipe; a run with a
+checkpoint but fewer epochs is continued with the trainer's own exact resume
+(``train(cfg, resume=True)``, as ``alexnet train --resume``); anything else starts fresh.
+A run folder that holds a run with other settings is never touched: the experiment stops with
+a one-line error (another ``--out``, or the same command as before).
+
+The ``views`` experiment then evaluates every trained net once per test-time view and keeps
+each result as ``eval-VIEW.json`` in the run folder (also skipped when present).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexnet.errors import UserError
+from alexnet.experiments.plans import Plan, PlannedRun
+from alexnet.io import atomic_write_json
+from alexnet.training.trainer import TrainConfig, train
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+# The settings that define a run's result; runtime ones (progress bar, decoding threads) may differ.
+_DEFINING = ("data", "recipe", "seed", "model_options")
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """Progress of a plan, for the caller to show.
+
+    ``state`` is ``skip`` (finished before), ``resume``, ``start``, ``done`` or ``eval``;
+    ``eta_seconds`` is the estimated time left for the whole experiment (``None`` until a run
+    has been trained in this invocation: the time per epoch so far times the epochs left).
+    """
+
+    state: str
+    index: int
+    total: int
+    arm: str
+    seed: int
+    folder: Path
+    eta_seconds: float | None
+
+
+def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (``[]`` if it has none yet)."""
+    path = Path(folder) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_status(run: PlannedRun) -> str:
+    """``done``, ``partial`` (a checkpoint to resume from) or ``new``."""
+    folder = run.folder
+    _check_same_run(folder, run.config)
+    if len(read_metrics(folder)) >= run.config.recipe.epochs:
+        return "done"
+    return "partial" if (folder / CHECKPOINT).is_file() else "new"
+
+
+def _check_same_run(folder: Path, cfg: TrainConfig) -> None:
+    path = folder / CONFIG
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is unreadable; remove {folder} or choose another --out") from None
+    wanted = json.loads(json.dumps(cfg.to_dict()))  # as JSON would store it (tuples -> lists)
+    # epochs may grow, as with `train --resume --epochs`: the first epochs are the same run's.
+    for d in (saved, wanted):
+        if isinstance(d.get("recipe"), dict):
+            d["recipe"] = {k: v for k, v in d["recipe"].items() if k != "epochs"}
+    differs = [k for k in _DEFINING if saved.get(k) != wanted[k]]
+    if differs:
+        raise UserError(
+            f"{folder} holds a run with other settings ({', '.join(differs)} differ); "
+            "choose another --out or repeat the command that made it"
+        )
+
+
+def require_colour(plan: Plan) -> None:
+    """A :class:`UserError` unless the plan's data has three colour channels (PCA colour noise)."""
+    from alexnet.data import open_dataset
+
+    info = open_dataset(plan.data).info
+    if info.channels != 3:
+        raise UserError(
+            f"{plan.experiment.name} needs colour images and {plan.data} has {info.channels} channel(s); "
+            "use colour data, e.g. CIFAR-10 prepared with `alexnet prepare` (--data FOLDER)"
+        )
+
+
+def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> None:
+    """Train every run of ``plan`` that is not finished, then the ``views`` evaluations.
+
+    TODO(runfolder): take the run-folder lock of ``alexnet/runfolder.py`` around each run once
+    it exists, so that two experiment commands on one ``--out`` cannot train the same run.
+    """
+    emit = on_event or (lambda _e: None)
+    runs = plan.runs
+    epochs = plan.budget.epochs
+    status = [run_status(r) for r in runs]
+    left = [0 if s == "done" else epochs - len(read_metrics(r.folder)) for s, r in zip(status, runs)]
+    trained, started = 0, time.monotonic()
+
+    def eta() -> float | None:
+        if not trained:
+            return None
+        return (time.monotonic() - started) / trained * sum(left)
+
+    for i, (run, state) in enumerate(zip(runs, status)):
+        if state == "done":
+            emit(RunEvent("skip", i, len(runs), run.arm, run.seed, run.folder, eta()))
+            continue
+        emit(RunEvent("resume" if state == "partial" else "start", i, len(runs), run.arm, run.seed, run.folder, eta()))
+        before = len(read_metrics(run.folder)) if state == "partial" else 0
+        train(run.config, resume=state == "partial")
+        done_now = len(read_metrics(run.folder))
+        if done_now < epochs:  # a kill between the checkpoint and metrics.jsonl of the last epoch
+            raise UserError(f"{run.folder} stopped short of {epochs} epochs; run the same command again")
+        trained += done_now - before
+        left[i] = 0
+        emit(RunEvent("done", i, len(runs), run.arm, run.seed, run.folder, eta()))
+    for view in plan.experiment.views:
+        for i, run in enumerate(runs):
+            if not view_result_path(run.folder, view).is_file():
+                emit(RunEvent("eval", i, len(runs), view, run.seed, run.folder, None))
+                evaluate_view(run, view)
+
+
+def view_result_path(folder: Path, view: str) -> Path:
+    """Where the evaluation of a run's net under ``view`` is kept."""
+    return folder / f"eval-{view}.json"
+
+
+def evaluate_view(run: PlannedRun, view: str) -> dict[str, Any]:
+    """Evaluate the run's last checkpoint on its validation split with ``view``; keep the result."""
+    from alexnet.evaluation import evaluate_checkpoints
+
+    result = evaluate_checkpoints([str(run.folder)], data=run.config.data, views=view, device_name=run.config.device,
+                                  precision_name=run.config.precision, workers=0)  # fmt: skip
+    atomic_write_json(view_result_path(run.folder, view), result)
+    return result
