@@ -22,6 +22,7 @@ from typing import Any
 from alexnet.errors import UserError
 from alexnet.experiments.plans import Plan, PlannedRun
 from alexnet.io import atomic_write_json
+from alexnet.runfolder import run_folder_lock
 from alexnet.training.trainer import TrainConfig, train
 
 METRICS = "metrics.jsonl"
@@ -102,9 +103,14 @@ def require_colour(plan: Plan) -> None:
 def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> None:
     """Train every run of ``plan`` that is not finished, then the ``views`` evaluations.
 
-    TODO(runfolder): take the run-folder lock of ``alexnet/runfolder.py`` around each run once
-    it exists, so that two experiment commands on one ``--out`` cannot train the same run.
+    The experiment's folder is locked for the whole plan (one writer, ``alexnet/runfolder.py``),
+    and each training run takes its own run folder's lock as ``alexnet train`` does.
     """
+    with run_folder_lock(plan.out / plan.experiment.name):
+        _run_plan(plan, on_event)
+
+
+def _run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None) -> None:
     emit = on_event or (lambda _e: None)
     runs = plan.runs
     epochs = plan.budget.epochs
