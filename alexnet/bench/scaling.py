@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from alexnet.bench.train import Config, measure_config
+from alexnet.bench.step import Config, measure_config
 from alexnet.errors import UserError
 
 

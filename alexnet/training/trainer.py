@@ -140,7 +140,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     global_batch = recipe.batch_size * ctx.world_size
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
-    optimizer = _make_optimizer(model, recipe, lr, device)
+    optimizer = make_optimizer(model, recipe, lr, device)
     plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
     steps_per_epoch = plan0.steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
@@ -296,7 +296,7 @@ def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> d
     return options | extra
 
 
-def _make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum (section 5); biases and 1-d parameters decay only if the recipe says so."""
     decay = [p for p in model.parameters() if p.ndim > 1 or recipe.decay_biases]
     no_decay = [p for p in model.parameters() if not (p.ndim > 1 or recipe.decay_biases)]
