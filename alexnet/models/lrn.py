@@ -51,9 +51,21 @@ LRN; ``alexnet bench train`` shows the current numbers).
   float32: the ``alpha'`` term, ~0.01, is below bf16 resolution around k = 2) and the result is
   written back in the input's dtype.
 
-``torch.compile`` of the same math was slower on this CPU (one thread: fused forward 44 ms vs
-34 ms blocked eager, backward 225 ms vs 54 ms), so it is not used. On CUDA the same code runs
-with large blocks (few, big kernels); nothing there is tuned yet.
+How it composes with the PyTorch stack (see :func:`lrn`):
+
+* **CPU** (``impl="blocked"``, the default there): the blocked kernels are registered as the
+  ``torch.library`` custom op ``alexnet::lrn`` with a fake (shape-only) implementation and a
+  registered backward (``alexnet::lrn_backward``), so ``torch.compile`` traces models through
+  it as one opaque op and eager results are bit-for-bit those of the former
+  ``autograd.Function`` (kept as ``impl="function"`` for ``alexnet bench train``'s before/after).
+  Inductor's own fusion of the same math was slower on this CPU (one thread: fused forward
+  44 ms vs 34 ms blocked eager, backward 225 ms vs 54 ms), so the CPU keeps the blocked kernels
+  under ``torch.compile`` too.
+* **CUDA** (``impl="compiled"``): :func:`fused_lrn`, the formula as plain differentiable torch
+  ops, which Inductor fuses into one kernel per direction: inside a compiled model as part of
+  the model's graph, in an eager model as a separately compiled function. The block loop
+  (~25 element-wise passes, each a kernel launch and a trip through memory) is not used on
+  CUDA any more. Its cost there is designed, not measured: ``scripts/device-check`` measures it.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ class TwoTowerAlexNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7's activations (both towers, on ``devices[0]``), as :meth:`AlexNet.forward_features`."""
-        t0, t1 = self.towers
+        t0 = self.towers[0]  # LRN has no state: one tower's module serves both (see _with_halo)
         h = self._both("act1", self._both("conv1", [x.to(d) for d in self.devices]))
         h = self._both("pool1", _with_halo(t0["norm1"], *h))
         h = self._both("act2", self._both("conv2", h))
