@@ -3,12 +3,16 @@ the grouped single-device net, with both "devices" on the CPU."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from alexnet import models
+from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.models.towers import TwoTowerAlexNet, parse_devices, split_towers
+from tests.conftest import assert_one_line_error
 
 # Narrow layers keep float64 (exact comparisons, slow CPU kernels) cheap.
 OPTIONS = {"in_channels": 1, "init": "kaiming", "widths": (8, 16, 16, 16, 8), "fc_width": 32}
@@ -72,3 +76,9 @@ def test_bad_device_lists_are_user_errors(spec: str) -> None:
 def test_single_tower_cannot_be_split() -> None:
     with pytest.raises(UserError, match="two-tower"):
         models.create("alexnet-small", 10, towers=1, towers_on="cpu,cpu", **OPTIONS)
+
+
+def test_cli_bad_towers_on_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "synthetic:classes=4,size=28,train=8,val=8", "--towers-on", "cuda:0",
+                 "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip
+    assert_one_line_error((code, capsys.readouterr().err), "towers_on")

@@ -1,35 +1,21 @@
-"""``alexnet bench train``: training-step throughput, ours beside torchvision's alexnet in the same
-precision, the usual fp32 loop and the naive faithful net, all measured in one run.
+"""``alexnet bench train``'s measurement: ours beside torchvision's alexnet in the same precision,
+the usual fp32 loop and the naive faithful net, all measured in one run.
 
 What each configuration is and how a step is timed: :mod:`alexnet.bench.step` (every
-configuration in a fresh process). The report also says which precision the machine runs
+configuration in a fresh process). The summary also says which precision the machine runs
 natively: on CPUs without native bf16 (AVX2 only: most laptops) ours runs fp32, and a
-comparison against fp32 alone would flatter it on bf16 CPUs, so the same-precision ratio is
-printed first.
+comparison against fp32 alone would flatter it on bf16 CPUs, so the same-precision ratio comes
+first. The command line and the table: :mod:`alexnet.cli.bench_train_cmd`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
 from typing import Any
 
-from alexnet.bench.step import (
-    CONFIG_NAMES,
-    CUDA_ONLY_BY_DEFAULT,
-    PEAK_MATMUL_N,
-    OtherLoad,
-    build_configs,
-    compile_configs,
-    hardware,
-    in_fresh_process,
-    native_precision,
-)
-from alexnet.errors import UserError
-from alexnet.runtime import DEVICES
+from alexnet.bench.step import OtherLoad, hardware, in_fresh_process, native_precision
 
 # Ratios reported under the table: (key, numerator config, denominator config, what it says).
 COMPARISONS = (
@@ -42,60 +28,6 @@ COMPARISONS = (
      "ours vs torchvision alexnet, both torch.compile"),
     ("compiled_vs_eager", "ours-compiled", "ours", "ours compiled vs ours eager"),
 )  # fmt: skip
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``alexnet bench train``."""
-    p = sub.add_parser("train", help="training-step throughput: ours vs torchvision (same precision), fp32 baseline, naive net", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--model", default="alexnet", help="registered model to benchmark (default alexnet)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration (default 5; median)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if available, else CPU")
-    p.add_argument("--configs", default=None, metavar="NAME,...",
-                   help="measure only these configurations (baseline and ours are always measured); "
-                        "default: all that apply of " + ", ".join(CONFIG_NAMES) + " (the compiled ones on CUDA "
-                        "only unless named)")  # fmt: skip
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="instead of the table: data-parallel scaling of 'ours' under torchrun + DDP for 1, 2, "
-                        "4, ... N processes (per-process and total img/s, efficiency; --batch-size is per "
-                        "process); see alexnet/bench/scaling.py")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Measure every configuration and print the table (or JSON)."""
-    from alexnet.runtime import resolve_device, resolve_precision
-
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.nproc is not None and args.nproc < 1:
-        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
-    device = resolve_device(args.device)
-    precision = resolve_precision("auto", device)
-    configs = build_configs(args.model, precision, device.type)
-    if args.nproc is not None:
-        return _run_scaling(args, configs, device.type)
-    if args.configs:
-        wanted = {name.strip() for name in args.configs.split(",") if name.strip()}
-        unknown = sorted(wanted - set(CONFIG_NAMES))
-        if unknown:
-            raise UserError(f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIG_NAMES)}")
-        if device.type != "cuda":  # the compiled ones are measured on a CPU only when named
-            configs += [c for c in compile_configs(args.model, precision) if c.name in wanted]
-        configs = [c for c in configs if c.name in wanted | {"baseline", "ours"}]
-    summary = measure(configs, args.model, args.batch_size, args.steps, args.warmup, str(device), precision)
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    _print_table(summary)
-    return 0
 
 
 def measure(configs: list[Any], model: str, batch_size: int, steps: int, warmup: int, device: str,
@@ -144,57 +76,3 @@ def measure(configs: list[Any], model: str, batch_size: int, steps: int, warmup:
         "seconds": time.perf_counter() - started,
         "other_processes_cpus": other_load.cpus(),
     }
-
-
-def _run_scaling(args: argparse.Namespace, configs: list[Any], device_type: str) -> int:
-    """``--nproc N``: the scaling measurement of the ``ours`` configuration."""
-    from alexnet.bench.scaling import measure_scaling, print_scaling
-
-    ours = next(c for c in configs if c.name == "ours")
-    started = time.perf_counter()
-    summary = {"nproc": args.nproc, "model": args.model, "label": ours.label, "batch_size": args.batch_size,
-               "steps": args.steps, "warmup": args.warmup, "device": device_type, "hardware": hardware(),
-               **measure_scaling(ours, args.nproc, args.batch_size, args.steps, args.warmup, device_type)}  # fmt: skip
-    summary["seconds"] = time.perf_counter() - started
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print_scaling(summary)
-    return 0
-
-
-def _print_table(s: dict[str, Any]) -> None:
-    hw = s["hardware"]
-    print(f"alexnet bench train: model {s['model']}, batch {s['batch_size']}, {s['device']}, "
-          f"median of {s['steps']} steps after {s['warmup']} warm-up, each configuration in a fresh process")  # fmt: skip
-    print(f"hardware: {hw['cpu']}, {hw['cpu_count']} CPUs ({hw['torch_threads']} torch threads), "
-          f"{hw['cpu_capability']}" + (f", GPU {hw['gpu']}" if "gpu" in hw else "") + f"; torch {hw['torch']}")  # fmt: skip
-    print(f"native precision here: {s['native_precision']}; ours runs {s['precision']}")
-    other = s["other_processes_cpus"]
-    if other is not None and other >= 0.2:
-        print(f"warning: other processes kept {other:.1f} of {hw['cpu_count']} CPUs busy during the run; "
-              "timings are unreliable, rerun on an idle machine")  # fmt: skip
-    print()
-    width = max(len(r["name"] + r["label"]) for r in s["configs"]) + 3
-    print(f"{'config':<{width}} {'img/s':>8} {'ms/step':>9} {'vs base':>8} {'GFLOP/s':>8} {'of peak':>8}")
-    for r in s["configs"]:
-        compiled = f"  (compile {r['compile_s']:.0f} s)" if r.get("compile_s") is not None else ""
-        print(f"{r['name'] + ': ' + r['label']:<{width}} {r['img_s']:>8.1f} {r['step_ms']:>9.0f} "
-              f"{r['ratio']:>7.2f}x {r['train_gflop_s']:>8.1f} {100 * r['peak_fraction']:>7.1f}%{compiled}")  # fmt: skip
-    print()
-    peak = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in s["peak_gflop_s"].items())
-    ours = next(r for r in s["configs"] if r["name"] == "ours")
-    print(f"matmul peak ({PEAK_MATMUL_N.get(s['device'].split(':')[0], 2048)}^3, same run): {peak}")
-    print(f"ours: 3 x {ours['forward_flops_per_img'] / 1e9:.2f} GFLOP/image x {ours['img_s']:.1f} img/s = "
-          f"{ours['train_gflop_s']:.0f} GFLOP/s = {100 * ours['peak_fraction']:.0f}% of the {ours['precision']} "
-          f"matmul peak")  # fmt: skip
-    c = s["comparisons"]
-    for key, _, _, words in COMPARISONS:
-        if key in c:
-            print(f"{words}: {c[key]:.2f}x")
-    if "lrn_share_of_step" in c:
-        print(f"LRN's share of ours' step (ours vs no-lrn): {100 * c['lrn_share_of_step']:.0f}%")
-    skipped = [n for n in CUDA_ONLY_BY_DEFAULT if n not in {r["name"] for r in s["configs"]}]
-    if skipped and not s["device"].startswith("cuda"):
-        print(f"not measured on a CPU unless named in --configs (compiling takes minutes): {', '.join(skipped)}")
-    print(f"took {s['seconds']:.0f} s")
