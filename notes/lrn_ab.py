@@ -1,7 +1,12 @@
 """alexnet-small conv1's LRN (128x32x28x28 bf16 NHWC), forward + backward: custom op vs former
 autograd.Function, interleaved pairs in one process (load drift hits both), 21 pairs."""
-import statistics, time, torch
+import statistics
+import time
+
+import torch
+
 from alexnet.models.lrn import LocalResponseNorm
+
 x = (torch.randn(128, 32, 28, 28) * 3).relu().to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
 g = torch.randn(x.shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
 mods = {impl: LocalResponseNorm(impl=impl) for impl in ("blocked", "function")}
