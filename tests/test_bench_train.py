@@ -9,16 +9,16 @@ import pytest
 
 from alexnet import models
 from alexnet.bench.scaling import world_sizes
-from alexnet.bench.train import CONFIG_NAMES, build_configs
+from alexnet.bench.step import CONFIG_NAMES, CUDA_ONLY_BY_DEFAULT, build_configs
 from alexnet.cli import main
 from tests.conftest import assert_one_line_error, run_cli
 
 
 def test_bench_train_json_small() -> None:
-    # Two of the configurations keep this under ~20 s on a busy 2-core machine; the full set
+    # Three of the configurations keep this under ~30 s on a busy 2-core machine; the full set
     # is covered by test_bench_configs.
     proc = run_cli("bench", "train", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--model", "alexnet-small",
-                   "--device", "cpu", "--configs", "baseline,ours", "--json", timeout=120)  # fmt: skip
+                   "--device", "cpu", "--configs", "baseline,ours,lrn-function", "--json", timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # the whole of stdout is one JSON object
     assert {
@@ -30,17 +30,29 @@ def test_bench_train_json_small() -> None:
         "peak_gflop_s",
         "other_processes_cpus",
     } <= set(result)
-    assert [c["name"] for c in result["configs"]] == ["baseline", "ours"]
+    assert [c["name"] for c in result["configs"]] == ["baseline", "ours", "lrn-function"]
+    assert result["native_precision"].startswith(("bf16", "fp32 only"))
+    assert result["comparisons"]["lrn_op_vs_former"] == pytest.approx(
+        result["ours_img_s"] / result["configs"][2]["img_s"])
     assert all(c["img_s"] > 0 and c["forward_flops_per_img"] > 0 for c in result["configs"])
     assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["baseline_img_s"])
 
 
 def test_bench_configs() -> None:
-    assert [c.name for c in build_configs("alexnet", "bf16", "cpu")] == list(CONFIG_NAMES)
+    assert [c.name for c in build_configs("alexnet", "bf16", "cuda")] == list(CONFIG_NAMES)
+    cpu = build_configs("alexnet", "bf16", "cpu")  # compiling takes minutes on a CPU: only when named
+    assert [c.name for c in cpu] == [n for n in CONFIG_NAMES if n not in CUDA_ONLY_BY_DEFAULT]
+    by_name = {c.name: c for c in cpu}
+    # The fair comparison: torchvision's alexnet with exactly ours' settings, precision included.
+    ours, tv = by_name["ours"], by_name["torchvision"]
+    assert tv.model == "torchvision" and (tv.precision, tv.channels_last, tv.tuned, tv.optimizer) == (
+        ours.precision, ours.channels_last, ours.tuned, ours.optimizer)
+    assert by_name["baseline"].precision == "fp32" and by_name["torch-lrn"].lrn == "torch"
     owt = build_configs("alexnet-owt", "fp32", "cpu")  # no LRN to swap, fp32 only
-    assert [c.name for c in owt] == ["baseline", "ours"] and owt[0].model == "torchvision"
+    assert [c.name for c in owt] == ["baseline", "ours", "torchvision"] and owt[0].model == "torchvision"
     small = build_configs("alexnet-small", "bf16", "cpu")
     assert small[0].model == "alexnet-small"  # torchvision's alexnet cannot take 28 px
+    assert "torchvision" not in {c.name for c in small}
 
 
 @pytest.mark.parametrize(

@@ -230,3 +230,55 @@ def test_reused_workspaces_give_fresh_results(channels_last: bool, monkeypatch: 
     assert len(lrn_mod._CACHE.workspaces) >= 2
     again = run(x)
     assert torch.equal(fresh[0], again[0]) and torch.equal(fresh[1], again[1])
+
+
+# -- the implementations: custom op (default on CPU), the former autograd.Function, fused ------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_custom_op_is_bit_identical_to_the_former_function(dtype: torch.dtype, channels_last: bool) -> None:
+    x = _input((3, 20, 7, 9), channels_last, torch.float32).detach().to(dtype).requires_grad_()
+    g = torch.randn(x.shape).to(dtype)
+    outputs = {}
+    for impl in ("blocked", "function"):
+        y = LocalResponseNorm(5, ALPHA, BETA, K, impl=impl)(x)
+        outputs[impl] = (y, *torch.autograd.grad(y, x, g))
+    assert LocalResponseNorm(5, ALPHA, BETA, K).impl == "auto"  # auto = blocked on CPU
+    for a, b in zip(outputs["blocked"], outputs["function"], strict=True):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+def test_custom_op_registration_passes_opcheck() -> None:
+    # Schema, fake (meta) implementation and autograd registration, as torch.compile relies on
+    # them (opcheck's AOT-dispatch check is slow; test_compile.py traces the op for real).
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    x = _input((2, 6, 3, 4), True, torch.float32)
+    torch.library.opcheck(lrn_mod.lrn_op, (x, 5, ALPHA, BETA, K), test_utils=checks)
+    torch.library.opcheck(lrn_mod.lrn_backward_op, (x.detach(), torch.randn_like(x), 5, ALPHA, BETA, K), test_utils=checks)
+
+
+@pytest.mark.parametrize("convention", ["code", "paper"])
+@pytest.mark.parametrize("size", [1, 4, 5])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_fused_formulation_matches_the_reference(convention: str, size: int, channels_last: bool) -> None:
+    x = _input((2, 7, 5, 6), channels_last)
+    fused = LocalResponseNorm(size, ALPHA, BETA, K, convention, impl="fused")
+    y = fused(x)
+    torch.testing.assert_close(y, reference_lrn(x.detach(), size, ALPHA, BETA, K, convention), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    blocked = LocalResponseNorm(size, ALPHA, BETA, K, convention, impl="blocked")
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(blocked(x), x, g)[0],
+                               rtol=1e-10, atol=1e-12)  # fmt: skip
+
+
+def test_fused_bfloat16_in_bfloat16_out() -> None:
+    x = (torch.rand(2, 16, 5, 5) * 30).to(torch.bfloat16)
+    y = LocalResponseNorm(impl="fused")(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), LocalResponseNorm()(x.float()), rtol=1e-2, atol=1e-2)
+
+
+def test_unknown_impl() -> None:
+    with pytest.raises(ValueError, match="impl"):
+        LocalResponseNorm(impl="triton")  # type: ignore[arg-type]

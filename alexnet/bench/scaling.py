@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from alexnet.bench.train import Config, measure_config
+from alexnet.bench.step import Config, measure_config
 from alexnet.errors import UserError
 
 
@@ -142,29 +142,6 @@ def measure_scaling(cfg: Config, nproc: int, batch_size: int, steps: int, warmup
     for run in runs:
         run["efficiency"] = run["total_img_s"] / (run["world_size"] * single)
     return {"threads_per_process": threads, "gradient_numel": ranks[0]["gradient_numel"], "runs": runs}
-
-
-def print_scaling(s: dict[str, Any]) -> None:
-    """The scaling table (``s`` as returned by ``alexnet bench train --nproc --json``)."""
-    hw = s["hardware"]
-    print(f"alexnet bench train --nproc {s['nproc']}: {s['label']}, batch {s['batch_size']} per process, "
-          f"median of {s['steps']} steps after {s['warmup']} warm-up, torchrun + DDP "
-          f"({'nccl' if s['device'] == 'cuda' else 'gloo'})")  # fmt: skip
-    print(f"hardware: {hw['cpu']}, {hw['cpu_count']} CPUs" + (f", GPU {hw['gpu']}" if "gpu" in hw else "")
-          + f"; {s['threads_per_process']} CPU thread(s) per process in every run; torch {hw['torch']}")  # fmt: skip
-    print()
-    print(f"{'processes':>9} {'per-process img/s':>24} {'total img/s':>12} {'ms/step':>8} "
-          f"{'efficiency':>10} {'all-reduce ms':>14}")  # fmt: skip
-    for r in s["runs"]:
-        per = ", ".join(f"{v:.1f}" for v in r["per_process_img_s"])
-        ar = f"{r['allreduce_ms']:.0f}" if r["world_size"] > 1 else "-"
-        print(f"{r['world_size']:>9} {per:>24} {r['total_img_s']:>12.1f} {r['step_ms']:>8.0f} "
-              f"{100 * r['efficiency']:>9.0f}% {ar:>14}")  # fmt: skip
-    print()
-    mb = 4 * s["gradient_numel"] / 1e6
-    print(f"all-reduce: {s['gradient_numel'] / 1e6:.1f}M float32 gradients = {mb:.0f} MB per step, timed alone "
-          "after the steps (DDP overlaps it with the backward pass in buckets)")  # fmt: skip
-    print(f"took {s['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ MODEL_FLAGS = {
     "towers": {"type": int, "choices": (1, 2), "help": "2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"},
     "widths": {"type": int_list, "metavar": "C1,C2,C3,C4,C5", "help": "the five conv widths (even numbers; default the model's)"},
     "fc_width": {"type": positive_int, "help": "width of fc6/fc7 (default the model's: 4096 paper, 1024 small)"},
+    "towers_on": {"metavar": "DEV0,DEV1", "help": "the paper's model parallelism (section 3.2): tower 1 on DEV0, tower 2 on DEV1, e.g. cuda:0,cuda:1 (same weights and results as the grouped net; for fidelity, not speed)"},
 }  # fmt: skip
 
 

@@ -80,7 +80,9 @@ def info(name: str) -> ModelInfo:
 def model_options(name: str) -> list[str]:
     """The keyword options that ``create(name, ...)`` accepts."""
     sig = inspect.signature(info(name).build)
-    return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "shape"]
+    options = [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "shape"]
+    # The two-tower nets can also be spread over two devices (section 3.2; models/towers.py).
+    return [*options, "towers_on"] if "towers" in options else options
 
 
 def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
@@ -88,8 +90,9 @@ def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
 
     ``options`` are the model's keyword arguments (for ``alexnet``/``alexnet-small``:
     ``in_channels, image_size, activation, lrn, lrn_convention, lrn_k, pooling, towers, dropout,
-    init``; for ``alexnet-owt``: ``in_channels, dropout, init``). Unknown names and bad values
-    raise :class:`UserError`.
+    init, widths, fc_width`` and ``towers_on="DEV0,DEV1"``, the paper's model parallelism, see
+    :mod:`alexnet.models.towers`; for ``alexnet-owt``: ``in_channels, dropout, init``). Unknown
+    names and bad values raise :class:`UserError`.
     """
     entry = info(name)
     allowed = model_options(name)
@@ -97,10 +100,16 @@ def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
     if unknown:
         raise UserError(f"model {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(allowed)}")
     kwargs = dict(entry.default_options) | options
+    towers_on = kwargs.pop("towers_on", None)
     try:
-        return entry.build(num_classes=num_classes, **kwargs)
+        model = entry.build(num_classes=num_classes, **kwargs)
+        if towers_on:
+            from alexnet.models.towers import split_towers
+
+            model = split_towers(model, towers_on)  # type: ignore[arg-type]
     except ValueError as e:
         raise UserError(f"model {name!r}: {e}") from None
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

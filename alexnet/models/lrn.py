@@ -51,9 +51,21 @@ LRN; ``alexnet bench train`` shows the current numbers).
   float32: the ``alpha'`` term, ~0.01, is below bf16 resolution around k = 2) and the result is
   written back in the input's dtype.
 
-``torch.compile`` of the same math was slower on this CPU (one thread: fused forward 44 ms vs
-34 ms blocked eager, backward 225 ms vs 54 ms), so it is not used. On CUDA the same code runs
-with large blocks (few, big kernels); nothing there is tuned yet.
+How it composes with the PyTorch stack (see :func:`lrn`):
+
+* **CPU** (``impl="blocked"``, the default there): the blocked kernels are registered as the
+  ``torch.library`` custom op ``alexnet::lrn`` with a fake (shape-only) implementation and a
+  registered backward (``alexnet::lrn_backward``), so ``torch.compile`` traces models through
+  it as one opaque op and eager results are bit-for-bit those of the former
+  ``autograd.Function`` (kept as ``impl="function"`` for ``alexnet bench train``'s before/after).
+  Inductor's own fusion of the same math was slower on this CPU (one thread: fused forward
+  44 ms vs 34 ms blocked eager, backward 225 ms vs 54 ms), so the CPU keeps the blocked kernels
+  under ``torch.compile`` too.
+* **CUDA** (``impl="compiled"``): :func:`fused_lrn`, the formula as plain differentiable torch
+  ops, which Inductor fuses into one kernel per direction: inside a compiled model as part of
+  the model's graph, in an eager model as a separately compiled function. The block loop
+  (~25 element-wise passes, each a kernel launch and a trip through memory) is not used on
+  CUDA any more. Its cost there is designed, not measured: ``scripts/device-check`` measures it.
 """
 
 from __future__ import annotations
@@ -63,9 +75,10 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Convention = Literal["code", "paper"]
@@ -288,64 +301,179 @@ def _for_each_block(layout: _Layout, work: Callable[[_Workspace, slice, slice], 
         work(ws, rows, cols)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the blocked kernels read ``x`` in, and write their result in."""
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+
+
+def blocked_forward(x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float) -> torch.Tensor:
+    """The blocked LRN forward (see the module docstring); any device, no autograd."""
+    fmt = _memory_format(x)
+    channels_last = fmt is torch.channels_last
+    x = x.contiguous(memory_format=fmt)
+    y = torch.empty_like(x, memory_format=fmt)
+    x3, y3 = _channel_view(x, channels_last), _channel_view(y, channels_last)
+    layout = _Layout(x3, size)
+    k_share = torch.full((), k / size, dtype=layout.dtype, device=x.device)  # no host sync on CUDA
+
+    def work(ws: _Workspace, rows: slice, cols: slice) -> None:
+        v = ws.block(rows, cols)
+        v.a.copy_(x3[rows, :, cols])
+        torch.addcmul(k_share, v.A, v.A, value=alpha_eff, out=v.squares)
+        for op in v.den_ops:
+            op()
+        _neg_pow(v.d, beta, out=v.s)
+        torch.mul(v.a, v.scale, out=y3[rows, :, cols])
+
+    _for_each_block(layout, work)
+    return y
+
+
+def blocked_backward(x: torch.Tensor, grad_out: torch.Tensor, size: int, alpha_eff: float, beta: float,
+                     k: float) -> torch.Tensor:  # fmt: skip
+    """The gradient of :func:`blocked_forward` with respect to ``x``, recomputing the denominator."""
+    fmt = _memory_format(x)
+    channels_last = fmt is torch.channels_last
+    x = x.contiguous(memory_format=fmt)
+    g = grad_out.contiguous(memory_format=fmt)
+    grad_in = torch.empty_like(x, memory_format=fmt)
+    x3, g3, gi3 = (_channel_view(t, channels_last) for t in (x, g, grad_in))
+    layout = _Layout(x3, size)
+    k_share = torch.full((), k / size, dtype=layout.dtype, device=x.device)  # no host sync on CUDA
+    # b_j = a_j s_j, s_j = d_j^-beta, d_j = k + alpha' sum_{i in win(j)} a_i^2, so
+    # dL/da_i = g_i s_i - 2 alpha' beta a_i sum_{j: i in win(j)} g_j a_j s_j / d_j.
+    coef = -2.0 * alpha_eff * beta
+
+    def work(ws: _Workspace, rows: slice, cols: slice) -> None:
+        v = ws.block(rows, cols)
+        v.a.copy_(x3[rows, :, cols])
+        v.g.copy_(g3[rows, :, cols])
+        torch.addcmul(k_share, v.A, v.A, value=alpha_eff, out=v.squares)
+        for op in v.den_ops:
+            op()
+        u = _neg_pow(v.d, beta, out=v.s).mul_(v.g_r)  # g s (G is free after this)
+        torch.mul(u, v.a_r, out=v.t).div_(v.d)  # g a s / d, in the squares' buffer
+        for pad in v.t_pads:
+            pad.zero_()
+        for op in v.back_ops:
+            op()
+        torch.addcmul(v.u, v.a, v.w, value=coef, out=gi3[rows, :, cols])
+
+    _for_each_block(layout, work)
+    return grad_in
+
+
+# --------------------------------------------------------------------------------------------
+# The blocked kernels as a torch.library custom op: Dynamo/AOTAutograd see an opaque op with a
+# fake (shape-only) implementation and a registered backward, so `torch.compile` traces a
+# model through it (the autograd.Function below could not be traced: Dynamo's fake-tensor pass
+# stopped at the views the blocks build into real storage).
+
+
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def lrn_op(x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float) -> torch.Tensor:
+    """LRN forward with the blocked kernels; differentiable (see :func:`lrn_backward_op`)."""
+    return blocked_forward(x, size, alpha_eff, beta, k)
+
+
+@lrn_op.register_fake
+def _lrn_fake(x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=_memory_format(x))
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+def lrn_backward_op(x: torch.Tensor, grad_out: torch.Tensor, size: int, alpha_eff: float, beta: float,
+                    k: float) -> torch.Tensor:  # fmt: skip
+    """The gradient of :func:`lrn_op` with respect to its input (first derivative only)."""
+    return blocked_backward(x, grad_out, size, alpha_eff, beta, k)
+
+
+@lrn_backward_op.register_fake
+def _lrn_backward_fake(x: torch.Tensor, grad_out: torch.Tensor, size: int, alpha_eff: float, beta: float,
+                       k: float) -> torch.Tensor:  # fmt: skip
+    return torch.empty_like(x, memory_format=_memory_format(x))
+
+
+def _lrn_setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    # Only the input is saved: it is the ReLU's output, which autograd keeps anyway.
+    ctx.save_for_backward(inputs[0])
+    ctx.params = inputs[1:]
+
+
+def _lrn_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    (x,) = ctx.saved_tensors
+    return lrn_backward_op(x, grad_out, *ctx.params), None, None, None, None
+
+
+lrn_op.register_autograd(_lrn_backward, setup_context=_lrn_setup_context)
+
+
 class _LRNFunction(torch.autograd.Function):
-    """Blocked forward; backward recomputes the denominator per block (see module docstring)."""
+    """The same kernels as a plain autograd.Function: the implementation before the custom op,
+    kept as ``impl="function"`` so that ``alexnet bench train`` measures both in one run."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float):  # type: ignore[override]
-        channels_last = _is_channels_last(x)
-        if not channels_last:
-            x = x.contiguous()
-        y = torch.empty_like(x)
-        x3, y3 = _channel_view(x, channels_last), _channel_view(y, channels_last)
-        layout = _Layout(x3, size)
-        k_share = torch.full((), k / size, dtype=layout.dtype, device=x.device)  # no host sync on CUDA
-
-        def work(ws: _Workspace, rows: slice, cols: slice) -> None:
-            v = ws.block(rows, cols)
-            v.a.copy_(x3[rows, :, cols])
-            torch.addcmul(k_share, v.A, v.A, value=alpha_eff, out=v.squares)
-            for op in v.den_ops:
-                op()
-            _neg_pow(v.d, beta, out=v.s)
-            torch.mul(v.a, v.scale, out=y3[rows, :, cols])
-
-        _for_each_block(layout, work)
         ctx.save_for_backward(x)
-        ctx.params = (size, alpha_eff, beta, k, channels_last)
-        return y
+        ctx.params = (size, alpha_eff, beta, k)
+        return blocked_forward(x, size, alpha_eff, beta, k)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        size, alpha_eff, beta, k, channels_last = ctx.params
-        g = grad_out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        grad_in = torch.empty_like(x)
-        x3, g3, gi3 = (_channel_view(t, channels_last) for t in (x, g, grad_in))
-        layout = _Layout(x3, size)
-        k_share = torch.full((), k / size, dtype=layout.dtype, device=x.device)  # no host sync on CUDA
-        # b_j = a_j s_j, s_j = d_j^-beta, d_j = k + alpha' sum_{i in win(j)} a_i^2, so
-        # dL/da_i = g_i s_i - 2 alpha' beta a_i sum_{j: i in win(j)} g_j a_j s_j / d_j.
-        coef = -2.0 * alpha_eff * beta
+        return blocked_backward(x, grad_out, *ctx.params), None, None, None, None
 
-        def work(ws: _Workspace, rows: slice, cols: slice) -> None:
-            v = ws.block(rows, cols)
-            v.a.copy_(x3[rows, :, cols])
-            v.g.copy_(g3[rows, :, cols])
-            torch.addcmul(k_share, v.A, v.A, value=alpha_eff, out=v.squares)
-            for op in v.den_ops:
-                op()
-            u = _neg_pow(v.d, beta, out=v.s).mul_(v.g_r)  # g s (G is free after this)
-            torch.mul(u, v.a_r, out=v.t).div_(v.d)  # g a s / d, in the squares' buffer
-            for pad in v.t_pads:
-                pad.zero_()
-            for op in v.back_ops:
-                op()
-            torch.addcmul(v.u, v.a, v.w, value=coef, out=gi3[rows, :, cols])
 
-        _for_each_block(layout, work)
-        return grad_in, None, None, None, None
+def fused_lrn(x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float) -> torch.Tensor:
+    """LRN written as plain differentiable torch ops, for Inductor to fuse (CUDA path).
+
+    Under ``torch.compile`` the squares, the padded window sum (``size`` shifted slices), the
+    power and the product are all point-wise with fixed channel offsets: Inductor emits one
+    kernel for the forward and one for the backward (autograd's formula, also point-wise).
+    float32 inside for the reason the blocked path gives (the ``alpha'`` term is below bf16
+    resolution near ``k``).
+    """
+    xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+    before, after = size // 2, (size - 1) // 2
+    # Pad dim 1 (channels): F.pad lists (last dim first) pairs for dims -1 .. 1.
+    squares = F.pad(xf * xf, [0, 0] * (xf.dim() - 2) + [before, after])
+    channels = xf.shape[1]
+    window = squares.narrow(1, 0, channels)
+    for d in range(1, size):
+        window = window + squares.narrow(1, d, channels)
+    y = xf * (k + alpha_eff * window).pow(-beta)
+    return y.to(x.dtype)
+
+
+@functools.cache
+def _compiled_fused_lrn() -> Callable[..., torch.Tensor]:
+    """:func:`fused_lrn` compiled on its own: the fused kernels in an eager (uncompiled) model."""
+    return torch.compile(fused_lrn, fullgraph=True)
+
+
+Impl = Literal["auto", "blocked", "function", "fused", "compiled"]
+IMPLS: tuple[str, ...] = ("auto", "blocked", "function", "fused", "compiled")
+
+
+def lrn(x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float, impl: Impl = "auto") -> torch.Tensor:
+    """LRN of ``x`` by ``impl``:
+
+    * ``blocked``: the custom op ``alexnet::lrn`` (blocked kernels; traceable by ``torch.compile``);
+    * ``function``: the same kernels as an autograd.Function (the former path; not traceable);
+    * ``fused``: :func:`fused_lrn`, plain torch ops (Inductor fuses them when the model is compiled);
+    * ``compiled``: :func:`fused_lrn` compiled on its own (when the model is not), else ``fused``;
+    * ``auto``: ``blocked`` on CPU, ``compiled`` on other devices (CUDA).
+    """
+    if impl == "auto":
+        impl = "blocked" if x.device.type == "cpu" else "compiled"
+    if impl == "blocked":
+        return lrn_op(x, size, alpha_eff, beta, k)
+    if impl == "function":
+        return _LRNFunction.apply(x, size, alpha_eff, beta, k)
+    if impl == "compiled" and not torch.compiler.is_compiling():
+        return _compiled_fused_lrn()(x, size, alpha_eff, beta, k)
+    return fused_lrn(x, size, alpha_eff, beta, k)
 
 
 class LocalResponseNorm(nn.Module):
@@ -358,6 +486,7 @@ class LocalResponseNorm(nn.Module):
         k: additive constant.
         convention: ``"code"`` divides alpha by ``size`` (authors' code, Caffe, PyTorch);
             ``"paper"`` uses alpha as printed in the paper's equation.
+        impl: which implementation runs (see :func:`lrn`); ``auto`` picks by device.
 
     Input: (N, C, *) in any memory format and floating dtype; the output has the input's
     shape, dtype and (for 4-D NCHW/NHWC) memory format.
@@ -370,13 +499,17 @@ class LocalResponseNorm(nn.Module):
         beta: float = 0.75,
         k: float = 2.0,
         convention: Convention = "code",
+        impl: Impl = "auto",
     ) -> None:
         super().__init__()
         if size < 1:
             raise ValueError(f"LRN size must be >= 1, got {size}")
         if convention not in ("code", "paper"):
             raise ValueError(f"LRN convention must be 'code' or 'paper', got {convention!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"LRN impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.size, self.alpha, self.beta, self.k, self.convention = size, alpha, beta, k, convention
+        self.impl = impl
 
     @property
     def alpha_effective(self) -> float:
@@ -386,7 +519,7 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"LRN expects (N, C, ...) input, got shape {tuple(x.shape)}")
-        return _LRNFunction.apply(x, self.size, self.alpha_effective, self.beta, self.k)
+        return lrn(x, self.size, self.alpha_effective, self.beta, self.k, self.impl)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={self.convention!r}"

@@ -229,7 +229,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
     global_batch = recipe.batch_size * ctx.world_size
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
-    optimizer = _make_optimizer(model, recipe, lr, device)
+    optimizer = make_optimizer(model, recipe, lr, device)
     steps_per_epoch = _plan(cfg, ctx, 0).steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
         raise UserError(f"global batch {global_batch} is larger than the training set ({dataset.num_samples('train')})")
@@ -397,7 +397,7 @@ def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> d
     return options | extra
 
 
-def _make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum (section 5); biases and 1-d parameters decay only if the recipe says so."""
     decay = [p for p in model.parameters() if p.ndim > 1 or recipe.decay_biases]
     no_decay = [p for p in model.parameters() if not (p.ndim > 1 or recipe.decay_biases)]
