@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from alexnet import models
+from alexnet.data.pipeline import InputNorm
 from alexnet.interop.runs import write_run
-from alexnet.training.loop import InputNorm
 from tests.conftest import FASHION_DIR, HAS_FASHION
 
 CLASSES = ("cat", "dog", "ship", "tree")

@@ -136,10 +136,10 @@ def load(port: int, body: bytes, requests: int, concurrency: int, max_seconds: f
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.bench.prepare import photo_like
+    from alexnet.data.pipeline import InputNorm
     from alexnet.interop.onnx_model import OnnxModel, export_onnx
     from alexnet.interop.runs import write_run
     from alexnet.serving.app import Predictor, ServeConfig
-    from alexnet.training.loop import InputNorm
 
     try:
         levels = [int(c) for c in args.concurrency.split(",")]

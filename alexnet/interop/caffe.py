@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from alexnet import models
+from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.evaluation import imagenet_class_names
 from alexnet.interop.caffe_proto import V1_TYPES, messages
 from alexnet.interop.runs import write_run
 from alexnet.models.alexnet import PAPER_SHAPE
-from alexnet.training.loop import InputNorm
 
 # V1 enum -> V2 type string, for the types an AlexNet deploy file holds.
 _V1_TO_V2 = {"CONVOLUTION": "Convolution", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN", "POOLING": "Pooling",

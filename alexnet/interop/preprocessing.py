@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from alexnet.data.pipeline import InputNorm
 from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
 from alexnet.evaluation import LoadedModel
-from alexnet.training.loop import InputNorm
 
 METADATA_KEY = "alexnet.preprocessing"
 

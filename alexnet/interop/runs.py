@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json
-from alexnet.training.checkpoint import save_checkpoint
-from alexnet.training.loop import InputNorm
+from alexnet.training.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
 
 
 def write_run(
@@ -37,16 +37,12 @@ def write_run(
     ``provenance`` (where the weights came from) goes into ``config.json``.
     """
     out = Path(out)
-    ckpt = out / "checkpoints" / "last.pt"
+    ckpt = out / "checkpoints" / LAST
     try:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(ckpt, {
-            "model": model.state_dict(), "model_name": model_name, "model_options": model_options,
-            "num_classes": len(classes), "classes": list(classes),
-            "data": {"name": data_name, "channels": channels, "image_size": image_size, "crop": crop,
-                     "synthetic": False, **norm.to_dict()},
-            "imported": provenance,
-        })  # fmt: skip
+        data = DataSpec(name=data_name, channels=channels, image_size=image_size, crop=crop, synthetic=False, norm=norm)
+        save_checkpoint(ckpt, Checkpoint(weights=model.state_dict(), model_name=model_name, model_options=model_options,
+                                         classes=tuple(classes), data=data, config={"imported": provenance}))  # fmt: skip
         atomic_write_json(out / "config.json", {"imported": provenance, "model": model_name, "model_options": model_options})
     except OSError as e:
         raise UserError(f"cannot write the run folder {out}: {e.strerror or e}") from None
