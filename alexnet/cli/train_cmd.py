@@ -31,7 +31,7 @@ MODEL_FLAGS = {
 RECIPE_HELP = {
     "model": "alexnet | alexnet-owt | alexnet-small",
     "batch_size": "images per process per step (global batch = this x processes)",
-    "lr": "learning rate (peak for onecycle)",
+    "lr": "learning rate (peak for onecycle), or 'auto': an LR range test picks it, at most the recipe's",
     "schedule": "plateau | onecycle | cosine | constant",
     "init": "paper | caffe | kaiming | torchvision",
     "dropout": "drop probability in fc6/fc7 (0 = off)",
@@ -43,7 +43,14 @@ RECIPE_HELP = {
 }
 
 
+def _lr_or_auto(text: str) -> float | str:
+    """``--lr``: a number, or ``auto`` (the range test of training/lr_finder.py)."""
+    return "auto" if text == "auto" else float(text)
+
+
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
+    if f.name == "lr":  # Issue 11 hook: --lr auto
+        return _lr_or_auto
     t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     return parse_bool if t is bool else t
 
@@ -58,8 +65,13 @@ def add_recipe_overrides(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
-    """The recipe fields given on the command line."""
-    return _overrides(args, "recipe_")
+    """The recipe fields given on the command line (``--lr auto`` is not one: see :func:`lr_auto`)."""
+    return {k: v for k, v in _overrides(args, "recipe_").items() if v != "auto"}
+
+
+def lr_auto(args: argparse.Namespace) -> bool:
+    """Whether ``--lr auto`` was given."""
+    return getattr(args, "recipe_lr", None) == "auto"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +90,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     add_recipe_overrides(p)
     add_model_options(p)
+    add_init_options(p)
     p.set_defaults(func=run)
+
+
+def add_init_options(p: argparse.ArgumentParser) -> None:
+    """Issue 11: fine-tuning and linear probes from existing weights (training/warmstart.py)."""
+    from alexnet.training.warmstart import FREEZE_CHOICES, INIT_NORMS
+
+    group = p.add_argument_group("starting from pretrained weights")
+    group.add_argument("--init-from", metavar="WEIGHTS",
+                       help="an alexnet checkpoint or run folder (Caffe imports included), or torchvision's AlexNet "
+                            "weights file (alexnet-owt); fc8 is replaced for the new classes")  # fmt: skip
+    group.add_argument("--freeze", choices=FREEZE_CHOICES, default=None,
+                       help="keep pretrained layers fixed: conv (conv1-5) or features (all below fc8: a linear probe on fc7)")
+    group.add_argument("--pretrained-lr-scale", type=float, default=None, metavar="F",
+                       help="lr multiplier of the pretrained layers (default 0.1; fc8 gets the full lr)")
+    group.add_argument("--init-norm", choices=INIT_NORMS, default=None,
+                       help="input normalisation: the weights' (default: torchvision's or the checkpoint's) or the data's")
+
+
+def init_config(args: argparse.Namespace, recipe_over: dict[str, typing.Any], model_over: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """The TrainConfig fields of the --init-from group; the weights' model and architecture options
+    are folded into ``recipe_over``/``model_over`` (the run is saved with them, so it resumes alone)."""
+    from alexnet.errors import UserError
+    from alexnet.training.warmstart import resolve_model
+
+    given = {k: getattr(args, k) for k in ("freeze", "pretrained_lr_scale", "init_norm") if getattr(args, k) is not None}
+    if not args.init_from:
+        if given:
+            raise UserError(f"--{next(iter(given)).replace('_', '-')} needs --init-from WEIGHTS")
+        return {}
+    if given.get("pretrained_lr_scale", 1.0) < 0:
+        raise UserError("--pretrained-lr-scale must be >= 0")
+    model, options = resolve_model(args.init_from, recipe_over.get("model"), model_over)
+    recipe_over["model"] = model
+    model_over.clear()
+    model_over.update(options)
+    return {"init_from": args.init_from, **given}
 
 
 def add_seed_option(p: argparse.ArgumentParser) -> None:
@@ -109,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     from alexnet.errors import UserError
 
     recipe_over, model_over = recipe_overrides(args), model_overrides(args)
+    warm = init_config(args, recipe_over, model_over) if not args.resume else {}  # Issue 11 hook
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
     runtime: dict[str, typing.Any] = {"progress": not args.no_progress}
     for name in ("device", "precision"):
@@ -128,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         runtime["workers"] = min(os.cpu_count() or 1, 8)
     if args.resume:
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
-        changed += list(model_over)
+        changed += list(model_over) + [k for k in ("init_from", "freeze", "pretrained_lr_scale", "init_norm") if getattr(args, k)]
+        changed += ["lr"] if lr_auto(args) else []
         if changed:
             raise UserError(f"--resume continues the saved run exactly; drop {', '.join('--' + c.replace('_', '-') for c in changed)}")
         saved = load_run_config(args.resume)
@@ -138,7 +189,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         raise UserError("--data is required (e.g. --data fashion-mnist), or --resume RUN")
     recipe = get_recipe(args.recipe or "small").with_overrides(**recipe_over)
     out = args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return TrainConfig(data=args.data, recipe=recipe, out=out, seed=args.seed, model_options=model_over, **runtime), False
+    return TrainConfig(data=args.data, recipe=recipe, out=out, seed=args.seed, model_options=model_over,
+                       lr_auto=lr_auto(args), **warm, **runtime), False  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

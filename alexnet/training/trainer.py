@@ -32,6 +32,7 @@ from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.runtime import fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training import warmstart
 from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.training.distributed import (
     DistContext,
@@ -41,7 +42,9 @@ from alexnet.training.distributed import (
     init_from_env,
     shutdown,
 )
+from alexnet.training.health import ChanceWatch
 from alexnet.training.loop import InputNorm, InputPipeline, Meter, evaluate, train_step
+from alexnet.training.lr_finder import auto_lr, training_batches
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
 
@@ -68,6 +71,12 @@ class TrainConfig:
     eval_batch_size: int = 500
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Issue 11 (own images): the LR range test, and starting from pretrained weights.
+    lr_auto: bool = False  # --lr auto: recipe.lr becomes the range test's choice (capped by it)
+    init_from: str | None = None  # alexnet checkpoint / run folder, or a torchvision AlexNet state_dict
+    freeze: str = "none"  # one of warmstart.FROZEN_LAYERS
+    pretrained_lr_scale: float = 0.1  # lr multiplier of the pretrained layers (with init_from)
+    init_norm: str = "weights"  # input normalisation with init_from: the weights' or the data's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,13 +144,25 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
         dataset.train_augment = dataclasses.replace(dataset.train_augment, pad=recipe.crop_pad)
     model_options = _model_options(recipe, dataset, cfg.model_options)
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
+    # Issue 11 hook: --init-from / --freeze (training/warmstart.py); the weights' input norm.
+    warm_norm = warmstart.start(model, cfg.init_from, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale, recipe.model,
+                                dataset, ckpt_dir / "last.pt" if resume else None, _log if ctx.is_main else None)  # fmt: skip
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, norm=warm_norm, normalize=recipe.normalize,
+                             pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
+    plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
+    if cfg.lr_auto and not resume:  # Issue 11 hook: --lr auto, the LR range test (training/lr_finder.py)
+        found = auto_lr(model, lambda m: _make_optimizer(m, recipe, recipe.lr, device), training_batches(dataset, pipeline, plan0, device),
+                        lambda *a: train_step(*a, precision, recipe.label_smoothing), recipe.lr, out, ctx, _log)  # fmt: skip
+        cfg = dataclasses.replace(cfg, recipe=recipe.with_overrides(lr=found))
+        recipe = cfg.recipe
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
     optimizer = _make_optimizer(model, recipe, lr, device)
-    plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
+    if cfg.init_from:  # Issue 11 hook: a lower lr for the pretrained layers (before the scheduler)
+        warmstart.scale_pretrained_lr(optimizer, model, cfg.pretrained_lr_scale)
     steps_per_epoch = plan0.steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
         raise UserError(f"global batch {global_batch} is larger than the training set ({dataset.num_samples('train')})")
@@ -159,8 +180,6 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
         net = data_parallel(model, device)
     if cfg.compile:
         net = torch.compile(net)
-    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, normalize=recipe.normalize,
-                             pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     val_transform, val_crops = pipeline.eval_views(recipe.eval_views)
     flops_per_image = _training_flops_per_image(model, dataset, device)
     main = ctx.is_main
@@ -176,6 +195,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     per_batch = scheduler_steps_per_batch(recipe)
     # How often ranks agree on stop/divergence flags: every step on CPU (free), else every 20.
     sync_every = 1 if device.type == "cpu" else 20
+    watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # Issue 11 hook (training/health.py)
 
     def checkpoint(path: Path, epoch: int, step_in_epoch: int, meter: Meter | None) -> None:
         """Collective: every rank calls it; rank 0 writes."""
@@ -222,6 +242,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
                     if per_batch:
                         scheduler.step()
                     progress.global_step += 1
+                    if (warning := watch.update(progress.global_step, loss)) and main:  # Issue 11 hook: chance-level warning
+                        _log(warning)
                     bar.update(global_batch)
                     if (step + 1) % sync_every == 0:
                         stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, device)
