@@ -61,7 +61,7 @@ def test_range_test_stops_when_the_loss_blows_up() -> None:
     # A loss that falls until lr 0.1 and explodes beyond it, as real curves do.
     result = range_test(lambda lr: 1.0 + (lr / 0.1) ** 4 - 0.5 * min(lr, 0.1) / 0.1, RangeTestConfig(beta=0.0))
     assert result.diverged and result.lrs[-1] < RangeTestConfig().max_lr
-    assert 0.05 < result.min_loss_lr < 0.2 and result.suggested_lr == pytest.approx(result.min_loss_lr / 10)
+    assert 0.03 < result.min_loss_lr < 0.1 and result.suggested_lr == result.min_loss_lr
 
 
 # ---------------------------------------------------------------- range test on a tiny real problem
@@ -95,7 +95,7 @@ def _step(model, optimizer, x, y):
 def _train_losses(model: torch.nn.Module, data, lr: float, steps: int) -> list[float]:
     trial = __import__("copy").deepcopy(model)
     optimizer, batches = _sgd(trial, lr), _batches(data)
-    return [float(_step(trial, optimizer, *next(batches))[0]) for _ in range(steps)]
+    return [float(_step(trial, optimizer, *next(batches))[0].detach()) for _ in range(steps)]
 
 
 @needs_fashion
@@ -107,15 +107,18 @@ def test_range_test_picks_an_lr_inside_the_stable_region(fashion_subset) -> None
     result = find_lr(model, _sgd, _batches(fashion_subset), _step)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
     assert torch.equal(rng, torch.get_rng_state())  # and so is the RNG of the run that follows
-    # The short sweep: which rates make progress (mean of the last 10 of 40 steps well below chance)?
+    # The short sweep: which rates make progress (mean of the last 10 of 30 steps well below chance)?
     chance = math.log(10)
-    sweep = {lr: _train_losses(model, fashion_subset, lr, 40) for lr in (1e-3, 1e-2, 1e-1, 1.0)}
+    sweep = {lr: _train_losses(model, fashion_subset, lr, 30) for lr in (1e-3, 1e-2, 1e-1, 1.0)}
     stable = [lr for lr, losses in sweep.items() if math.isfinite(sum(losses)) and sum(losses[-10:]) / 10 < 0.8 * chance]
-    assert stable, sweep
+    assert stable and max(stable) < 1.0, sweep  # the sweep does have an unstable end
     chosen = result.suggested_lr
     assert min(stable) / 3 <= chosen <= max(stable), (chosen, stable)
-    at_chosen = _train_losses(model, fashion_subset, chosen, 40)
+    at_chosen = _train_losses(model, fashion_subset, chosen, 30)
     assert sum(at_chosen[-10:]) / 10 < 0.8 * chance
+    # and the chance-level watch stays silent on that healthy run
+    watch = ChanceWatch(num_classes=10, total_steps=30, lr=chosen)
+    assert not any(watch.update(step, torch.tensor(loss)) for step, loss in enumerate(at_chosen, 1))
 
 
 # ---------------------------------------------------------------- chance-level warning
@@ -131,22 +134,8 @@ def test_chance_watch_fires_once_and_only_at_chance() -> None:
     assert not any(learning.update(step, torch.tensor(2.3 * 0.99**step)) for step in range(1, 101))
 
 
-@needs_fashion
-def test_chance_watch_on_real_runs(fashion_subset) -> None:
-    """A run forced to diverge (lr far too high: the ReLUs die and the loss settles at chance)
-    trips the warning; a healthy one does not."""
-    torch.manual_seed(0)
-    model = models.create("alexnet-small", 10, in_channels=1, **TINY)
-    verdicts = {}
-    for lr in (0.01, 3.0):
-        watch = ChanceWatch(num_classes=10, total_steps=40, lr=lr)
-        losses = _train_losses(model, fashion_subset, lr, 40)
-        verdicts[lr] = [m for step, loss in enumerate(losses, 1) if (m := watch.update(step, torch.tensor(loss)))]
-    assert verdicts[0.01] == [] and len(verdicts[3.0]) == 1, verdicts
-
-
 def test_trainer_warns_when_forced_to_diverge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["train", "--data", SYN1, *TINY_FLAGS, "--epochs", "2", "--lr", "5", "--out", str(tmp_path / "bad")])
+    code = main(["train", "--data", SYN1, *TINY_FLAGS, "--epochs", "3", "--lr", "0.5", "--out", str(tmp_path / "bad")])
     out = capsys.readouterr()
     assert code == 0 and (out.out + out.err).count("still at chance level") == 1, out
 
@@ -160,7 +149,7 @@ def test_lr_auto_in_the_trainer(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (run / CURVE_JSON).exists() and (run / CURVE_CSV).read_text().startswith("lr,loss,smoothed_loss")
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     chosen = ckpt["config"]["recipe"]["lr"]  # the concrete rate is saved: --resume needs no second test
-    assert 0 < chosen <= 0.1 and ckpt["config"]["lr_auto"] is True
+    assert 0 < chosen <= 0.1 and ckpt["config"]["lr_policy"] == "auto"
     assert ckpt["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(chosen)
     assert "--lr auto: range test" in capsys.readouterr().out
 
@@ -193,8 +182,9 @@ def test_linear_probe_from_a_checkpoint_keeps_frozen_weights_bit_identical(sourc
                  "--precision", "fp32", "--lr", "0.05", "--init-from", str(source_run), "--freeze", "features",
                  "--out", str(run)]) == 0  # fmt: skip
     src, new = _last(source_run), _last(run)
-    _assert_frozen(src["model"], new["model"], "fc8.")
-    assert new["model"]["fc8.weight"].shape[0] == 3  # the last layer was replaced for the new classes
+    head = warmstart.head_prefix(models.create("alexnet-small", 3, in_channels=1, **TINY))
+    _assert_frozen(src["model"], new["model"], head)
+    assert new["model"][head + "weight"].shape[0] == 3  # the last layer was replaced for the new classes
     assert new["model_options"]["widths"] == [8, 16, 24, 24, 16]  # the architecture follows the weights
     assert new["data"]["mean"] == src["data"]["mean"]  # and so does the preprocessing
     assert new["step"] == 8 and new["optimizer"]["state"]  # it trained (fc8 has momentum buffers)

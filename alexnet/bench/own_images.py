@@ -112,3 +112,31 @@ def build(root: str | Path, names: tuple[str, ...] = tuple(BUILDERS)) -> list[Pa
             BUILDERS[name](tree)
         made.append(tree)
     return made
+
+
+def pixel_logistic_regression(prepared: str | Path) -> float:
+    """Validation accuracy of a logistic regression on standardised raw pixels of a prepared
+    dataset: the simple non-deep baseline of the proof table (scikit-learn)."""
+    import torch
+
+    from alexnet.data import BatchPlan, open_dataset
+
+    linear_model = _sklearn_linear()
+    dataset = open_dataset(str(prepared))
+
+    def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+        parts = list(dataset.batches(split, BatchPlan(1000)))
+        x = torch.cat([p[0] for p in parts]).flatten(1).float().numpy()
+        return x, torch.cat([p[1] for p in parts]).numpy()
+
+    (x, y), (xv, yv) = arrays("train"), arrays("val")
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    clf = linear_model.LogisticRegression(max_iter=300, C=0.01).fit((x - mean) / std, y)
+    return float(clf.score((xv - mean) / std, yv))
+
+
+def _sklearn_linear():
+    _sklearn()  # the one-line error when scikit-learn is missing
+    import sklearn.linear_model
+
+    return sklearn.linear_model

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = SMALL.with_overrides(**{**long_recipe, **recipe_overrides(args), "epochs": args.epochs or long_recipe.get("epochs")})
     model_options = {**long_model, **model_overrides(args)}
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options,
-                      lr_auto=lr_auto(args))  # Issue 11 hook: --lr auto  # fmt: skip
+                      lr_policy="auto" if lr_auto(args) else "fixed")  # Issue 11 hook: --lr auto  # fmt: skip
     code = run_training(cfg, resume=False)
     if code:
         return code

@@ -74,6 +74,12 @@ def lr_auto(args: argparse.Namespace) -> bool:
     return getattr(args, "recipe_lr", None) == "auto"
 
 
+def lr_policy(args: argparse.Namespace, recipe_over: dict[str, typing.Any]) -> str:
+    """Issue 11: ``auto`` for --lr auto, ``fixed`` for a given --lr, else ``steps`` (the recipe's
+    rate scaled to the run's length, training/lr_finder.py)."""
+    return "auto" if lr_auto(args) else "fixed" if "lr" in recipe_over else "steps"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (resumable)", description=__doc__)
     p.add_argument("--data", help=f"data source: {DATA_HELP}")
@@ -190,7 +196,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     recipe = get_recipe(args.recipe or "small").with_overrides(**recipe_over)
     out = args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return TrainConfig(data=args.data, recipe=recipe, out=out, seed=args.seed, model_options=model_over,
-                       lr_auto=lr_auto(args), **warm, **runtime), False  # fmt: skip
+                       lr_policy=lr_policy(args, recipe_over), **warm, **runtime), False  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

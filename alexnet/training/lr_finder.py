@@ -4,10 +4,11 @@ Networks", section 3.3) behind ``alexnet train --lr auto``.
 A throw-away copy of the freshly initialised model trains for a few dozen steps while the
 learning rate grows geometrically from ``min_lr`` to ``max_lr``; the smoothed loss against the
 learning rate shows where training makes progress and where it becomes unstable. The suggested
-rate is the one at the minimum of the smoothed loss divided by ``safety`` (the usual reading of
-the curve: the minimum sits right at the edge of divergence, a factor 10 below it is still fast
-and stable), capped by the recipe's own rate, so that data on which the recipe's rate is safe
-keeps it.
+rate is the one at the minimum of the smoothed loss (Smith's upper bound of a cycle: where the
+loss stops falling), divided by ``safety`` (1 by default: measured on the issue-11 datasets, the
+one-cycle schedule's warm-up makes even that edge a conservative peak; fastai's lr/10 reading
+was 10-20x below the best rate of a sweep), capped by the recipe's own rate, so that data on
+which the recipe's rate is safe keeps it.
 
 Deterministic: the batches are the run's own first batches (keyed by seed), the copy starts
 from the run's initial weights, and the global RNG (dropout) is restored afterwards, so the
@@ -54,7 +55,7 @@ class RangeTestConfig:
     steps: int = 50
     beta: float = 0.9  # EMA factor of the loss smoothing (about a 10-step window)
     diverge_factor: float = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
-    safety: float = 10.0  # suggestion = lr at the smoothed minimum / safety
+    safety: float = 1.0  # suggestion = lr at the smoothed minimum / safety
 
     def __post_init__(self) -> None:
         if not (0 < self.min_lr < self.max_lr and self.steps >= 2 and 0 <= self.beta < 1 and self.safety >= 1):
@@ -237,3 +238,27 @@ def auto_lr(
         log(f"--lr auto: range test over {len(result.lrs)} steps ({time.perf_counter() - start:.1f}s), loss lowest at "
             f"lr {result.min_loss_lr:.3g}; chose lr {lr:.3g}{capped}; curve in {', '.join(p.name for p in written)}")
     return lr
+
+
+# Exponent of the step scaling below, chosen by measurement (notes/README-own-images.md): the
+# rate a run tolerates grows with the length of its warm-up, which is a fixed fraction of it.
+STEP_SCALING_POWER = 0.5
+
+
+def step_scaled_lr(lr: float, reference_steps: int, total_steps: int, power: float = STEP_SCALING_POWER) -> float:
+    """``lr`` for a run of ``total_steps`` when it was tuned for ``reference_steps``: unchanged for
+    runs at least that long (or when ``reference_steps`` is 0), else x (total / reference) ** power."""
+    if reference_steps <= 0 or total_steps <= 0 or total_steps >= reference_steps:
+        return lr
+    return lr * (total_steps / reference_steps) ** power
+
+
+def step_scaled_recipe(recipe: Any, steps_per_epoch: int, log: Callable[[str], None] | None = None) -> Any:
+    """``recipe`` with its ``lr`` scaled to ``recipe.epochs * steps_per_epoch`` steps (logged when it changes)."""
+    total = recipe.epochs * steps_per_epoch
+    lr = step_scaled_lr(recipe.lr, recipe.lr_reference_steps, total)
+    if lr != recipe.lr and log is not None:
+        log(f"lr {recipe.lr:g} of recipe {recipe.name!r} was tuned for {recipe.lr_reference_steps} steps; this run has "
+            f"{total}, so lr {lr:.3g} (x ({total}/{recipe.lr_reference_steps})^{STEP_SCALING_POWER:g}); "
+            "give --lr to set it, or --lr auto for a range test")
+    return recipe.with_overrides(lr=lr)

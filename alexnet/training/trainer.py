@@ -44,7 +44,7 @@ from alexnet.training.distributed import (
 )
 from alexnet.training.health import ChanceWatch
 from alexnet.training.loop import InputNorm, InputPipeline, Meter, evaluate, train_step
-from alexnet.training.lr_finder import auto_lr, training_batches
+from alexnet.training.lr_finder import auto_lr, step_scaled_recipe, training_batches
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
 
@@ -72,7 +72,9 @@ class TrainConfig:
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
     # Issue 11 (own images): the LR range test, and starting from pretrained weights.
-    lr_auto: bool = False  # --lr auto: recipe.lr becomes the range test's choice (capped by it)
+    # fixed: recipe.lr; auto: the LR range test's choice (at most recipe.lr); steps: recipe.lr
+    # scaled to the run's step count (the `alexnet train` default; see training/lr_finder.py)
+    lr_policy: str = "fixed"
     init_from: str | None = None  # alexnet checkpoint / run folder, or a torchvision AlexNet state_dict
     freeze: str = "none"  # one of warmstart.FROZEN_LAYERS
     pretrained_lr_scale: float = 0.1  # lr multiplier of the pretrained layers (with init_from)
@@ -153,7 +155,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
     plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
-    if cfg.lr_auto and not resume:  # Issue 11 hook: --lr auto, the LR range test (training/lr_finder.py)
+    if cfg.lr_policy == "steps" and not resume:  # Issue 11 hook: the step-scaled default (training/lr_finder.py)
+        cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, plan0.steps(dataset.num_samples("train")), _log))
+        recipe = cfg.recipe
+    if cfg.lr_policy == "auto" and not resume:  # Issue 11 hook: --lr auto, the LR range test (training/lr_finder.py)
         found = auto_lr(model, lambda m: _make_optimizer(m, recipe, recipe.lr, device), training_batches(dataset, pipeline, plan0, device),
                         lambda *a: train_step(*a, precision, recipe.label_smoothing), recipe.lr, out, ctx, _log)  # fmt: skip
         cfg = dataclasses.replace(cfg, recipe=recipe.with_overrides(lr=found))

@@ -113,7 +113,7 @@ def check_compatible(weights: Weights, model_name: str, channels: int, crop: int
         )
 
 
-def _head_prefix(model: nn.Module) -> str:
+def head_prefix(model: nn.Module) -> str:
     """State-dict prefix of the last layer (``fc8.`` or ``classifier.6.``)."""
     head = model.layers_by_role()[HEAD]
     return next(name for name, m in model.named_modules() if m is head) + "."
@@ -122,7 +122,7 @@ def _head_prefix(model: nn.Module) -> str:
 def load_into(model: nn.Module, weights: Weights, classes: tuple[str, ...]) -> bool:
     """Copy ``weights`` into ``model``; the last layer keeps its fresh initialisation unless the
     weights were trained on exactly ``classes``. Returns whether the last layer was replaced."""
-    head = _head_prefix(model)
+    head = head_prefix(model)
     replace_head = tuple(weights.classes) != tuple(classes)
     state = {k: v for k, v in weights.state.items() if not (replace_head and k.startswith(head))}
     own = model.state_dict()
