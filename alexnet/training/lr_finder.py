@@ -253,9 +253,8 @@ def step_scaled_lr(lr: float, reference_steps: int, total_steps: int, power: flo
     return lr * (total_steps / reference_steps) ** power
 
 
-def step_scaled_recipe(recipe: Any, steps_per_epoch: int, log: Callable[[str], None] | None = None) -> Any:
-    """``recipe`` with its ``lr`` scaled to ``recipe.epochs * steps_per_epoch`` steps (logged when it changes)."""
-    total = recipe.epochs * steps_per_epoch
+def step_scaled_recipe(recipe: Any, total: int, log: Callable[[str], None] | None = None) -> Any:
+    """``recipe`` with its ``lr`` scaled to a run of ``total`` steps (logged when it changes)."""
     lr = step_scaled_lr(recipe.lr, recipe.lr_reference_steps, total)
     if lr != recipe.lr and log is not None:
         log(f"lr {recipe.lr:g} of recipe {recipe.name!r} was tuned for {recipe.lr_reference_steps} steps; this run has "

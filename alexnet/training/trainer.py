@@ -156,7 +156,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, device: torch.devic
     global_batch = recipe.batch_size * ctx.world_size
     plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
     if cfg.lr_policy == "steps" and not resume:  # Issue 11 hook: the step-scaled default (training/lr_finder.py)
-        cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, plan0.steps(dataset.num_samples("train")), _log))
+        steps = recipe.epochs * plan0.steps(dataset.num_samples("train"))
+        cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, steps, _log if ctx.is_main else None))
         recipe = cfg.recipe
     if cfg.lr_policy == "auto" and not resume:  # Issue 11 hook: --lr auto, the LR range test (training/lr_finder.py)
         found = auto_lr(model, lambda m: _make_optimizer(m, recipe, recipe.lr, device), training_batches(dataset, pipeline, plan0, device),
