@@ -31,7 +31,9 @@ MODEL_FLAGS = {
 RECIPE_HELP = {
     "model": "alexnet | alexnet-owt | alexnet-small",
     "batch_size": "images per process per step (global batch = this x processes)",
-    "lr": "learning rate (peak for onecycle), or 'auto': an LR range test picks it, at most the recipe's",
+    "lr": "learning rate (peak for onecycle); default: the recipe's, x (steps / lr-reference-steps)^0.5 for shorter "
+          "runs; 'auto': an LR range test picks it (at most the recipe's)",
+    "lr_reference_steps": "run length the recipe's lr was tuned for (small: 1872); shorter runs get a lower default lr; 0 = off",
     "schedule": "plateau | onecycle | cosine | constant",
     "init": "paper | caffe | kaiming | torchvision",
     "dropout": "drop probability in fc6/fc7 (0 = off)",
