@@ -59,7 +59,7 @@ def fmnist_pair(root: Path) -> None:
 
 def _sklearn():
     try:
-        import sklearn.datasets as datasets
+        from sklearn import datasets
     except ImportError:
         raise UserError("these datasets need scikit-learn (pip install scikit-learn)") from None
     return datasets
