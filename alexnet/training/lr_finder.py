@@ -1,5 +1,9 @@
-"""The learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural
-Networks", section 3.3) behind ``alexnet train --lr auto``.
+"""Choosing the learning rate for data the recipe was not tuned on (issue 11).
+
+* :func:`step_scaled_lr`: the default of ``alexnet train`` without ``--lr``: the recipe's rate,
+  lowered for runs shorter than the one it was tuned for (``Recipe.lr_reference_steps``).
+* The learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural
+  Networks", section 3.3) behind ``alexnet train --lr auto``.
 
 A throw-away copy of the freshly initialised model trains for a few dozen steps while the
 learning rate grows geometrically from ``min_lr`` to ``max_lr``; the smoothed loss against the
@@ -7,7 +11,7 @@ learning rate shows where training makes progress and where it becomes unstable.
 rate is the one at the minimum of the smoothed loss (Smith's upper bound of a cycle: where the
 loss stops falling), divided by ``safety`` (1 by default: measured on the issue-11 datasets, the
 one-cycle schedule's warm-up makes even that edge a conservative peak; fastai's lr/10 reading
-was 10-20x below the best rate of a sweep), capped by the recipe's own rate, so that data on
+was 7-55x below the best rate of a sweep), capped by the recipe's own rate, so that data on
 which the recipe's rate is safe keeps it.
 
 Deterministic: the batches are the run's own first batches (keyed by seed), the copy starts
