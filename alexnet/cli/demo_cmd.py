@@ -19,6 +19,7 @@ from alexnet.cli.train_cmd import (
     add_model_options,
     add_recipe_overrides,
     add_seed_option,
+    lr_auto,
     model_overrides,
     recipe_overrides,
     run_training,
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     long_recipe, long_model = (LONG_RECIPE, LONG_MODEL) if args.long else ({}, {})
     recipe = SMALL.with_overrides(**{**long_recipe, **recipe_overrides(args), "epochs": args.epochs or long_recipe.get("epochs")})
     model_options = {**long_model, **model_overrides(args)}
-    cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options)
+    cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options,
+                      lr_policy="auto" if lr_auto(args) else "fixed")  # Issue 11 hook: --lr auto  # fmt: skip
     code = run_training(cfg, resume=False)
     if code:
         return code

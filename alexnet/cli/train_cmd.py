@@ -57,7 +57,9 @@ MODEL_FLAGS = {
 RECIPE_HELP = {
     "model": "alexnet | alexnet-owt | alexnet-small",
     "batch_size": "images per process per step (global batch = this x processes)",
-    "lr": "learning rate (peak for onecycle)",
+    "lr": "learning rate (peak for onecycle); default: the recipe's, x (steps / lr-reference-steps)^0.5 for shorter "
+          "runs; 'auto': an LR range test picks it (at most the recipe's)",
+    "lr_reference_steps": "run length the recipe's lr was tuned for (small: 1872); shorter runs get a lower default lr; 0 = off",
     "schedule": "plateau | onecycle | cosine | constant",
     "init": "paper | caffe | kaiming | torchvision",
     "dropout": "drop probability in fc6/fc7 (0 = off)",
@@ -80,7 +82,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _lr_or_auto(text: str) -> float | str:
+    """``--lr``: a number, or ``auto`` (the range test of training/lr_finder.py)."""
+    return "auto" if text == "auto" else float(text)
+
+
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
+    if f.name == "lr":  # Issue 11 hook: --lr auto
+        return _lr_or_auto
     t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     return parse_bool if t is bool else t
 
@@ -95,8 +104,19 @@ def add_recipe_overrides(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict[str, typing.Any]:
-    """The recipe fields given on the command line."""
-    return _overrides(args, "recipe_")
+    """The recipe fields given on the command line (``--lr auto`` is not one: see :func:`lr_auto`)."""
+    return {k: v for k, v in _overrides(args, "recipe_").items() if v != "auto"}
+
+
+def lr_auto(args: argparse.Namespace) -> bool:
+    """Whether ``--lr auto`` was given."""
+    return getattr(args, "recipe_lr", None) == "auto"
+
+
+def lr_policy(args: argparse.Namespace, recipe_over: dict[str, typing.Any]) -> str:
+    """Issue 11: ``auto`` for --lr auto, ``fixed`` for a given --lr, else ``steps`` (the recipe's
+    rate scaled to the run's length, training/lr_finder.py)."""
+    return "auto" if lr_auto(args) else "fixed" if "lr" in recipe_over else "steps"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +141,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     add_recipe_overrides(p)
     add_model_options(p)
+    add_init_options(p)
     p.set_defaults(func=run)
+
+
+def add_init_options(p: argparse.ArgumentParser) -> None:
+    """Issue 11: fine-tuning and linear probes from existing weights (training/warmstart.py)."""
+    from alexnet.training.warmstart import FREEZE_CHOICES, INIT_NORMS
+
+    group = p.add_argument_group("starting from pretrained weights")
+    group.add_argument("--init-from", metavar="WEIGHTS",
+                       help="an alexnet checkpoint or run folder (Caffe imports included), or torchvision's AlexNet "
+                            "weights file (alexnet-owt); fc8 is replaced for the new classes")  # fmt: skip
+    group.add_argument("--freeze", choices=FREEZE_CHOICES, default=None,
+                       help="keep pretrained layers fixed: conv (conv1-5) or features (all below fc8: a linear probe on fc7)")
+    group.add_argument("--pretrained-lr-scale", type=float, default=None, metavar="F",
+                       help="lr multiplier of the pretrained layers (default 0.1; fc8 gets the full lr)")
+    group.add_argument("--init-norm", choices=INIT_NORMS, default=None,
+                       help="input normalisation: the weights' (default: torchvision's or the checkpoint's) or the data's")
+
+
+def init_config(args: argparse.Namespace, recipe_over: dict[str, typing.Any], model_over: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """The TrainConfig fields of the --init-from group; the weights' model and architecture options
+    are folded into ``recipe_over``/``model_over`` (the run is saved with them, so it resumes alone)."""
+    from alexnet.errors import UserError
+    from alexnet.training.warmstart import resolve_model
+
+    given = {k: getattr(args, k) for k in ("freeze", "pretrained_lr_scale", "init_norm") if getattr(args, k) is not None}
+    if not args.init_from:
+        if given:
+            raise UserError(f"--{next(iter(given)).replace('_', '-')} needs --init-from WEIGHTS")
+        return {}
+    if given.get("pretrained_lr_scale", 1.0) < 0:
+        raise UserError("--pretrained-lr-scale must be >= 0")
+    model, options = resolve_model(args.init_from, recipe_over.get("model"), model_over)
+    recipe_over["model"] = model
+    model_over.clear()
+    model_over.update(options)
+    return {"init_from": args.init_from, **given}
 
 
 def add_seed_option(p: argparse.ArgumentParser, default: int | None = 0) -> None:
@@ -150,6 +207,7 @@ def _overrides(args: argparse.Namespace, prefix: str) -> dict[str, typing.Any]:
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
     """The run's config, and the checkpoint it resumes from (None for a new run)."""
     recipe_over, model_over = recipe_overrides(args), model_overrides(args)
+    warm = init_config(args, recipe_over, model_over) if not args.resume else {}  # Issue 11 hook
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
     runtime: dict[str, typing.Any] = {"progress": not args.no_progress}
     for name in ("device", "precision"):
@@ -174,6 +232,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     if args.resume:
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
         changed += list(model_over) + (["seed"] if args.seed is not None else [])
+        changed += [k for k in ("init_from", "freeze", "pretrained_lr_scale", "init_norm") if getattr(args, k)]
+        changed += ["lr"] if lr_auto(args) else []
         if changed:
             raise UserError(f"--resume continues the saved run exactly; drop {', '.join('--' + c.replace('_', '-') for c in changed)}")
         point = find_resume_point(args.resume, fall_back=args.resume_from_valid)
@@ -188,7 +248,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     recipe = get_recipe(args.recipe or "small").with_overrides(**recipe_over)
     out = args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     seed = 0 if args.seed is None else args.seed
-    return TrainConfig(data=args.data, recipe=recipe, out=out, seed=seed, model_options=model_over, **runtime), None
+    return TrainConfig(data=args.data, recipe=recipe, out=out, seed=seed, model_options=model_over,
+                       lr_policy=lr_policy(args, recipe_over), **warm, **runtime), None  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,6 +45,9 @@ class Recipe:
     pca_std: float = 0.1
     scale_lr: bool = False
     eval_views: str = "centre"  # validation patches per image: centre | flip | ten-crop (section 4.1)
+    # Issue 11: the number of steps ``lr`` was tuned for; `alexnet train` without --lr scales the
+    # rate down for shorter runs (training/lr_finder.py, step_scaled_lr). 0 = never scaled.
+    lr_reference_steps: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +67,7 @@ class Recipe:
             (self.pca_std >= 0, "pca-std must be >= 0"),
             (self.eval_views in EVAL_VIEW_NAMES, f"eval-views must be one of {', '.join(EVAL_VIEW_NAMES)}"),
             (self.crop_pad >= -1, "crop-pad must be >= 0 (or -1 for the dataset's default)"),
+            (self.lr_reference_steps >= 0, "lr-reference-steps must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,6 +131,9 @@ SMALL = Recipe(
     crop_pad=0,  # mirror-only augmentation (see above)
     normalize="channel",  # grayscale 28 px: per-channel standardisation
     pca_lighting="off",  # PCA colour noise needs RGB
+    # lr 0.1 was tuned on 4 epochs x 468 steps of Fashion-MNIST; shorter runs (small data of one's
+    # own) are unstable at that rate (issue 11), so `alexnet train` scales it (see lr_finder.py).
+    lr_reference_steps=4 * 468,
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, SMALL)}

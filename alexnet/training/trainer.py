@@ -39,6 +39,7 @@ from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.runfolder import run_folder_lock
 from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training import warmstart
 from alexnet.training.checkpoint import (
     BEST,
     LAST,
@@ -60,7 +61,9 @@ from alexnet.training.distributed import (
     init_from_env,
     shutdown,
 )
-from alexnet.training.loop import train_one_epoch
+from alexnet.training.health import ChanceWatch
+from alexnet.training.loop import train_one_epoch, train_step
+from alexnet.training.lr_finder import auto_lr, step_scaled_recipe, training_batches
 from alexnet.training.recipes import Recipe, get_recipe
 from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
 
@@ -90,6 +93,14 @@ class TrainConfig:
     eval_batch_size: int = 500
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Issue 11 (own images): the LR range test, and starting from pretrained weights.
+    # fixed: recipe.lr; auto: the LR range test's choice (at most recipe.lr); steps: recipe.lr
+    # scaled to the run's step count (the `alexnet train` default; see training/lr_finder.py)
+    lr_policy: str = "fixed"
+    init_from: str | None = None  # alexnet checkpoint / run folder, or a torchvision AlexNet state_dict
+    freeze: str = "none"  # one of warmstart.FROZEN_LAYERS
+    pretrained_lr_scale: float = 0.1  # lr multiplier of the pretrained layers (with init_from)
+    init_norm: str = "weights"  # input normalisation with init_from: the weights' or the data's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -153,6 +164,7 @@ class _Run:
     global_batch: int
     steps_per_epoch: int
     flops_per_image: float  # training FLOPs (forward + backward) of one image
+    watch: ChanceWatch  # the chance-level loss warning (training/health.py)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -165,8 +177,9 @@ class _Run:
 
 def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device: torch.device) -> dict[str, Any]:
     """The run, top to bottom: build, start or resume, then epochs of train + validate + checkpoint."""
+    run = _build(cfg, ctx, device, resume_from)
+    cfg = run.cfg  # the warm-start hooks may have settled the lr (--lr auto, the step-scaled default)
     out, recipe = Path(cfg.out), cfg.recipe
-    run = _build(cfg, ctx, device)
     progress = _start_or_resume(run, resume_from)
     if ctx.is_main:
         _write_config(out, cfg, run.dataset, run.model, run.precision, device, run.flops_per_image, ctx, run.lr)
@@ -205,9 +218,10 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
     return progress.history[-1] if progress.history and ctx.is_main else {}
 
 
-def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
-    """Data, model, optimizer, schedule and input pipeline of ``cfg`` on this process."""
-    recipe = cfg.recipe
+def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from: Path | None) -> _Run:
+    """Data, model, optimizer, schedule and input pipeline of ``cfg`` on this process (``resume_from``:
+    the checkpoint a resumed run continues from, whose weights and recipe win over the warm-start hooks)."""
+    recipe, out, resume = cfg.recipe, Path(cfg.out), resume_from is not None
     precision = resolve_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data, workers=cfg.workers)
@@ -224,24 +238,40 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
                         "follows) the validation error: prepare it with a val split (e.g. --val-fraction 0.1)")  # fmt: skip
     model_options = _model_options(recipe, dataset, cfg.model_options)
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
+    # Issue 11 hook: --init-from / --freeze (training/warmstart.py); the weights' input norm.
+    warm_norm = warmstart.start(model, cfg.init_from, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale, recipe.model,
+                                dataset, resume_from, _log if ctx.is_main else None)  # fmt: skip
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, norm=warm_norm, normalize=recipe.normalize,
+                             pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
+    plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
+    if cfg.lr_policy == "steps" and not resume:  # Issue 11 hook: the step-scaled default (training/lr_finder.py)
+        steps = recipe.epochs * plan0.steps(dataset.num_samples("train"))
+        cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, steps, _log if ctx.is_main else None))
+        recipe = cfg.recipe
+    if cfg.lr_policy == "auto" and not resume:  # Issue 11 hook: --lr auto, the LR range test (training/lr_finder.py)
+        found = auto_lr(model, lambda m: make_optimizer(m, recipe, recipe.lr, device), training_batches(dataset, pipeline, plan0, device),
+                        lambda *a: train_step(*a, precision, recipe.label_smoothing), recipe.lr, out, ctx, _log)  # fmt: skip
+        cfg = dataclasses.replace(cfg, recipe=recipe.with_overrides(lr=found))
+        recipe = cfg.recipe
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
     optimizer = make_optimizer(model, recipe, lr, device)
-    steps_per_epoch = _plan(cfg, ctx, 0).steps(dataset.num_samples("train"))
+    if cfg.init_from:  # Issue 11 hook: a lower lr for the pretrained layers (before the scheduler)
+        warmstart.scale_pretrained_lr(optimizer, model, cfg.pretrained_lr_scale)
+    steps_per_epoch = plan0.steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
         raise UserError(f"global batch {global_batch} is larger than the training set ({dataset.num_samples('train')})")
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch, lr)
     net: nn.Module = data_parallel(model, device) if ctx.enabled else model
     if cfg.compile:
         net = torch.compile(net)
-    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, normalize=recipe.normalize,
-                             pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     flops = _training_flops_per_image(model, dataset, device)
+    watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # Issue 11 hook (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
-                global_batch, steps_per_epoch, flops)  # fmt: skip
+                global_batch, steps_per_epoch, flops, watch)  # fmt: skip
 
 
 def _plan(cfg: TrainConfig, ctx: DistContext, epoch: int, start_step: int = 0) -> BatchPlan:
@@ -292,6 +322,8 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: Any) -> Meter:
 
     def after_step(step: int, loss: torch.Tensor) -> None:
         progress.global_step += 1
+        if (warning := run.watch.update(progress.global_step, loss)) and ctx.is_main:  # Issue 11: chance-level warning
+            _log(warning)
         bar.update(run.global_batch)
         if (step + 1) % sync_every == 0:
             stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, run.device)
