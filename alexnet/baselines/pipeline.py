@@ -116,6 +116,10 @@ def _check_dataset(ds: Dataset, source: str) -> None:
     for split in ("train", "val"):
         if ds.num_samples(split) == 0:
             raise UserError(f"{source}: the {split} split is empty")
+    # The labels without decoding images, where the source holds them (in-memory and prepared sets)
+    labels = ds.labels("train") if hasattr(ds, "labels") else getattr(ds, "splits", {}).get("train", (None, None))[1]
+    if labels is not None and len(torch.unique(torch.as_tensor(labels))) < 2:
+        raise UserError(f"{source}: every training image has the same label; a classifier needs at least 2 classes")
 
 
 def image_batches(ds: Dataset, split: str, batch: int, crop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -236,6 +240,8 @@ def fit_baseline(cfg: BaselineConfig, out: str | Path, progress: bool = True) ->
     x_val, y_val = _load_features(out / "features" / "val.npy")
 
     # 4. the linear SVM
+    if len(np.unique(y_train)) < 2:
+        raise UserError(f"{cfg.data}: every training image has the same label; a classifier needs at least 2 classes")
     if not (out / "classifier.npz").exists():
         start = time.perf_counter()
         svm = LinearSVM(SvmParams(l2=cfg.l2, max_iter=cfg.max_iter)).fit(x_train, y_train, ds.info.num_classes, progress)

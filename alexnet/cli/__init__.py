@@ -22,6 +22,7 @@ COMMANDS = (
     "alexnet.cli.train_cmd",
     "alexnet.cli.eval_cmd",
     "alexnet.cli.predict_cmd",
+    "alexnet.cli.baseline_cmd",
     "alexnet.cli.demo_cmd",
     "alexnet.cli.prepare_cmd",
     "alexnet.cli.data_cmd",

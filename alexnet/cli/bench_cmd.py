@@ -7,7 +7,7 @@ import argparse
 import importlib
 
 # One module per benchmark, each with add_parser(subparsers) setting func=run.
-BENCHMARKS = ("alexnet.bench.train", "alexnet.bench.prepare", "alexnet.bench.data")
+BENCHMARKS = ("alexnet.bench.train", "alexnet.bench.prepare", "alexnet.bench.data", "alexnet.bench.baseline")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

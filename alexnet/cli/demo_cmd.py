@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = SMALL.with_overrides(**{**long_recipe, **recipe_overrides(args), "epochs": args.epochs or long_recipe.get("epochs")})
     model_options = {**long_model, **model_overrides(args)}
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options)
+    baseline = _run_baseline(data, out, args)
     code = run_training(cfg, resume=False)
     if code:
         return code
@@ -96,4 +97,47 @@ def run(args: argparse.Namespace) -> int:
           f"{last['train_seconds_total']:.0f} s of training ({len(history)} epochs)")  # fmt: skip
     print(f"best classical classifier: {acc:.1%} ({name})")
     print(f"run folder: {out}  (alexnet eval {out} | alexnet predict {out} IMAGE)")
+    print()
+    print(story_table(baseline, last, data, args.long))
     return 0
+
+
+def _run_baseline(data: str, out: str, args: argparse.Namespace) -> list[dict]:
+    """The 2011 side, fitted before the network: HOG + linear SVM (and, with --long, the
+    kernel-mapped hog-rbf) into sibling run folders ``OUT-hog`` (``OUT-hog-rbf``)."""
+    from alexnet.baselines import BaselineConfig, fit_baseline
+
+    results = []
+    for features in ("hog", "hog-rbf") if args.long else ("hog",):
+        run = f"{out}-{features}"
+        print(f"2011 baseline: {features} -> {run}", file=sys.stderr)
+        metrics = fit_baseline(BaselineConfig(data=data, features=features, seed=args.seed), run, progress=not args.no_progress)
+        results.append({**metrics, "run": run})
+    return results
+
+
+def story_table(baselines: list[dict], network: dict, data: str, long: bool) -> str:
+    """2011 vs 2012 on this machine and data, and the paper's ImageNet rows for scale."""
+    from alexnet.baselines import DESCRIPTIONS
+    from alexnet.baselines.paper import PAPER_ROWS
+
+    synthetic = "  (SYNTHETIC data: these numbers say nothing about real images)" if data.startswith("synthetic") else ""
+    lines = [f"2011 vs 2012 on {data}, this machine{synthetic}",
+             f"{'year':<5} {'system':<44} {'test acc':>8} {'train s':>8}  what was designed vs learned"]  # fmt: skip
+    for b in baselines:
+        lines.append(f"{2011:<5} {DESCRIPTIONS[b['features']]:<44.44} {1 - b['val_top1_err']:>8.2%} "
+                     f"{b['train_seconds_total']:>8.0f}  a person designed the features; only a linear classifier is learned")  # fmt: skip
+    if not long:
+        lines.append(f"{2011:<5} {DESCRIPTIONS['hog-rbf']:<44.44} {'--long':>8} {'':>8}  "
+                     f"or: alexnet baseline --data {data} --features hog-rbf")  # fmt: skip
+    lines.append(f"{2011:<5} {'SIFT + Fisher vectors + linear SVM':<44} {'n/a':>8} {'':>8}  "
+                 "not built yet (alexnet baseline --features sift-fv is the planned command)")  # fmt: skip
+    lines.append(f"{2012:<5} {'AlexNet (alexnet-small), trained end to end':<44} {1 - network['val_top1_err']:>8.2%} "
+                 f"{network['train_seconds_total']:>8.0f}  every layer learned from pixels; a person chose the architecture")  # fmt: skip
+    lines.append("")
+    lines.append("for scale, the paper's ImageNet rows (top-1 / top-5 error, %):")
+    for r in PAPER_ROWS:
+        top1 = "-" if r.top1_err is None else f"{r.top1_err:.1f}"
+        top5 = "-" if r.top5_err is None else f"{r.top5_err:.1f}"
+        lines.append(f"  {r.table}  {r.year}  {r.system:<48} {top1:>5} / {top5:<5} {r.split}")
+    return "\n".join(lines)

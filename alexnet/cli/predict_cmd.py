@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from alexnet import baselines
 from alexnet.cli.common import add_runtime_options, positive_int
 from alexnet.evaluation import predict
 
@@ -20,7 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = predict(args.checkpoint, args.images, args.topk, args.device, args.precision)
+    if baselines.is_baseline_run(args.checkpoint):  # a 2011 baseline: prob = softmax of SVM scores
+        results = baselines.predict_baseline(args.checkpoint, args.images, args.topk)
+    else:
+        results = predict(args.checkpoint, args.images, args.topk, args.device, args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -7,6 +7,7 @@ import os
 import time
 import typing
 
+from alexnet.baselines import is_baseline_run
 from alexnet.cli.common import add_runtime_options, int_list, parse_bool, positive_int
 from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
 from alexnet.training.trainer import NonFiniteLoss, TrainConfig, TrainingInterrupted, load_run_config, train
@@ -127,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     elif not args.resume:  # prepared datasets decode JPEGs: one process per core by default
         runtime["workers"] = min(os.cpu_count() or 1, 8)
     if args.resume:
+        if is_baseline_run(args.resume):
+            raise UserError(f"{args.resume} is a baseline run (alexnet baseline), not a network; re-run alexnet baseline --out {args.resume}")
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
         changed += list(model_over)
         if changed:
