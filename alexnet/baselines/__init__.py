@@ -9,6 +9,7 @@ accept like a network's.
 from alexnet.baselines.pipeline import (
     DESCRIPTIONS,
     FEATURES,
+    SYSTEMS,
     BaselineConfig,
     evaluate_baseline,
     fit_baseline,
@@ -18,6 +19,6 @@ from alexnet.baselines.pipeline import (
 )
 
 __all__ = [
-    "DESCRIPTIONS", "FEATURES", "BaselineConfig", "evaluate_baseline", "fit_baseline", "is_baseline_run",
+    "DESCRIPTIONS", "FEATURES", "SYSTEMS", "BaselineConfig", "evaluate_baseline", "fit_baseline", "is_baseline_run",
     "load_baseline", "predict_baseline",
 ]  # fmt: skip

@@ -42,6 +42,11 @@ from alexnet.io import atomic_write, atomic_write_json
 KIND = "alexnet-baseline"
 FORMAT_VERSION = 1
 FEATURES = ("raw", "hog", "hog-rbf")
+SYSTEMS = {  # short names for tables
+    "raw": "pixels + linear SVM",
+    "hog": "HOG + linear SVM",
+    "hog-rbf": "HOG + pixels, RBF kernel map + linear SVM",
+}
 DESCRIPTIONS = {
     "raw": "pixels -> linear SVM (the floor)",
     "hog": "HOG at 2 cell sizes (Dalal & Triggs 2005) -> linear SVM",
