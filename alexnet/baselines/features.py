@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from alexnet.baselines.hog import HogParams, hog
+from alexnet.baselines.hog import HogParams, gradients, hog
 
 
 class Extractor(Protocol):
@@ -70,7 +70,8 @@ class Hog:
         return self
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
-        parts = [hog(images, p) for p in self.params]
+        grads = gradients(images)  # shared by the cell sizes
+        parts = [hog(images, p, grads) for p in self.params]
         if self.pixels:
             parts.append(Pixels().transform(images))
         if self.balance:

@@ -62,9 +62,11 @@ def gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return g_row.gather(1, best)[:, 0], g_col.gather(1, best)[:, 0]
 
 
-def cell_histograms(images: torch.Tensor, p: HogParams) -> torch.Tensor:
-    """Orientation histograms ``N, cells_row, cells_col, orientations`` (float32)."""
-    g_row, g_col = gradients(images)
+def cell_histograms(images: torch.Tensor, p: HogParams,
+                    grads: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    """Orientation histograms ``N, cells_row, cells_col, orientations`` (float32);
+    ``grads``: the images' :func:`gradients`, when already computed."""
+    g_row, g_col = grads if grads is not None else gradients(images)
     n, h, w = g_row.shape
     ch, cw = p.cells(h), p.cells(w)
     g_row, g_col = g_row[:, : ch * p.cell, : cw * p.cell], g_col[:, : ch * p.cell, : cw * p.cell]
@@ -93,15 +95,12 @@ def block_normalise(hist: torch.Tensor, block: int) -> torch.Tensor:
     return flat.reshape(blocks.shape)
 
 
-def hog(images: torch.Tensor, p: HogParams = HogParams()) -> torch.Tensor:
-    """HOG descriptors (``N x p.dim(H, W)`` float32) of uint8 (or float) ``N,C,H,W`` images."""
+def hog(images: torch.Tensor, p: HogParams = HogParams(),
+        grads: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    """HOG descriptors (``N x p.dim(H, W)`` float32) of uint8 (or float) ``N,C,H,W`` images;
+    ``grads``: their :func:`gradients`, to share them between several cell sizes."""
     if images.ndim != 4:
         raise ValueError(f"expected N,C,H,W images, got shape {tuple(images.shape)}")
     p.dim(images.shape[2], images.shape[3])  # raises if too small
-    return block_normalise(cell_histograms(images, p), p.block).reshape(len(images), -1)
-
-
-def hog_dim_total(params: tuple[HogParams, ...], height: int, width: int) -> int:
-    """Length of several HOG descriptors side by side."""
-    return sum(p.dim(height, width) for p in params)
+    return block_normalise(cell_histograms(images, p, grads), p.block).reshape(len(images), -1)
 
