@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-
 CHUNK_ROWS = 8192
 IN_MEMORY_BYTES = 2 * 2**30  # features up to this size are read into memory once
 SMALL_PROBLEM = 2**26  # rows x dims x classes below which one thread is faster

@@ -69,8 +69,8 @@ def measure(images: torch.Tensor, reference_images: int, repeat: int) -> list[di
     for p in hog_scales(images.shape[-1]):
         kw = {"orientations": p.orientations, "pixels_per_cell": (p.cell, p.cell),
               "cells_per_block": (p.block, p.block), "block_norm": "L2-Hys"}  # fmt: skip
-        ours_wall, ours_cpu = _timed(lambda: hog(images, p), repeat)
-        ref_wall, ref_cpu = _timed(lambda: [skimage_hog(im, **kw) for im in ref_np], repeat)
+        ours_wall, ours_cpu = _timed(lambda p=p: hog(images, p), repeat)
+        ref_wall, ref_cpu = _timed(lambda kw=kw: [skimage_hog(im, **kw) for im in ref_np], repeat)
         diff = float(np.abs(hog(ref, p).numpy() - np.stack([skimage_hog(im, **kw) for im in ref_np])).max())
         ours_rate, ref_rate = len(images) / ours_wall, len(ref) / ref_wall
         rows.append({
