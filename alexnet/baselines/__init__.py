@@ -7,6 +7,7 @@ accept like a network's.
 """
 
 from alexnet.baselines.pipeline import (
+    DEFAULT_L2,
     DESCRIPTIONS,
     FEATURES,
     SYSTEMS,
@@ -19,6 +20,6 @@ from alexnet.baselines.pipeline import (
 )
 
 __all__ = [
-    "DESCRIPTIONS", "FEATURES", "SYSTEMS", "BaselineConfig", "evaluate_baseline", "fit_baseline", "is_baseline_run",
+    "DEFAULT_L2", "DESCRIPTIONS", "FEATURES", "SYSTEMS", "BaselineConfig", "evaluate_baseline", "fit_baseline", "is_baseline_run",
     "load_baseline", "predict_baseline",
 ]  # fmt: skip

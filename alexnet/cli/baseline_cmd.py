@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 
-from alexnet.baselines import DESCRIPTIONS, FEATURES, BaselineConfig, fit_baseline
+from alexnet.baselines import DEFAULT_L2, DESCRIPTIONS, FEATURES, BaselineConfig, fit_baseline
 from alexnet.cli.common import positive_int
 from alexnet.errors import UserError
 
@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))  # fmt: skip
     p.add_argument("--out", help="run folder (default runs/baseline-FEATURES-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (kernel-map landmarks)")
-    p.add_argument("--l2", type=float, default=BaselineConfig.l2, help=f"SVM weight decay (default {BaselineConfig.l2:g})")
+    p.add_argument("--l2", type=float, default=None,
+                   help="SVM weight decay (default per features: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_L2.items()) + ")")
     p.add_argument("--max-iter", type=positive_int, default=BaselineConfig.max_iter, help="L-BFGS iterations")
     p.add_argument("--landmarks", type=positive_int, default=BaselineConfig.landmarks, help="hog-rbf: kernel-map dimension")
     p.add_argument("--batch-size", type=positive_int, default=BaselineConfig.batch_size, help="images per extraction batch")
@@ -36,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.features not in FEATURES:
         raise UserError(f"unknown features {args.features!r}; use one of: {', '.join(FEATURES)}")
+    if args.l2 is None:
+        args.l2 = DEFAULT_L2[args.features]
     if not args.l2 > 0:
         raise UserError(f"--l2 must be > 0, got {args.l2}")
     out = args.out or f"runs/baseline-{args.features}-{time.strftime('%Y%m%d-%H%M%S')}"

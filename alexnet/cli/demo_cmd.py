@@ -108,13 +108,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_baseline(data: str, out: str, args: argparse.Namespace) -> list[dict]:
     """The 2011 side, fitted before the network: HOG + linear SVM (and, with --long, the
     kernel-mapped hog-rbf) into sibling run folders ``OUT-hog`` (``OUT-hog-rbf``)."""
-    from alexnet.baselines import BaselineConfig, fit_baseline
+    from alexnet.baselines import DEFAULT_L2, BaselineConfig, fit_baseline
 
     results = []
     for features in ("hog", "hog-rbf") if args.long else ("hog",):
         run = f"{out}-{features}"
         print(f"2011 baseline: {features} -> {run}", file=sys.stderr)
-        metrics = fit_baseline(BaselineConfig(data=data, features=features, seed=args.seed), run, progress=not args.no_progress)
+        cfg = BaselineConfig(data=data, features=features, seed=args.seed, l2=DEFAULT_L2[features])
+        metrics = fit_baseline(cfg, run, progress=not args.no_progress)
         results.append({**metrics, "run": run})
     return results
 
