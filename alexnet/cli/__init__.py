@@ -23,6 +23,7 @@ COMMANDS = (
     "alexnet.cli.train_cmd",
     "alexnet.cli.eval_cmd",
     "alexnet.cli.predict_cmd",
+    "alexnet.cli.baseline_cmd",
     "alexnet.cli.import_cmd",
     "alexnet.cli.export_cmd",
     "alexnet.cli.serve_cmd",

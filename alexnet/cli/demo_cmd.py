@@ -3,7 +3,10 @@
 Trains ``alexnet-small`` (the paper's topology: two towers, LRN, overlapping pooling, dropout)
 on Fashion-MNIST with the ``small`` recipe, writes the same run folder as ``alexnet train``, and
 prints a results table beside the best classical (non-deep) classifier of Fashion-MNIST's own
-benchmark. Without Fashion-MNIST it says how to get it and runs on synthetic data instead.
+benchmark. Before the network it fits the 2011 side on the same data (HOG + linear SVM, about
+half a minute; ``--long`` adds the kernel-mapped ``hog-rbf``) and ends with one table: 2011 vs
+2012 on this machine, and the paper's ImageNet rows for scale. Without Fashion-MNIST it says
+how to get it and runs on synthetic data instead.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default runs/demo-<time>)")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default {SMALL.epochs}; measured: 4 -> 91.4%%, 15 -> 92.9%%)")
     p.add_argument("--long", action="store_true",
-                   help="the longer setting (~40 min on 2 cores; flags given beside it still win): "
+                   help="the longer setting (~40 min on 2 cores; flags given beside it still win; also fits the hog-rbf baseline): "
                         + " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in {**LONG_RECIPE, **LONG_MODEL}.items()))  # fmt: skip
     p.add_argument("--data", help="data source (default fashion-mnist, else synthetic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     model_options = {**long_model, **model_overrides(args)}
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options,
                       lr_policy="auto" if lr_auto(args) else "fixed")  # Issue 11 hook: --lr auto  # fmt: skip
+    baseline = _run_baseline(data, out, args)
     code = run_training(cfg, resume=False)
     if code:
         return code
@@ -103,4 +107,48 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"no classical reference for {data} (the demo's classical figure is Fashion-MNIST's)")
     print(f"run folder: {out}  (alexnet eval {out} | alexnet predict {out} IMAGE)")
+    print()
+    print(story_table(baseline, last, data, args.long))
     return 0
+
+
+def _run_baseline(data: str, out: str, args: argparse.Namespace) -> list[dict]:
+    """The 2011 side, fitted before the network: HOG + linear SVM (and, with --long, the
+    kernel-mapped hog-rbf) into sibling run folders ``OUT-hog`` (``OUT-hog-rbf``)."""
+    from alexnet.baselines import DEFAULT_L2, BaselineConfig, fit_baseline
+
+    results = []
+    for features in ("hog", "hog-rbf") if args.long else ("hog",):
+        run = f"{out}-{features}"
+        print(f"2011 baseline: {features} -> {run}", file=sys.stderr)
+        cfg = BaselineConfig(data=data, features=features, seed=args.seed, l2=DEFAULT_L2[features])
+        metrics = fit_baseline(cfg, run, progress=not args.no_progress)
+        results.append({**metrics, "run": run})
+    return results
+
+
+def story_table(baselines: list[dict], network: dict, data: str, long: bool) -> str:
+    """2011 vs 2012 on this machine and data, and the paper's ImageNet rows for scale."""
+    from alexnet.baselines import SYSTEMS
+    from alexnet.baselines.paper import PAPER_ROWS
+
+    synthetic = "  (SYNTHETIC data: these numbers say nothing about real images)" if data.startswith("synthetic") else ""
+    lines = [f"2011 vs 2012 on {data}, this machine{synthetic}",
+             f"{'year':<5} {'system':<44} {'test acc':>8} {'train s':>8}  what was designed vs learned"]  # fmt: skip
+    for b in baselines:
+        lines.append(f"{2011:<5} {SYSTEMS[b['features']]:<44.44} {1 - b['val_top1_err']:>8.2%} "
+                     f"{b['train_seconds_total']:>8.0f}  a person designed the features; only a linear classifier is learned")  # fmt: skip
+    if not long:
+        lines.append(f"{2011:<5} {SYSTEMS['hog-rbf']:<44.44} {'--long':>8} {'':>8}  "
+                     f"or: alexnet baseline --data {data} --features hog-rbf")  # fmt: skip
+    lines.append(f"{2011:<5} {'SIFT + Fisher vectors + linear SVM':<44} {'n/a':>8} {'':>8}  "
+                 "not built yet (alexnet baseline --features sift-fv is the planned command)")  # fmt: skip
+    lines.append(f"{2012:<5} {'AlexNet (alexnet-small), trained end to end':<44} {1 - network['val_top1_err']:>8.2%} "
+                 f"{network['train_seconds_total']:>8.0f}  every layer learned from pixels; a person chose the architecture")  # fmt: skip
+    lines.append("")
+    lines.append("for scale, the paper's ImageNet rows (top-1 / top-5 error, %):")
+    for r in PAPER_ROWS:
+        top1 = "-" if r.top1_err is None else f"{r.top1_err:.1f}"
+        top5 = "-" if r.top5_err is None else f"{r.top5_err:.1f}"
+        lines.append(f"  {r.table}  {r.year}  {r.system:<48} {top1:>5} / {top5:<5} {r.split}")
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from alexnet import baselines
 from alexnet.cli.common import add_runtime_options, positive_int
 from alexnet.errors import UserError
 from alexnet.evaluation import evaluate_checkpoints
@@ -31,11 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
-    result = evaluate_checkpoints(
-        args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision,
-        "ten-crop" if args.ten_crop else "flip" if args.flip else "centre",
-        per_class_file=args.per_class, workers=args.workers,
-    )  # fmt: skip
+    if any(map(baselines.is_baseline_run, args.checkpoints)):  # a 2011 baseline: SVM scores, one view
+        if len(args.checkpoints) > 1:
+            raise UserError("a baseline run is evaluated on its own, not in an ensemble")
+        result = baselines.evaluate_baseline(args.checkpoints[0], args.data, args.split, args.batch_size)
+    else:
+        result = evaluate_checkpoints(
+            args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision,
+            "ten-crop" if args.ten_crop else "flip" if args.flip else "centre",
+            per_class_file=args.per_class, workers=args.workers,
+        )  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return 0

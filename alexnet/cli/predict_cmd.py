@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from alexnet import baselines
 from alexnet.cli.common import add_runtime_options, positive_int
 from alexnet.evaluation import predict
 
@@ -21,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.checkpoint.lower().endswith(".onnx"):  # an `alexnet export` file: onnxruntime, CPU, fp32
+    if baselines.is_baseline_run(args.checkpoint):  # a 2011 baseline: prob = softmax of SVM scores
+        results = baselines.predict_baseline(args.checkpoint, args.images, args.topk)
+    elif args.checkpoint.lower().endswith(".onnx"):  # an `alexnet export` file: onnxruntime, CPU, fp32
         from alexnet.interop.onnx_model import OnnxModel
 
         results = OnnxModel(args.checkpoint).predict(args.images, args.topk)

@@ -8,6 +8,7 @@ import time
 import typing
 from pathlib import Path
 
+from alexnet.baselines import is_baseline_run
 from alexnet.cli.common import add_runtime_options, int_list, parse_bool, positive_int
 from alexnet.errors import UserError
 from alexnet.runtime import default_workers
@@ -230,6 +231,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     if args.resume_from_valid and not args.resume:
         raise UserError("--resume-from-valid goes with --resume RUN")
     if args.resume:
+        if is_baseline_run(args.resume):
+            raise UserError(f"{args.resume} is a baseline run (alexnet baseline), not a network; re-run alexnet baseline --out {args.resume}")
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
         changed += list(model_over) + (["seed"] if args.seed is not None else [])
         changed += [k for k in ("init_from", "freeze", "pretrained_lr_scale", "init_norm") if getattr(args, k)]

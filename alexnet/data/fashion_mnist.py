@@ -39,7 +39,7 @@ def load_idx_dataset(folder: str | Path, name: str, classes: tuple[str, ...], fl
         labels = read_idx(find_idx_file(folder, lab_stem))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise UserError(f"{folder}: {img_stem} and {lab_stem} do not match (shapes {images.shape}, {labels.shape})")
-        if labels.max() >= len(classes):
+        if labels.size and labels.max() >= len(classes):
             raise UserError(f"{folder}: label {int(labels.max())} out of range for {len(classes)} classes")
         splits[split] = (torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype("int64")))
     side = splits["train"][0].shape[-1]

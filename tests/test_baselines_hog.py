@@ -1,0 +1,70 @@
+"""Our batched HOG against scikit-image's, image by image (the direct reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.baselines.hog import HogParams, hog
+
+skimage_feature = pytest.importorskip("skimage.feature")
+
+
+def _reference(images: torch.Tensor, p: HogParams) -> np.ndarray:
+    kw = {"orientations": p.orientations, "pixels_per_cell": (p.cell, p.cell), "cells_per_block": (p.block, p.block),
+          "block_norm": "L2-Hys"}  # fmt: skip
+    if images.shape[1] == 1:
+        return np.stack([skimage_feature.hog(im[0].numpy(), **kw) for im in images])
+    return np.stack([skimage_feature.hog(im.permute(1, 2, 0).numpy(), channel_axis=-1, **kw) for im in images])
+
+
+def _photo_like(n: int, channels: int, h: int, w: int) -> torch.Tensor:
+    """Smooth shapes plus noise and flat regions: axis-aligned (0 and 90 degree) gradients,
+    which sit on bin edges, as well as every other orientation."""
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    out = torch.zeros(n, channels, h, w)
+    for i in range(n):
+        cy, cx, r = torch.randint(4, h - 4, (1,), generator=g), torch.randint(4, w - 4, (1,), generator=g), 3 + i % 7
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).float() * 180
+        box = ((yy > h // 3) & (xx < w // 2)).float() * 60
+        out[i] = disc + box + torch.rand(channels, h, w, generator=g) * (40 if i % 2 else 0)
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize(
+    ("channels", "size", "params"),
+    [
+        (1, (28, 28), HogParams(9, 4, 2)),  # the hog baseline's fine scale on Fashion-MNIST
+        (1, (28, 28), HogParams(9, 7, 2)),  # its coarse scale (odd cell size)
+        (1, (30, 33), HogParams(8, 5, 3)),  # not square, cells not dividing the image
+        (3, (32, 32), HogParams(9, 8, 2)),  # colour: the strongest channel at each pixel
+        (3, (24, 40), HogParams(6, 3, 1)),
+    ],
+)
+def test_hog_equals_skimage(channels: int, size: tuple[int, int], params: HogParams) -> None:
+    images = _photo_like(12, channels, *size)
+    ours = hog(images, params)
+    ref = _reference(images, params)
+    assert ours.shape == (12, params.dim(*size)) == ref.shape
+    assert ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=0, atol=1e-5)
+    assert ref.max() > 0.05  # the images have structure: the comparison is not of zeros
+
+
+def test_hog_on_random_noise_equals_skimage() -> None:
+    images = torch.randint(0, 256, (8, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    np.testing.assert_allclose(hog(images, HogParams(9, 4, 2)).numpy(), _reference(images, HogParams(9, 4, 2)), atol=1e-5)
+
+
+def test_hog_batch_is_per_image() -> None:
+    images = _photo_like(6, 1, 28, 28)
+    whole = hog(images, HogParams(9, 4, 2))
+    one_by_one = torch.cat([hog(images[i : i + 1], HogParams(9, 4, 2)) for i in range(6)])
+    torch.testing.assert_close(whole, one_by_one)
+
+
+def test_hog_rejects_too_small_images() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        hog(torch.zeros(2, 1, 7, 7, dtype=torch.uint8), HogParams(9, 4, 2))
