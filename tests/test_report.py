@@ -21,7 +21,7 @@ from alexnet.cli import main
 from alexnet.evaluation.confusion import confusion_matrix, most_confused, per_class_errors
 from alexnet.evaluation.hierarchy import Hierarchy
 from alexnet.evaluation.kernels import chroma_share, colour_specificity, conv1_kernels
-from alexnet.reporting.report import SECTIONS
+from alexnet.reporting.report import SECTIONS, lr_drops
 from tests.conftest import assert_one_line_error
 
 SYN = "synthetic:classes=4,size=28,train=64,val=32,channels=3"
@@ -125,6 +125,13 @@ def test_confusion_per_class_and_most_confused_pairs() -> None:
     pairs = most_confused(labels, top[:, 0], 4, top=3)
     assert [(p.true, p.predicted, p.count) for p in pairs] == [(0, 1, 2), (1, 2, 1), (2, 0, 1)]
     assert pairs[0].examples == (1, 2)
+
+
+def test_lr_drops_are_the_epochs_after_which_the_lr_fell() -> None:
+    history = [{"epoch": e, "lr": lr} for e, lr in enumerate([0.01, 0.01, 0.001, 0.001, 0.0001], 1)]
+    assert lr_drops(history, 0.01) == [3, 5]
+    assert lr_drops(history[2:], 0.01) == [3, 5]  # the drop before the first record shown counts too
+    assert lr_drops([{"epoch": 1, "lr": 0.1}], 0.1) == []
 
 
 # --------------------------------------------------------------------------- the HTML
@@ -242,3 +249,35 @@ def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys
     page.feed(text)
     assert page.sections == list(SECTIONS)
     assert {i["alt"] for i in page.images} == {"confusion matrix", "examples of confused pairs"}
+
+
+# --------------------------------------------------------------------------- ImageNet mistake severity
+
+
+def test_devkit_synset_tree_reaches_the_manifest_and_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet.data.prepare.devkit import parse_devkit
+    from alexnet.data.prepare.run import Settings, prepare
+    from tests import test_prepare_fixtures as fx
+
+    tree = parse_devkit(fx.meta_mat(), None, "fixture").hierarchy()
+    wnid = {i: w for i, w, *_ in fx.LEAVES + fx.INNER}  # meta.mat lists children by ILSVRC2012_ID
+    assert tree == {"children": {"n00000004": [wnid[1], wnid[2], wnid[3]], "n00500005": ["n00000004"]},
+                    "names": {"n00000004": "entity", "n00500005": "thing"}}  # fmt: skip
+    out = tmp_path / "imagenet"
+    prepare(fx.make_ilsvrc(tmp_path / "src"), out, settings=Settings(size=32, encoding="raw", shard_size=8), workers=1,
+            progress=False)  # fmt: skip
+    assert json.loads((out / "manifest.json").read_text())["hierarchy"] == tree
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(out), "--model", "alexnet-small", "--epochs", "1", "--batch-size", "4",
+                 "--lr", "0.01", "--no-progress", "--out", str(run)]) == 0  # fmt: skip
+    code, _, err = cli(capsys, "report", str(run), "--no-progress", "--samples", "2", "--k", "2")
+    assert code == 0, err
+    text = (run / "report.html").read_text()
+    severity = text[text.index('<section id="severity">') :]
+    page = _Collect()
+    page.feed(severity)
+    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    if metrics["val_top1_err"] > 0:  # three sibling classes under "entity": every mistake has height 1
+        assert "<td>1.00</td>" in severity and {i["alt"] for i in page.images} >= {"mistake severity histogram"}
+    else:
+        assert "No top-1 mistakes" in severity

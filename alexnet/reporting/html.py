@@ -59,10 +59,9 @@ class Section:
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Section:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        body = "".join(
-            "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows
-        )
-        self.blocks.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
+        body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+        self.blocks.append(f"<table>{thead}<tbody>{body}</tbody></table>")
         return self
 
 

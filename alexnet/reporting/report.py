@@ -219,17 +219,23 @@ def _curves_section(s: Section, run: RunFolder) -> None:
         s.note(BASELINE_NOTE.format(what="it is not trained by epochs") if not run.network else "No per-epoch metrics.")
         return
     schedule = run.config.get("config", {}).get("recipe", {}).get("schedule")
-    # Section 5: "divide the learning rate by 10 when the validation error rate stopped improving":
-    # discrete drops happen under the plateau schedule; others (one-cycle, cosine) change the lr smoothly.
-    # Each record's lr is the one after that epoch's scheduler step.
-    before = [run.config.get("resolved", {}).get("lr", history[0]["lr"])] + [r["lr"] for r in history[:-1]]
-    drops = [r["epoch"] for b, r in zip(before, history) if r["lr"] < b] if schedule == "plateau" else []
+    initial = run.config.get("resolved", {}).get("lr", history[0]["lr"])
+    drops = lr_drops(history, initial) if schedule == "plateau" else []
     s.image(plots.curves(history, drops), "training curves")
     if schedule == "plateau":
         s.note("Dashed red lines: the learning rate was lowered after epoch(s) " + ", ".join(map(str, drops)) + "."
                if drops else "The learning rate was not lowered during this run.")
     elif schedule:
         s.note(f"The learning rate follows the {schedule} schedule (changes every step; no discrete drops to mark).")
+
+
+def lr_drops(history: list[dict[str, Any]], initial_lr: float) -> list[int]:
+    """The epochs after which the learning rate was lowered (each record's ``lr`` is the one
+    after that epoch's scheduler step). Section 5: "divide the learning rate by 10 when the
+    validation error rate stopped improving"; only the plateau schedule has such discrete drops,
+    one-cycle and cosine change the lr every step."""
+    before = [initial_lr] + [r["lr"] for r in history[:-1]]
+    return [r["epoch"] for b, r in zip(before, history) if r["lr"] < b]
 
 
 def _figure3_section(s: Section, session: Session | None) -> None:
