@@ -239,7 +239,7 @@ def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys
     labels = np.array([0, 1, 2, 3] * 8)
     topk = np.stack([(labels + (np.arange(32) % 4 == 0)) % 4, (labels + 1) % 4], axis=1)
     np.savez(run / "predictions.npz", labels=labels, topk=topk)
-    code, out, err = cli(capsys, "report", str(run), "--no-progress")
+    code, _, err = cli(capsys, "report", str(run), "--no-progress")
     assert code == 0, err
     text = (run / "report.html").read_text()
     for what in ("it has no learned convolution kernels", "it has no fc7 layer", "it is not trained by epochs"):

@@ -96,4 +96,7 @@ def run(args: argparse.Namespace) -> int:
           f"{last['train_seconds_total']:.0f} s of training ({len(history)} epochs)")  # fmt: skip
     print(f"best classical classifier: {acc:.1%} ({name})")
     print(f"run folder: {out}  (alexnet eval {out} | alexnet predict {out} IMAGE)")
+    from alexnet.reporting.report import ReportOptions, build_report  # what it learned: curves, Figures 3 and 4
+
+    print(f"report: {build_report(out, ReportOptions(progress=not args.no_progress))}")
     return 0

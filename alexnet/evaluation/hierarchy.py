@@ -77,7 +77,6 @@ class Hierarchy:
         return cls({str(k): [str(c) for c in v] for k, v in children.items()}, {str(k): str(v) for k, v in names.items()})  # type: ignore[union-attr]
 
 
-
 def _ancestors(node: str, up: Mapping[str, Sequence[str]]) -> dict[str, int]:
     dist = {node: 0}
     queue = deque([node])

@@ -7,8 +7,14 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from alexnet.errors import UserError
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError:  # an optional dependency: the `report` extra
+    raise UserError("alexnet report draws with matplotlib: pip install 'alexnet[report]' (or pip install matplotlib)") from None
 
 DPI = 100
 CORRECT, OTHER = "#2a9d3f", "#8a96a8"

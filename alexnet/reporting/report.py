@@ -185,9 +185,9 @@ def _run_section(s: Section, run: RunFolder, session: Session | None, options: R
                                                                "weight_decay", "dropout") if k in recipe)),
             ("data", f"{session.data}: {session.dataset.info.name}" + (" (SYNTHETIC)" if session.dataset.info.synthetic else "")),
             ("images", f"train {dataset.get('train', '?')}, val {dataset.get('val', '?')}"),
-            ("hardware", f"{resolved.get('device', '?')}, {resolved.get('precision', '?')}, "
+            ("hardware", (f"{resolved.get('device', '?')}, {resolved.get('precision', '?')}, "
              f"{resolved.get('world_size', 1)} process(es); {host.get('processor') or host.get('platform', '?')}, "
-             f"{host.get('cpu_threads', '?')} threads"),
+             f"{host.get('cpu_threads', '?')} threads")),
         ]  # fmt: skip
     else:
         rows += [(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in run.config.items()
