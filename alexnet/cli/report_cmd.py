@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     views.add_argument("--flip", action="store_true", help="also report the centre+mirror error")
     p.add_argument("--ensemble", nargs="+", default=(), metavar="RUN2",
                    help="also report the softmax-averaged ensemble of RUN with these runs")  # fmt: skip
+    p.add_argument("--no-retrieval", action="store_true",
+                   help="skip Figure 4 right (it runs the model over the whole training split once; cached)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runtime_options(p)
     p.set_defaults(func=run)
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.reporting.report import ReportOptions, build_report
 
     views = "ten-crop" if args.ten_crop else "flip" if args.flip else None
-    options = ReportOptions(data=args.data, out=args.out, samples=args.samples, neighbours=args.k, views=views,
+    options = ReportOptions(data=args.data, out=args.out, samples=args.samples, neighbours=args.k,
+                            retrieval=not args.no_retrieval, views=views,
                             ensemble=tuple(args.ensemble), device=args.device, precision=args.precision,
                             progress=not args.no_progress)  # fmt: skip
     path = build_report(args.run, options)

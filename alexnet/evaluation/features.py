@@ -113,11 +113,12 @@ def features_of(session: Session, images: torch.Tensor, layer: str = FEATURE_LAY
 
 @torch.inference_mode()
 def extract_features(session: Session, split: str, out: str | Path, layer: str = FEATURE_LAYER,
-                     batch_size: int = 250, progress: bool = True) -> dict[str, object]:  # fmt: skip
-    """Write ``layer``'s activations of every image of ``split`` to ``out`` (float32 ``N x D``
-    ``.npy``, filled batch by batch through a memmap, so memory stays one batch) and the labels
-    to ``<out stem>.labels.npy``. Both files appear only when complete (temporary names, then
-    rename). Returns a summary (path, shape, seconds)."""
+                     batch_size: int = 250, progress: bool = True, dtype: type = np.float32) -> dict[str, object]:  # fmt: skip
+    """Write ``layer``'s activations of every image of ``split`` to ``out`` (``N x D`` ``.npy`` of
+    ``dtype``, float32 or float16, filled batch by batch through a memmap, so memory stays one
+    batch) and the labels to ``<out stem>.labels.npy``. Both files appear only when complete
+    (temporary names, then rename). float16 clips values beyond its range rather than making
+    them infinite. Returns a summary (path, shape, seconds)."""
     import time
 
     n = check_split(session, split)
@@ -138,7 +139,9 @@ def extract_features(session: Session, split: str, out: str | Path, layer: str =
             with autocast(session.device, session.precision):
                 feats = run(x).float().cpu().numpy()
             if array is None:  # the width is known after the first batch
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, feats.shape[1]))
+            if dtype == np.float16:
+                feats = np.clip(feats, np.finfo(np.float16).min, np.finfo(np.float16).max)
             array[pos : pos + len(feats)] = feats
             labels[pos : pos + len(feats)] = y.numpy()
             pos += len(feats)

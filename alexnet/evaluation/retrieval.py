@@ -52,7 +52,8 @@ class Index:
     @classmethod
     def from_array(cls, features: np.ndarray, labels: np.ndarray, meta: dict[str, object] | None = None) -> Index:
         """An index of ``features`` (rounded to float16, as stored)."""
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float16))
+        x = torch.from_numpy(np.ascontiguousarray(features))
+        x = x if x.dtype == torch.float16 else x.to(torch.float16)  # torch converts with SIMD, numpy does not
         if x.numel() * 4 <= FLOAT32_BUDGET:
             x = x.float()
         return cls(x, torch.cat([b.float().pow(2).sum(dim=1) for b in x.split(BLOCK)]), labels, meta or {})
@@ -126,30 +127,11 @@ def load_or_build_index(session: Session, run: str | Path, split: str = "train",
         pass  # missing or damaged: rebuild
     log(f"building the {layer} index of the {split} split ({want['images']:,} images) in {feats_path.parent}")
     started = time.perf_counter()
-    tmp32 = feats_path.with_name(f".{feats_path.stem}.float32.npy")
-    try:
-        # float32 memmap first (bounded memory), then one float16 conversion to the final name
-        extract_features(session, split, tmp32, layer, progress=progress)
-        features = _to_float16(np.load(tmp32, mmap_mode="r"))
-        labels = np.load(tmp32.with_name(tmp32.stem + ".labels.npy"), allow_pickle=False)
-    finally:
-        tmp32.unlink(missing_ok=True)
-        tmp32.with_name(tmp32.stem + ".labels.npy").unlink(missing_ok=True)
     meta_path.unlink(missing_ok=True)  # the JSON is the commit record: absent while the arrays change
-    from alexnet.io import atomic_write
-
-    atomic_write(feats_path, lambda f: np.save(f, features, allow_pickle=False))
-    atomic_write(labels_path, lambda f: np.save(f, labels, allow_pickle=False))
+    extract_features(session, split, feats_path, layer, progress=progress, dtype=np.float16)
+    features = np.load(feats_path, allow_pickle=False)
+    labels = np.load(labels_path, allow_pickle=False)
     meta = {"identity": want, "shape": list(features.shape), "build_seconds": time.perf_counter() - started}
     atomic_write_json(meta_path, meta)
     return Index.from_array(features, labels, meta), True
 
-
-def _to_float16(src: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """float16 copy of a (memmapped) float32 array, chunk by chunk; values beyond float16's
-    range are clipped to it rather than becoming infinite."""
-    f16 = np.finfo(np.float16)
-    out = np.empty(src.shape, dtype=np.float16)
-    for start in range(0, len(src), chunk):
-        out[start : start + chunk] = np.clip(src[start : start + chunk], f16.min, f16.max)
-    return out

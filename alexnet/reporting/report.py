@@ -59,6 +59,7 @@ class ReportOptions:
     out: str | None = None  # default: RUN/report.html
     samples: int = 8  # validation images in Figure 4
     neighbours: int = 6  # training images per row of Figure 4 (right)
+    retrieval: bool = True  # Figure 4 (right) needs fc7 of every training image once (cached)
     views: str | None = None  # also evaluate with "flip" or "ten-crop" views
     ensemble: tuple[str, ...] = ()  # other runs to average with this one
     device: str = "auto"
@@ -310,6 +311,9 @@ def _figure4_right(s: Section, run: RunFolder, session: Session | None, preds: P
                    sample: np.ndarray | None, options: ReportOptions, log: Callable[[str], None]) -> None:  # fmt: skip
     if session is None or preds is None or sample is None:
         s.note(BASELINE_NOTE.format(what="it has no fc7 layer to compare images by"))
+        return
+    if not options.retrieval:
+        s.note("Skipped (--no-retrieval): it needs the fc7 vectors of every training image once (then cached).")
         return
     index, built = load_or_build_index(session, run.path, "train", progress=options.progress, log=log)
     queries = images_at(session.dataset, "val", sample.tolist())
