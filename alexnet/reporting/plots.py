@@ -13,6 +13,7 @@ from alexnet.errors import UserError
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 except ImportError:  # an optional dependency: the `report` extra
     raise UserError("alexnet report draws with matplotlib: pip install 'alexnet[report]' (or pip install matplotlib)") from None
 
@@ -109,7 +110,10 @@ def histogram(values: np.ndarray, title: str, xlabel: str) -> bytes:
     if len(values):
         lo, hi = int(values.min()), int(values.max())
         counts = np.bincount(values - lo, minlength=hi - lo + 1)
-        ax.bar(range(lo, hi + 1), counts, color=OTHER)
+        ax.bar(range(lo, hi + 1), counts, color=OTHER, width=0.8)
+        ax.set_xlim(lo - 1, hi + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=title, xlabel=xlabel, ylabel="mistakes")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

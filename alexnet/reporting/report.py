@@ -397,10 +397,11 @@ def _severity_section(s: Section, preds: Predictions | None) -> None:
     if preds.dataset is not None:
         picks = [("nearest", order[:6]), ("furthest", order[::-1][:6])]
         rows = [list(images_at(preds.dataset, "val", wrong[p].tolist())) for _, p in picks]
-        captions = [[f"{preds.classes[preds.labels[wrong[i]]][:10]}>{preds.classes[top1[wrong[i]]][:10]} h{heights[i]}"
-                     for i in p] for _, p in picks]  # fmt: skip
+        short = [c.split(",")[0] for c in preds.classes]  # "tench, Tinca tinca" -> "tench"
+        captions = [[f"h{heights[i]} {short[preds.labels[wrong[i]]]}>{short[top1[wrong[i]]]}" for i in p]
+                    for _, p in picks]  # fmt: skip
         s.image(grids.image_rows(rows, captions, first_gap=0, tile=112), "nearest and furthest mistakes")
-        s.note("Top row: the mildest mistakes (lowest LCA height); bottom row: the furthest. Caption: true>predicted, height.")
+        s.note("Top row: the mildest mistakes (lowest LCA height); bottom row: the furthest. Caption: height, true>predicted class.")
     s.note("LCA height: edges from the further of the true and the predicted class up to their lowest common "
            "ancestor in meta.mat's synset tree (1 = siblings).")  # fmt: skip
     return None
