@@ -127,6 +127,7 @@ def load_or_build_index(session: Session, run: str | Path, split: str = "train",
         pass  # missing or damaged: rebuild
     log(f"building the {layer} index of the {split} split ({want['images']:,} images) in {feats_path.parent}")
     started = time.perf_counter()
+    # TODO(hard-edges): hold the run-folder lock of alexnet/runfolder.py while the index is rebuilt.
     meta_path.unlink(missing_ok=True)  # the JSON is the commit record: absent while the arrays change
     extract_features(session, split, feats_path, layer, progress=progress, dtype=np.float16)
     features = np.load(feats_path, allow_pickle=False)
