@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"run folder: {out}  (alexnet eval {out} | alexnet predict {out} IMAGE)")
     print()
     print(story_table(baseline, last, data, args.long))
+    from alexnet.reporting.report import ReportOptions, build_report  # what it learned: curves, Figures 3 and 4
+
+    print(f"report: {build_report(out, ReportOptions(progress=not args.no_progress))}")
     return 0
 
 

@@ -36,11 +36,21 @@ class Devkit:
     words: dict[str, str]  # WNID -> "tench, Tinca tinca"
     val_ids: tuple[int, ...] | None  # line n (1-based) -> ILSVRC2012_ID
     origin: str
+    children: dict[str, tuple[str, ...]] | None = None  # inner synset WNID -> child WNIDs
+    inner_words: dict[str, str] | None = None  # inner synset WNID -> words
 
     @property
     def wnids(self) -> list[str]:
         """The leaf WNIDs in label order (sorted)."""
         return sorted(self.wnid_of_id.values())
+
+    def hierarchy(self) -> dict[str, object] | None:
+        """The synset tree as stored in a prepared dataset's manifest (``children``: inner WNID ->
+        child WNIDs; ``names``: inner WNID -> words), or ``None`` if meta.mat has no children."""
+        if not self.children:
+            return None
+        return {"children": {k: list(v) for k, v in sorted(self.children.items())},
+                "names": dict(sorted((self.inner_words or {}).items()))}  # fmt: skip
 
 
 def find_devkit(root: Path) -> Path | None:
@@ -97,8 +107,12 @@ def parse_devkit(meta: bytes, truth: bytes | None, origin: str) -> Devkit:
     synsets = np.atleast_1d(synsets)
     wnid_of_id: dict[int, str] = {}
     words: dict[str, str] = {}
+    inner: list[tuple[str, str, list[int]]] = []
     for s in synsets:
         if int(s["num_children"]) != 0:  # an inner WordNet node, not a class
+            if "children" in names:
+                kids = [int(c) for c in np.atleast_1d(s["children"]).ravel()]
+                inner.append((str(s["WNID"]).strip(), str(s["words"]).strip(), kids))
             continue
         ident, wnid = int(s["ILSVRC2012_ID"]), str(s["WNID"]).strip()
         if ident in wnid_of_id or wnid in words:
@@ -116,4 +130,7 @@ def parse_devkit(meta: bytes, truth: bytes | None, origin: str) -> Devkit:
         unknown = sorted(set(val_ids) - set(wnid_of_id))
         if unknown:
             raise UserError(f"{origin}: {GROUND_TRUTH} uses class IDs {unknown[:5]} that are no leaf classes in {META}")
-    return Devkit(wnid_of_id, words, val_ids, origin)
+    wnid_by_any_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]).strip() for s in synsets}
+    children = {w: tuple(wnid_by_any_id[k] for k in kids if k in wnid_by_any_id) for w, _, kids in inner} or None
+    inner_words = {w: text for w, text, _ in inner} or None
+    return Devkit(wnid_of_id, words, val_ids, origin, children, inner_words)

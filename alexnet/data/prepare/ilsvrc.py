@@ -104,7 +104,8 @@ def scan(root: Path, progress: bool = False) -> SourcePlan:
             f"{root}: found the ILSVRC-2012 devkit but no images; put {TRAIN_TAR} and/or {VAL_TAR} "
             "(or their extracted folders) beside it"
         )
-    return SourcePlan("ilsvrc", "imagenet", classes, {"train": train, "val": val}, notes)
+    hierarchy = devkit.hierarchy() if devkit is not None else None
+    return SourcePlan("ilsvrc", "imagenet", classes, {"train": train, "val": val}, notes, hierarchy)
 
 
 def _known_names(wnids: list[str]) -> list[str]:

@@ -87,6 +87,7 @@ class SourcePlan:
     classes: list[tuple[str, str]]  # (id, human-readable name), index = label
     splits: dict[str, SplitPlan]
     notes: list[str] = field(default_factory=list)
+    hierarchy: dict[str, object] | None = None  # class tree (ILSVRC devkit), stored in the manifest
 
     def __post_init__(self) -> None:
         for split in SPLITS:

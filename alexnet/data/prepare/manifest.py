@@ -17,7 +17,8 @@ samples), ``inputs`` (input files found), ``shards``, ``index``, ``keys`` and ``
 input that was not used: ``key``, ``file``, ``reason``), so that ``count + len(skipped) ==
 inputs``; ``statistics`` of the training split (see :mod:`alexnet.data.prepare.stats`);
 ``settings_digest`` (identifies the inputs and settings; a re-run with the same ones is a
-no-op). Nothing in it depends on the time, the machine or the number of workers.
+no-op); optional ``hierarchy`` (ILSVRC with its devkit: ``children``, inner synset WNID ->
+child WNIDs, and ``names``, from meta.mat). Nothing in it depends on the time, the machine or the number of workers.
 """
 
 from __future__ import annotations

@@ -505,5 +505,7 @@ def _finish(
         "settings_digest": digest,
         "created_by": f"alexnet {__version__}",
     }
+    if plan.hierarchy:  # ILSVRC devkit: meta.mat's synset tree, for mistake severity in `alexnet report`
+        manifest["hierarchy"] = plan.hierarchy
     atomic_write(out / mf.MANIFEST, lambda f: f.write(mf.dumps(manifest)))
     return manifest
