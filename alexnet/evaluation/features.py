@@ -25,7 +25,7 @@ from alexnet.data.dataset import Dataset
 from alexnet.errors import UserError
 from alexnet.evaluation import LoadedModel, load_model
 from alexnet.runtime import autocast, resolve_device, resolve_precision
-from alexnet.training.loop import InputPipeline
+from alexnet.data.pipeline import InputPipeline
 
 FEATURE_LAYER = "fc7"  # the paper's "last hidden layer" (section 6.1)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
