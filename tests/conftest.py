@@ -29,6 +29,18 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
     )  # fmt: skip
 
 
+def cli_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``alexnet ARGS`` in this process (``alexnet.cli.main``); (exit code, stdout, stderr)."""
+    from alexnet.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess[str] | tuple[int, str], fragment: str = "") -> None:
     """Exit code 2, exactly one non-empty stderr line, no traceback."""
     code, err = (proc.returncode, proc.stderr) if not isinstance(proc, tuple) else proc

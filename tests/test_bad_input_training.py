@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, cli_main, run_cli
 
 DATA = "synthetic:classes=4,size=32,train=64,val=16,channels=1"
 SMALL_NET = ["--widths", "8,8,8,8,8", "--fc-width", "32"]
@@ -24,11 +24,8 @@ ARGS = ["--data", DATA, "--epochs", "1", "--batch-size", "16", "--lr", "0.01", "
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Run the CLI in-process; (exit code, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = cli_main(capsys, *args)
+    return code, err
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -15,8 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from alexnet.baselines import BaselineConfig, evaluate_baseline, fit_baseline, is_baseline_run, load_baseline
-from alexnet.cli import main
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, cli_main
 
 SYN = "synthetic:classes=4,size=28,train=64,val=32,channels=1"
 
@@ -72,9 +71,8 @@ def hog_run(shapes: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    return cli_main(capsys, *args)
 
 
 def test_hog_baseline_learns_real_images(hog_run: tuple[Path, dict]) -> None:

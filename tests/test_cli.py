@@ -11,18 +11,15 @@ import torch
 
 from alexnet import models
 from alexnet.cli import main
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, cli_main, run_cli
 
 SYN = "synthetic:classes=3,size=28,train=64,val=16,channels=1"
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Run the CLI in-process; (exit code, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = cli_main(capsys, *args)
+    return code, err
 
 
 @pytest.fixture(scope="module")

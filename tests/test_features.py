@@ -16,18 +16,14 @@ from alexnet.data import open_dataset
 from alexnet.errors import UserError
 from alexnet.evaluation.features import Session, check_split, features_of, open_session
 from alexnet.evaluation.retrieval import Index, index_paths
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, cli_main
 
 SYN = "synthetic:classes=4,size=28,train=64,val=32,channels=3"
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    return cli_main(capsys, *args)
 
 
 @pytest.fixture(scope="module")

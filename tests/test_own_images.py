@@ -29,7 +29,7 @@ from alexnet.training.lr_finder import (
     step_scaled_lr,
     suggest_lr,
 )
-from tests.conftest import assert_one_line_error, needs_fashion
+from tests.conftest import assert_one_line_error, cli_main, needs_fashion
 
 TINY = {"widths": [8, 16, 24, 24, 16], "fc_width": 64, "dropout": 0.0, "init": "kaiming"}
 SYN1 = "synthetic:classes=4,size=28,train=64,val=16,channels=1"
@@ -38,13 +38,9 @@ TINY_FLAGS = ["--widths", "8,16,24,24,16", "--fc-width", "32", "--batch-size", "
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """``alexnet ARGS`` in-process: (exit code, stdout + stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse errors
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err
+    """Run the CLI in-process; (exit code, stderr)."""
+    code, _, err = cli_main(capsys, *args)
+    return code, err
 
 
 # ---------------------------------------------------------------- range test: the pure parts

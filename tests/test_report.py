@@ -22,19 +22,15 @@ from alexnet.evaluation.confusion import confusion_matrix, most_confused, per_cl
 from alexnet.evaluation.hierarchy import Hierarchy
 from alexnet.evaluation.kernels import chroma_share, colour_specificity, conv1_kernels
 from alexnet.reporting.report import SECTIONS, lr_drops
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, cli_main
 
 SYN = "synthetic:classes=4,size=28,train=64,val=32,channels=3"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    return cli_main(capsys, *args)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 
 from alexnet.errors import UserError
 from alexnet.runfolder import LOCK_NAME, run_folder_lock
-from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, cli_main, run_cli
 
 SYN = "synthetic:classes=3,size=28,train=1024,val=16,channels=1"
 TINY = ["--widths", "8,16,24,24,16", "--fc-width", "32", "--batch-size", "16", "--epochs", "1", "--no-progress"]
@@ -96,11 +96,9 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """The command line in this process (cheaper than a new one): exit code and stderr."""
-    from alexnet.cli import main
-
-    code = main(list(args))
-    return code, capsys.readouterr().err
+    """Run the CLI in-process; (exit code, stderr)."""
+    code, _, err = cli_main(capsys, *args)
+    return code, err
 
 
 def test_read_only_run_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

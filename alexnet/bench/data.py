@@ -49,6 +49,7 @@ import torch
 
 from alexnet.cli.common import positive_int
 from alexnet.errors import UserError
+from alexnet.runtime import cpu_name
 
 if TYPE_CHECKING:
     from alexnet.data.prepared import PreparedDataset
@@ -230,11 +231,6 @@ def compare_decoders(raw: list[bytes]) -> dict[str, Any]:
     return {"images_per_cpu_s": rates, "max_pixel_difference_tv_vs_pil": max_diff}
 
 
-def _cpu_name() -> str:
-    from alexnet.bench.prepare import _cpu_name as name
-
-    return name()
-
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.data.prepare import Settings, default_workers, prepare
@@ -304,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
                          "(paper), float32 channels_last",
         "baseline_pipeline": "ImageFolder, PIL, Resize(256), CenterCrop(256), RandomCrop(227), "
                              "RandomHorizontalFlip(), ToTensor(), Normalize(), DataLoader processes",
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": default_workers(),
         "load_average": list(os.getloadavg()),
         "seconds": args.seconds,

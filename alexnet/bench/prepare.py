@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -23,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from alexnet.cli.common import positive_int
 from alexnet.data.prepare import Settings, default_workers, prepare
+from alexnet.runtime import cpu_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,15 +82,6 @@ def baseline(files: list[Path], out: Path, size: int) -> None:
             img.crop((left, top, left + size, top + size)).save(out / f"{i:06d}.jpg", "JPEG", quality=90)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def run(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers()
@@ -126,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "baseline_images_per_s": args.images / base_best,
         "baseline": "single-process PIL open/convert/resize/crop/save loop",
         "speedup": base_best / ours_best,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": default_workers(),
         "generate_s": gen_s,
     }

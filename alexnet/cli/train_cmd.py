@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 
 from alexnet.baselines import is_baseline_run
-from alexnet.cli.common import add_runtime_options, int_list, parse_bool, positive_int
+from alexnet.cli.common import add_runtime_options, int_list, non_negative_int, parse_bool, positive_int
 from alexnet.errors import UserError
 from alexnet.runtime import default_workers
 from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
@@ -70,17 +70,6 @@ RECIPE_HELP = {
     "scale_lr": "true: lr x number of processes (linear scaling rule)",
     "eval_views": "validation patches per image: centre | flip (centre + mirror) | ten-crop (section 4.1)",
 }
-
-
-def non_negative_int(text: str) -> int:
-    """An int >= 0, as an argparse type."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
 
 
 def _lr_or_auto(text: str) -> float | str:

@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
+from alexnet.data.pipeline import InputPipeline
 from alexnet.errors import UserError
 from alexnet.evaluation import LoadedModel, load_model
 from alexnet.runtime import autocast, resolve_device, resolve_precision
-from alexnet.data.pipeline import InputPipeline
 
 FEATURE_LAYER = "fc7"  # the paper's "last hidden layer" (section 6.1)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
