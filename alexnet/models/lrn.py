@@ -247,7 +247,10 @@ class _Workspace:
         # Zeroed because A's padding must be 0 (nothing writes it later). The other buffers'
         # padding positions take part in the flat passes, but those results are never read
         # (see _workspace), so what they hold, stale values included, does not matter.
-        self.bufs = [torch.zeros(n, dtype=layout.dtype, device=layout.device) for _ in range(6)]
+        # Normal tensors even when first made under torch.inference_mode (serving, eval): an
+        # inference tensor could not be written in place by a later call outside that mode.
+        with torch.inference_mode(False):
+            self.bufs = [torch.zeros(n, dtype=layout.dtype, device=layout.device) for _ in range(6)]
         self.views: dict[tuple[int, int], _Block] = {}
         self.inner = layout.piece
 
