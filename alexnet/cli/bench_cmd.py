@@ -8,7 +8,7 @@ import importlib
 
 # One module per benchmark, each with add_parser(subparsers) setting func=run.
 BENCHMARKS = ("alexnet.cli.bench_train_cmd", "alexnet.bench.prepare", "alexnet.bench.data", "alexnet.bench.serve",
-              "alexnet.bench.baseline")
+              "alexnet.cli.bench_baseline_cmd")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
