@@ -1,7 +1,7 @@
 """``alexnet bench baseline``'s measurement: our batched HOG beside ``skimage.feature.hog``
 called per image, on the same images with the same parameters, in the same process.
 
-The command line and the table: :mod:`alexnet.cli.bench_baseline_cmd`.
+The command line and the table: ``cli/bench_baseline_cmd.py``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ImageFolder + PIL + a DataLoader, the decode limit, a comparison of the CPU decoders and the
 ceiling of any CPU path to float tensors, on one generated and prepared set of photo-like JPEGs.
 
-What each line measures and how: :mod:`alexnet.cli.bench_data_cmd`, which also prints them.
+What each line measures and how, and the printing: ``cli/bench_data_cmd.py``.
 """
 
 from __future__ import annotations

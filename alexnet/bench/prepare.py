@@ -2,7 +2,7 @@
 loop, on the same generated folder of photo-like JPEGs (:func:`make_source`, which
 ``alexnet bench data`` uses too; :func:`photo_like` makes ``bench serve``'s request image).
 
-What is compared: :mod:`alexnet.cli.bench_prepare_cmd`, which also prints the result.
+What is compared, and the printing: ``cli/bench_prepare_cmd.py``.
 """
 
 from __future__ import annotations
