@@ -1,35 +1,18 @@
-"""``alexnet bench baseline``: our batched HOG beside ``skimage.feature.hog`` called per image.
+"""``alexnet bench baseline``'s measurement: our batched HOG beside ``skimage.feature.hog``
+called per image, on the same images with the same parameters, in the same process.
 
-Same images (Fashion-MNIST's first ``--images`` training images, else synthetic 28 px ones),
-same parameters (each HOG scale of the ``hog`` baseline: 9 orientations, 2x2-cell blocks,
-L2-Hys), measured in the same process, best of ``--repeat`` rounds: images/s of each, CPU
-ms/image (less disturbed by other jobs on a shared machine) and the ratio. Also prints the
-largest absolute difference of the two outputs (equal within 1e-5).
-scikit-image is a test/benchmark-only dependency (``pip install scikit-image``).
+The command line and the table: ``cli/bench_baseline_cmd.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from alexnet.cli.common import positive_int
 from alexnet.errors import UserError
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("baseline", help="HOG images/s: ours (batched) vs skimage.feature.hog per image", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--images", type=positive_int, default=5000, help="images for ours (default 5000)")
-    p.add_argument("--reference-images", type=positive_int, default=1000, help="images for scikit-image (default 1000)")
-    p.add_argument("--repeat", type=positive_int, default=2, help="rounds; the best is reported (default 2)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
 
 
 def _images(count: int) -> tuple[torch.Tensor, str]:
@@ -82,15 +65,9 @@ def measure(images: torch.Tensor, reference_images: int, repeat: int) -> list[di
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    images, what = _images(args.images)
-    rows = measure(images, args.reference_images, args.repeat)
-    if args.json:
-        print(json.dumps({"data": what, "torch_threads": torch.get_num_threads(), "scales": rows}))
-        return 0
-    print(f"HOG on {what}; torch threads {torch.get_num_threads()}; best of {args.repeat}")
-    print(f"{'cell':>4} {'ours img/s':>11} {'skimage img/s':>14} {'ratio':>6} {'ours CPU ms':>12} {'skimage CPU ms':>15} {'max |diff|':>11}")
-    for r in rows:
-        print(f"{r['cell']:>4} {r['ours_images_per_sec']:>11,.0f} {r['skimage_images_per_sec']:>14,.0f} {r['ratio']:>5.1f}x "
-              f"{r['ours_cpu_ms_per_image']:>12.3f} {r['skimage_cpu_ms_per_image']:>15.3f} {r['max_abs_diff']:>11.1e}")  # fmt: skip
-    return 0
+def benchmark(images: int, reference_images: int, repeat: int) -> dict[str, Any]:
+    """``images`` images (Fashion-MNIST's first, else synthetic) through :func:`measure`: the
+    summary dict (what ``--json`` prints)."""
+    data, what = _images(images)
+    rows = measure(data, reference_images, repeat)
+    return {"data": what, "torch_threads": torch.get_num_threads(), "scales": rows}

@@ -1,40 +1,13 @@
-"""``alexnet bench data``: training-batch throughput of our input pipeline beside the usual one.
+"""``alexnet bench data``'s measurement: training-batch throughput of our input pipeline beside
+ImageFolder + PIL + a DataLoader, the decode limit, a comparison of the CPU decoders and the
+ceiling of any CPU path to float tensors, on one generated and prepared set of photo-like JPEGs.
 
-One run, one set of photo-like JPEGs of about 500x375 in a few class folders (generated once
-into a cache folder, then reused; ``alexnet bench prepare``'s generator), prepared once with
-``alexnet prepare`` (256x256 JPEG shards). Measured in the same process, interleaved, best of
-``--repeat`` rounds of at least ``--seconds`` each, batches of 128:
-
-1. **baseline**: ``torchvision.datasets.ImageFolder`` over the original JPEGs with PIL and
-   ``Resize(256)``, ``CenterCrop(256)``, ``RandomCrop(227)``, ``RandomHorizontalFlip()``,
-   ``ToTensor()``, ``Normalize(...)``, in a ``DataLoader`` with ``--workers`` processes
-   (shuffled, otherwise default settings);
-2. **ours**: :class:`~alexnet.data.prepared.PreparedDataset` over the shards with ``--workers``
-   decoding threads, and :class:`~alexnet.data.pipeline.InputPipeline` with the paper's
-   recipe (random 227 crop, flip, mean-image subtraction, PCA colour noise): float32
-   channels_last batches, ready for a CPU model;
-   **ours, loader stage**: the same without the augmentation, i.e. the uint8 batches that go to
-   a GPU, where crops, flips, normalisation and colour noise run on the device;
-3. **decode limit**: ``torchvision.io.decode_jpeg`` (our decoder) alone on the prepared JPEGs,
-   already in memory, in ``--workers`` threads.
-
-Besides images/s (wall clock), each line gives CPU-milliseconds per image (all threads and
-worker processes), which a machine shared with other jobs disturbs far less. A one-thread
-comparison of the CPU decoders on the prepared JPEGs (torchvision / PIL / PIL with ``draft``)
-is printed too; it is how the decoder was chosen.
-
-Last, the **ceiling of any CPU path to float tensors**: decoding alone costs D CPU-ms per image;
-a path to float tensors costs at least the loader's L plus the cheapest possible conversion F
-(one plain uint8 -> float32 copy of the crop, one thread). Using the cores as well as the
-decode-only loop does, it reaches at most D / (L + F) of the decode limit; mean subtraction,
-mirroring and colour noise only add to F. So this says how close "ours" can get on this machine.
+What each line measures and how, and the printing: ``cli/bench_data_cmd.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import resource
 import shutil
@@ -47,30 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from alexnet.cli.common import positive_int
-from alexnet.errors import UserError
 from alexnet.runtime import cpu_name
 
 if TYPE_CHECKING:
     from alexnet.data.prepared import PreparedDataset
 
 BATCH = 128
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="training-batch images/s of our loader vs ImageFolder+PIL", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help="loader workers for both (default: cores, at most 8)")
-    p.add_argument("--images", type=positive_int, default=1024,
-                   help="generated JPEGs (default 1024; fewer only for smoke tests)")
-    p.add_argument("--classes", type=positive_int, default=8, help="class folders (default 8)")
-    p.add_argument("--seconds", type=float, default=3.0, help="minimum duration of each measurement (default 3)")
-    p.add_argument("--repeat", type=positive_int, default=2, help="rounds; the best of each is reported (default 2)")
-    p.add_argument("--cache", default=None, help="folder for the generated and prepared images "
-                   "(default $XDG_CACHE_HOME/alexnet/bench-data)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
 
 
 def cache_dir(arg: str | None) -> Path:
@@ -231,25 +186,22 @@ def compare_decoders(raw: list[bytes]) -> dict[str, Any]:
     return {"images_per_cpu_s": rates, "max_pixel_difference_tv_vs_pil": max_diff}
 
 
+def source_in(cache: Path, images: int, classes: int) -> Path:
+    """The generated JPEGs for ``images`` and ``classes`` in ``cache`` (made unless already there)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    return ensure_source(cache / f"jpeg-{images}-{classes}", images, classes)
 
-def run(args: argparse.Namespace) -> int:
+
+def benchmark(cache: Path, src: Path, images: int, classes: int, workers: int, seconds: float,
+              repeat: int) -> dict[str, Any]:  # fmt: skip
+    """Prepare ``src`` into ``cache`` (256 px shards), then measure every path, interleaved, best
+    of ``repeat`` rounds of at least ``seconds`` each: the result row (what ``--json`` prints)."""
     from alexnet.data.prepare import Settings, default_workers, prepare
     from alexnet.data.prepared import PreparedDataset
     from alexnet.runtime import tune_cpu_allocator
 
-    if args.images < BATCH:
-        raise UserError(f"--images must be at least one batch ({BATCH})")
-    if args.seconds <= 0:
-        raise UserError("--seconds must be > 0")
     tune_cpu_allocator()  # as `alexnet train` does
-    workers = args.workers or min(default_workers(), 8)
-    cache = cache_dir(args.cache)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        src = ensure_source(cache / f"jpeg-{args.images}-{args.classes}", args.images, args.classes)
-    except OSError as e:
-        raise UserError(f"cannot write the benchmark images to {cache} ({e.strerror or e}); pass --cache DIR") from None
-    prepared = cache / f"prepared-{args.images}-{args.classes}"
+    prepared = cache / f"prepared-{images}-{classes}"
     prepare(src, prepared, layout="folder", settings=Settings(size=256), workers=default_workers(), progress=False)
     ds = PreparedDataset(prepared)
     n = ds.num_samples("train")
@@ -264,11 +216,11 @@ def run(args: argparse.Namespace) -> int:
         if name not in best or result[0] > best[name][0]:
             best[name] = result
 
-    for r in range(args.repeat):
-        keep("baseline", run_baseline(src / "train", workers, args.seconds))
-        keep("ours", run_ours(prepared, workers, args.seconds, augment=True, epoch0=1000 * r))
-        keep("loader", run_ours(prepared, workers, args.seconds, augment=False, epoch0=1000 * r))
-        keep("decode_limit", run_decode_limit(blobs, workers, args.seconds))
+    for r in range(repeat):
+        keep("baseline", run_baseline(src / "train", workers, seconds))
+        keep("ours", run_ours(prepared, workers, seconds, augment=True, epoch0=1000 * r))
+        keep("loader", run_ours(prepared, workers, seconds, augment=False, epoch0=1000 * r))
+        keep("decode_limit", run_decode_limit(blobs, workers, seconds))
     decoders = compare_decoders(raw[: min(n, 256)])
     floor_ms = float_copy_floor(raw, ds)
     (base, base_cpu), (ours, ours_cpu) = best["baseline"], best["ours"]
@@ -294,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": workers,
         "batch_size": BATCH,
         "images": n,
-        "input": f"photo-like JPEG ~500x375, quality 90, mean {mean_kb:.0f} KiB, {args.classes} classes",
+        "input": f"photo-like JPEG ~500x375, quality 90, mean {mean_kb:.0f} KiB, {classes} classes",
         "prepared": "256x256 JPEG quality 90 shards (alexnet prepare)",
         "ours_pipeline": "threads decode_jpeg -> uint8 NHWC batch -> 227 crop, flip, minus mean image, PCA colour "
                          "(paper), float32 channels_last",
@@ -303,26 +255,8 @@ def run(args: argparse.Namespace) -> int:
         "cpu": cpu_name(),
         "cores": default_workers(),
         "load_average": list(os.getloadavg()),
-        "seconds": args.seconds,
-        "repeat": args.repeat,
+        "seconds": seconds,
+        "repeat": repeat,
         "cache": str(cache),
     }  # fmt: skip
-    if args.json:
-        print(json.dumps(row))
-        return 0
-    cpu = row["cpu_ms_per_img"]
-    print(f"{n} {row['input']}; batches of {BATCH}; {workers} workers; {row['cpu']}, {row['cores']} cores, "
-          f"load average {row['load_average'][0]:.1f}")  # fmt: skip
-    print(f"baseline  ImageFolder+PIL+transforms, DataLoader: {base:8.0f} img/s  {cpu['baseline']:6.2f} CPU-ms/img")
-    print(f"ours      shards+threads+paper augmentation:    {ours:8.0f} img/s  {cpu['ours']:6.2f} CPU-ms/img  "
-          f"{row['ratio']:.1f}x baseline, {row['ours_fraction_of_limit']:.0%} of the decode limit")  # fmt: skip
-    print(f"  loader stage (uint8 batches for a GPU):      {loader:8.0f} img/s  {cpu['loader']:6.2f} CPU-ms/img  "
-          f"{loader / base:.1f}x baseline, {row['loader_fraction_of_limit']:.0%} of the decode limit")  # fmt: skip
-    print(f"decode limit  decode_jpeg alone, in memory:   {limit:8.0f} img/s  {cpu['decode_limit']:6.2f} CPU-ms/img")
-    print(f"  ceiling of any CPU path to float32: decode {cpu['decode_limit']:.2f} / (loader {cpu['loader']:.2f} "
-          f"+ bare uint8->float32 copy {floor_ms:.3f}) CPU-ms/img = "
-          f"{row['float_path_ceiling_fraction_of_limit']:.0%} of the decode limit ({float_ceiling:.0f} img/s)")  # fmt: skip
-    rates = ", ".join(f"{k} {v:.0f}" for k, v in decoders["images_per_cpu_s"].items())
-    print(f"decoders on the prepared 256x256 JPEGs, images per CPU-second (1 thread): {rates}; "
-          f"max pixel difference torchvision vs PIL: {decoders['max_pixel_difference_tv_vs_pil']}")  # fmt: skip
-    return 0
+    return row

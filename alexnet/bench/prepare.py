@@ -1,40 +1,23 @@
-"""``alexnet bench prepare``: images/s of ``alexnet prepare`` beside a plain PIL loop.
+"""``alexnet bench prepare``'s measurement: images/s of ``alexnet prepare`` beside a plain PIL
+loop, on the same generated folder of photo-like JPEGs (:func:`make_source`, which
+``alexnet bench data`` uses too; :func:`photo_like` makes ``bench serve``'s request image).
 
-Both run in the same process, on the same generated folder of photo-like JPEGs of about
-500x375 (the typical ImageNet size): smooth colour fields, edges and grain, saved at quality
-90. The baseline is what one writes first: one process, for each file ``Image.open``,
-``convert("RGB")``, resize the short side to SIZE (bicubic, antialiased), centre crop,
-``save`` as JPEG quality 90. Ours is the full ``prepare``: listing, parallel conversion,
-shard writing, exact statistics, index and manifest.
+What is compared, and the printing: ``cli/bench_prepare_cmd.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from alexnet.cli.common import positive_int
 from alexnet.data.prepare import Settings, default_workers, prepare
 from alexnet.runtime import cpu_name
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="images/s of `alexnet prepare` vs a plain PIL loop", description=__doc__)
-    p.add_argument("--images", type=positive_int, default=400, help="number of generated JPEGs (default 400)")
-    p.add_argument("--size", type=positive_int, default=256, help="output side (default 256)")
-    p.add_argument("--workers", type=positive_int, default=None, help="prepare's processes (default: all cores)")
-    p.add_argument(
-        "--repeat", type=positive_int, default=2, help="timed runs of each; the best is reported (default 2)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
 
 
 def photo_like(rng: np.random.Generator, width: int = 500, height: int = 375) -> Image.Image:
@@ -82,26 +65,26 @@ def baseline(files: list[Path], out: Path, size: int) -> None:
             img.crop((left, top, left + size, top + size)).save(out / f"{i:06d}.jpg", "JPEG", quality=90)
 
 
-
-def run(args: argparse.Namespace) -> int:
-    workers = args.workers or default_workers()
+def benchmark(images: int, size: int, workers: int, repeat: int) -> dict[str, Any]:
+    """Best of ``repeat`` timed runs of the plain loop and of ``prepare`` (``workers`` processes)
+    on ``images`` generated JPEGs to ``size`` px: the result row (what ``--json`` prints)."""
     tmp = Path(tempfile.mkdtemp(prefix="alexnet-bench-prepare-"))
     try:
         t = time.perf_counter()
-        files = make_source(tmp / "src", args.images)
+        files = make_source(tmp / "src", images)
         gen_s = time.perf_counter() - t
         mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
         base_best = ours_best = float("inf")
-        for r in range(args.repeat):
+        for r in range(repeat):
             out = tmp / f"base{r}"
             t = time.perf_counter()
-            baseline(files, out, args.size)
+            baseline(files, out, size)
             base_best = min(base_best, time.perf_counter() - t)
             shutil.rmtree(out)
             out = tmp / f"ours{r}"
             t = time.perf_counter()
             prepare(
-                tmp / "src", out, layout="folder", settings=Settings(size=args.size), workers=workers, progress=False
+                tmp / "src", out, layout="folder", settings=Settings(size=size), workers=workers, progress=False
             )
             ours_best = min(ours_best, time.perf_counter() - t)
             shutil.rmtree(out)
@@ -109,23 +92,16 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     row = {
         "benchmark": "prepare",
-        "images": args.images,
+        "images": images,
         "input": f"photo-like JPEG ~500x375, quality 90, mean {mean_kb:.0f} KiB",
-        "size": args.size,
-        "ours_images_per_s": args.images / ours_best,
+        "size": size,
+        "ours_images_per_s": images / ours_best,
         "ours_workers": workers,
-        "baseline_images_per_s": args.images / base_best,
+        "baseline_images_per_s": images / base_best,
         "baseline": "single-process PIL open/convert/resize/crop/save loop",
         "speedup": base_best / ours_best,
         "cpu": cpu_name(),
         "cores": default_workers(),
         "generate_s": gen_s,
     }
-    if args.json:
-        print(json.dumps(row))
-    else:
-        print(f"prepare ({workers} workers): {row['ours_images_per_s']:.1f} images/s   "
-              f"plain PIL loop (1 process): {row['baseline_images_per_s']:.1f} images/s   "
-              f"-> {row['speedup']:.2f}x")  # fmt: skip
-        print(f"{args.images} {row['input']} -> {args.size}x{args.size} JPEG q90; {row['cpu']}, {row['cores']} cores")
-    return 0
+    return row

@@ -5,7 +5,7 @@ What each configuration is and how a step is timed: :mod:`alexnet.bench.step` (e
 configuration in a fresh process). The summary also says which precision the machine runs
 natively: on CPUs without native bf16 (AVX2 only: most laptops) ours runs fp32, and a
 comparison against fp32 alone would flatter it on bf16 CPUs, so the same-precision ratio comes
-first. The command line and the table: :mod:`alexnet.cli.bench_train_cmd`.
+first. The command line and the table: ``cli/bench_train_cmd.py``.
 """
 
 from __future__ import annotations

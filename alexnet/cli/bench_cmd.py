@@ -7,8 +7,13 @@ import argparse
 import importlib
 
 # One module per benchmark, each with add_parser(subparsers) setting func=run.
-BENCHMARKS = ("alexnet.cli.bench_train_cmd", "alexnet.bench.prepare", "alexnet.bench.data", "alexnet.bench.serve",
-              "alexnet.bench.baseline")
+BENCHMARKS = (
+    "alexnet.cli.bench_train_cmd",
+    "alexnet.cli.bench_prepare_cmd",
+    "alexnet.cli.bench_data_cmd",
+    "alexnet.cli.bench_serve_cmd",
+    "alexnet.cli.bench_baseline_cmd",
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
