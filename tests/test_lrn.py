@@ -282,3 +282,16 @@ def test_fused_bfloat16_in_bfloat16_out() -> None:
 def test_unknown_impl() -> None:
     with pytest.raises(ValueError, match="impl"):
         LocalResponseNorm(impl="triton")  # type: ignore[arg-type]
+
+
+def test_workspace_made_under_inference_mode_serves_training_calls_too() -> None:
+    # The per-thread CPU workspace outlives the call that made it: one first made under
+    # torch.inference_mode (serving, eval) must not be an inference tensor that a later
+    # training (or ONNX export) call cannot write into.
+    lrn = LocalResponseNorm()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.inference_mode():
+        served = lrn(x)
+    trained = lrn(x.clone().requires_grad_())
+    trained.sum().backward()
+    assert torch.equal(served, trained.detach())
