@@ -27,17 +27,27 @@ from alexnet.errors import UserError
 LOCK_NAME = ".alexnet.lock"
 
 
-def make_folder(folder: str | Path, flag: str = "--out") -> Path:
-    """Create ``folder`` (and its parents) if needed; a one-line :class:`UserError` when it is a
-    file or lies under one (``flag`` names the option the user gave it with)."""
+def check_folder_path(folder: str | Path, flag: str = "--out") -> Path:
+    """A one-line :class:`UserError` when ``folder`` is a file or lies under one (``flag`` names
+    the option the user gave it with); creates nothing. For commands that check before long work."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file, not a folder; choose a folder for the run")
+    blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{flag} {folder} is under {blocker}, which is a file, not a folder; choose another path")
+    return folder
+
+
+def make_folder(folder: str | Path, flag: str = "--out") -> Path:
+    """Create ``folder`` (and its parents) if needed; a one-line :class:`UserError` when it is a
+    file or lies under one (:func:`check_folder_path`)."""
+    folder = check_folder_path(folder, flag)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
-        raise UserError(f"{flag} {folder} is under {blocker or 'a file'}, which is a file, not a folder; choose another path") from None
+    except (FileExistsError, NotADirectoryError):  # a file appeared in between
+        check_folder_path(folder, flag)
+        raise
     return folder
 
 

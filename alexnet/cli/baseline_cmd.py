@@ -13,7 +13,7 @@ import json
 import time
 
 from alexnet.baselines import DEFAULT_L2, DESCRIPTIONS, FEATURES, BaselineConfig, fit_baseline
-from alexnet.cli.common import positive_int
+from alexnet.cli.common import positive_int, show_progress
 from alexnet.errors import UserError
 
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/baseline-{args.features}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = BaselineConfig(data=args.data, features=args.features, seed=args.seed, l2=args.l2, max_iter=args.max_iter,
                          landmarks=args.landmarks, batch_size=args.batch_size)  # fmt: skip
-    m = fit_baseline(cfg, out, progress=not args.no_progress)
+    m = fit_baseline(cfg, out, progress=show_progress(args))
     if args.json:
         print(json.dumps({**m, "run": out}))
         return 0

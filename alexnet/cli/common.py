@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from alexnet.runtime import DEVICES, PRECISIONS
 
@@ -53,3 +54,8 @@ def add_runtime_options(p: argparse.ArgumentParser, default: str | None = "auto"
         help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32",
     )  # fmt: skip
 
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (a log file gets no carriage-return frames) and not with
+    ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from alexnet.cli.common import positive_int
+from alexnet.cli.common import positive_int, show_progress
 from alexnet.cli.train_cmd import (
     add_model_options,
     add_recipe_overrides,
@@ -29,6 +29,7 @@ from alexnet.cli.train_cmd import (
 )
 from alexnet.data.fashion_mnist import DEFAULT_DIR
 from alexnet.data.idx import IDX_FILES
+from alexnet.runfolder import check_folder_path
 from alexnet.training.recipes import SMALL
 from alexnet.training.trainer import TrainConfig
 
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     long_recipe, long_model = (LONG_RECIPE, LONG_MODEL) if args.long else ({}, {})
     recipe = SMALL.with_overrides(**{**long_recipe, **recipe_overrides(args), "epochs": args.epochs or long_recipe.get("epochs")})
     model_options = {**long_model, **model_overrides(args)}
-    cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=not args.no_progress, model_options=model_options,
+    cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=show_progress(args), model_options=model_options,
                       lr_policy="auto" if lr_auto(args) else "fixed")  # Issue 11 hook: --lr auto  # fmt: skip
+    check_folder_path(out)  # before the baseline's minutes, not after them
     baseline = _run_baseline(data, out, args)
     code = run_training(cfg, resume=False)
     if code:
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     print(story_table(baseline, last, data, args.long))
     from alexnet.reporting.report import ReportOptions, build_report  # what it learned: curves, Figures 3 and 4
 
-    print(f"report: {build_report(out, ReportOptions(progress=not args.no_progress))}")
+    print(f"report: {build_report(out, ReportOptions(progress=show_progress(args)))}")
     return 0
 
 
@@ -125,7 +127,7 @@ def _run_baseline(data: str, out: str, args: argparse.Namespace) -> list[dict]:
         run = f"{out}-{features}"
         print(f"2011 baseline: {features} -> {run}", file=sys.stderr)
         cfg = BaselineConfig(data=data, features=features, seed=args.seed, l2=DEFAULT_L2[features])
-        metrics = fit_baseline(cfg, run, progress=not args.no_progress)
+        metrics = fit_baseline(cfg, run, progress=show_progress(args))
         results.append({**metrics, "run": run})
     return results
 

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sys
 
-from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.cli.common import add_runtime_options, positive_int, show_progress
 from alexnet.errors import UserError
 from alexnet.experiments import (
     BUDGETS,
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     outputs = []
     for name in names:
-        plan = make_plan(name, args.data, args.seeds, args.budget, args.out, progress=not args.no_progress,
+        plan = make_plan(name, args.data, args.seeds, args.budget, args.out, progress=show_progress(args),
                          device=args.device, precision=args.precision, threshold=args.threshold)  # fmt: skip
         if plan.experiment.needs_colour:
             try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.cli.common import add_runtime_options, positive_int, show_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.evaluation.features import extract_features, open_session
 
     session = open_session(args.run, args.data, args.device, args.precision)
-    result = extract_features(session, args.split, args.out, args.layer, args.batch_size, progress=not args.no_progress)
+    result = extract_features(session, args.split, args.out, args.layer, args.batch_size, progress=show_progress(args))
     if args.json:
         print(json.dumps(result))
         return 0

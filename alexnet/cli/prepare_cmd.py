@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-from alexnet.cli.common import positive_int
+from alexnet.cli.common import positive_int, show_progress
 from alexnet.data.prepare import LAYOUTS, Settings, default_workers, prepare
 
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         with _stop_on_sigterm():
             result = prepare(
                 args.source, args.out, layout=args.layout, settings=settings, workers=args.workers,
-                val_fraction=args.val_fraction, progress=not args.no_progress and sys.stderr.isatty(),
+                val_fraction=args.val_fraction, progress=show_progress(args),
                 log=lambda msg: print(msg, file=sys.stderr),
             )  # fmt: skip
     except (_Stopped, KeyboardInterrupt) as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.cli.common import add_runtime_options, positive_int, show_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     options = ReportOptions(data=args.data, out=args.out, samples=args.samples, neighbours=args.k,
                             retrieval=not args.no_retrieval, views=views,
                             ensemble=tuple(args.ensemble), device=args.device, precision=args.precision,
-                            progress=not args.no_progress)  # fmt: skip
+                            progress=show_progress(args))  # fmt: skip
     path = build_report(args.run, options)
     print(f"report written to {path}")
     return 0

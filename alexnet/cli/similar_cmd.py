@@ -10,7 +10,7 @@ import json
 import statistics
 import time
 
-from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.cli.common import add_runtime_options, positive_int, show_progress
 
 TARGET_MS = 50.0  # issue 13: one query against 60,000 indexed images on 2 cores
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     queries = torch.stack([load_image(p, m.channels, m.image_size, m.crop) for p in args.images])
     log = (lambda msg: None) if args.json else print
     started = time.perf_counter()
-    index, built = load_or_build_index(session, args.run, args.split, progress=not args.no_progress, log=log)
+    index, built = load_or_build_index(session, args.run, args.split, progress=show_progress(args), log=log)
     load_s = time.perf_counter() - started
     feats = features_of(session, queries).numpy()
     found, dist = index.search(feats, args.k)

@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 
 from alexnet.baselines import is_baseline_run
-from alexnet.cli.common import add_runtime_options, int_list, non_negative_int, parse_bool, positive_int
+from alexnet.cli.common import add_runtime_options, int_list, non_negative_int, parse_bool, positive_int, show_progress
 from alexnet.errors import UserError
 from alexnet.runtime import default_workers
 from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
@@ -199,7 +199,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     recipe_over, model_over = recipe_overrides(args), model_overrides(args)
     warm = init_config(args, recipe_over, model_over) if not args.resume else {}  # Issue 11 hook
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
-    runtime: dict[str, typing.Any] = {"progress": not args.no_progress}
+    runtime: dict[str, typing.Any] = {"progress": show_progress(args)}
     for name in ("device", "precision"):
         if getattr(args, name) is not None:
             runtime[name] = getattr(args, name)
