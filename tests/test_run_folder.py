@@ -125,3 +125,14 @@ def test_prepare_on_a_full_or_read_only_disk_is_one_line(tmp_path: Path, capsys:
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
         code, err = cli(capsys, "prepare", str(src), str(ro / "out"), "--size", "64", "--workers", "1", "--no-progress")
         assert_one_line_error((code, err), "Read-only file system")
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    # mkstemp's temporary file is 0600; a finished report or checkpoint must be readable as any
+    # file the user writes is (0666 less the umask), not private to the writer.
+    from alexnet.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_text(tmp_path / "report.html", "<html></html>")
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~mask
