@@ -210,3 +210,19 @@ def test_demo_story_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "SYNTHETIC" in table and "sift-fv" in table and "--features hog-rbf" in table
     assert "45.7 / 25.7" in table and "- / 26.2" in table and "37.5 / 17.0" in table  # paper rows
     assert sum(line.startswith(("2011  ", "2012  ")) for line in table.splitlines()) == 4  # hog, hog-rbf, sift-fv, net
+
+
+def test_report_of_a_baseline_run_draws_its_predictions(hog_run: tuple[Path, dict], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    # The fitted baseline saves its validation predictions; `alexnet report` turns them into the
+    # per-class table and the confusion matrix, and says which sections mean nothing for it.
+    out, m = hog_run
+    with np.load(out / "predictions.npz", allow_pickle=False) as z:
+        labels, topk = z["labels"], z["topk"]
+    assert len(labels) == m["val_n"] and np.mean(topk[:, 0] != labels) == pytest.approx(m["val_top1_err"])
+    page = tmp_path / "report.html"
+    code, _, err = cli(capsys, "report", str(out), "--out", str(page))
+    assert code == 0, err
+    html = page.read_text()
+    assert 'id="per-class"' in html and 'id="confusion"' in html
+    assert "Not meaningful for a baseline run: it has no learned convolution kernels" in html

@@ -106,6 +106,10 @@ def load_extractor(features: str, config: dict[str, Any], arrays: dict[str, np.n
     return loader.load(config, arrays)
 
 
+# The validation predictions of a fitted baseline (read by `alexnet report`).
+PREDICTIONS = "predictions.npz"
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -187,6 +191,13 @@ def _load_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _save_predictions(path: Path, scores: torch.Tensor, labels: np.ndarray) -> None:
+    """``PREDICTIONS``: ``labels`` (N), ``topk`` (N x k class indices, best first) and ``probs``
+    (N x k, the softmax of the SVM scores: a ranking aid, not a calibrated probability)."""
+    top = scores.softmax(1).topk(min(5, scores.shape[1]), dim=1)
+    _save_npz(path, {"labels": labels.astype(np.int64), "topk": top.indices.numpy(), "probs": top.values.float().numpy()})
+
+
 def topk_errors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Top-1 and top-5 error (top-k of min(5, classes)) of score rows against labels."""
     k = min(5, scores.shape[1])
@@ -265,9 +276,12 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         finished("classifier", seconds=time.perf_counter() - start, lbfgs_iterations=svm.iterations)
     svm = LinearSVM.from_arrays(_load_npz(out / "classifier.npz"))
 
-    # 5. metrics
+    # 5. metrics, and the validation predictions that `alexnet report` draws (per-class errors,
+    # confusion, Figure 4 left)
     train_top1, _ = topk_errors(svm.decision_function(x_train), torch.from_numpy(y_train))
-    val_top1, val_top5 = topk_errors(svm.decision_function(x_val), torch.from_numpy(y_val))
+    val_scores = svm.decision_function(x_val)
+    val_top1, val_top5 = topk_errors(val_scores, torch.from_numpy(y_val))
+    _save_predictions(out / PREDICTIONS, val_scores, y_val)
     extract = stages["features_train"]
     metrics = {
         "features": cfg.features, "description": DESCRIPTIONS[cfg.features], "data": cfg.data, "seed": cfg.seed,

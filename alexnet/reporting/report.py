@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alexnet.baselines.pipeline import PREDICTIONS
 from alexnet.data import open_dataset
 from alexnet.data.dataset import Dataset
 from alexnet.errors import UserError
@@ -49,7 +50,6 @@ from alexnet.runfolder import run_folder_lock
 SECTIONS = ("run", "curves", "figure3", "figure4-left", "figure4-right", "per-class", "confusion",
             "confused-pairs", "severity")  # fmt: skip
 BASELINE_NOTE = "Not meaningful for a baseline run: {what}."
-PREDICTIONS = "predictions.npz"
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def _predictions(run: RunFolder, session: Session | None, options: ReportOptions
     z = run.predictions
     if "labels" not in z or "topk" not in z or z["topk"].ndim != 2 or len(z["topk"]) != len(z["labels"]):
         raise UserError(f"{run.path / PREDICTIONS} needs arrays labels (N) and topk (N x k)")
-    data = options.data or run.config.get("data") or run.config.get("config", {}).get("data")
+    data = options.data or run.config.get("data") or run.config.get("config", {}).get("data") or run.config.get("settings", {}).get("data")
     dataset = open_dataset(data) if data else None
     classes = dataset.info.classes if dataset else tuple(str(i) for i in range(int(max(z["labels"].max(), z["topk"].max())) + 1))
     ids = getattr(dataset, "class_ids", classes) if dataset else classes
