@@ -246,7 +246,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, norm=warm_norm, normalize=recipe.normalize,
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
-    plan0 = BatchPlan(global_batch, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True)
+    plan0 = _plan(cfg, ctx, 0)  # epoch 0: the step count, and the range test's batches
     if cfg.lr_policy == "steps" and not resume:  # Issue 11 hook: the step-scaled default (training/lr_finder.py)
         steps = recipe.epochs * plan0.steps(dataset.num_samples("train"))
         cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, steps, _log if ctx.is_main else None))
