@@ -25,7 +25,8 @@ def _pair(**options: object) -> tuple[torch.nn.Module, TwoTowerAlexNet]:
     return grouped.double(), towers.to(torch.float64)
 
 
-@pytest.mark.parametrize("options", [{}, {"lrn_convention": "paper", "pooling": "non-overlapping"}, {"lrn": False}])
+@pytest.mark.parametrize("options", [{}, {"lrn_convention": "paper", "pooling": "non-overlapping"}, {"lrn": False},
+                                     {"lrn_order": "pool-norm"}])
 def test_same_state_dict_and_logits_as_the_grouped_net(options: dict) -> None:
     grouped, towers = _pair(**options)
     sd, tsd = grouped.state_dict(), towers.state_dict()
@@ -37,8 +38,9 @@ def test_same_state_dict_and_logits_as_the_grouped_net(options: dict) -> None:
     torch.testing.assert_close(towers.forward_features(x), grouped.forward_features(x), rtol=1e-10, atol=1e-10)
 
 
-def test_gradients_match_the_grouped_net_and_load_state_dict_round_trips() -> None:
-    grouped, towers = _pair(dropout=0.0)
+@pytest.mark.parametrize("order", ["norm-pool", "pool-norm"])
+def test_gradients_match_the_grouped_net_and_load_state_dict_round_trips(order: str) -> None:
+    grouped, towers = _pair(dropout=0.0, lrn_order=order)
     x = torch.randn(2, 1, 28, 28, dtype=torch.float64) * 3
     y = torch.tensor([1, 7])
     for m in (grouped, towers):

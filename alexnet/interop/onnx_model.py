@@ -35,7 +35,10 @@ from alexnet.models.lrn import LocalResponseNorm
 
 OPSET = 17
 CHECK_IMAGES = 8
-CHECK_TOLERANCE = 1e-4  # max abs logit difference onnxruntime vs PyTorch (fp32 both)
+# Max abs logit difference onnxruntime vs PyTorch (fp32 both), relative to the logits' scale
+# max(1, max |logit|): an absolute 1e-4 is ~3 float32 ulps at logit 450, which an imported Caffe
+# net on raw 0-255 pixels (random weights in the tests) reaches; reordering a sum moves that much.
+CHECK_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -140,8 +143,9 @@ def export_onnx(
     """Export a run / checkpoint / torchvision state_dict to ONNX at ``out``, atomically.
 
     Before writing, onnxruntime runs the exported graph on the check images (``check_files``, or
-    8 fixed noise images) and the max abs logit difference to PyTorch must be <= ``tolerance``;
-    otherwise nothing is written and a :class:`UserError` says by how much it missed.
+    8 fixed noise images) and the max abs logit difference to PyTorch must be <= ``tolerance``
+    times ``max(1, max |logit|)``; otherwise nothing is written and a :class:`UserError` says by
+    how much it missed.
     """
     _, ort = _require_onnx()
     loaded = load_model(source, torch.device("cpu"))
@@ -156,8 +160,10 @@ def export_onnx(
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     diff = float(np.abs(got - expected).max())
-    if not diff <= tolerance:
-        raise UserError(f"ONNX check failed: onnxruntime's logits differ from PyTorch's by {diff:.3g} > {tolerance:g}; {out} not written")
+    bound = tolerance * max(1.0, float(np.abs(expected).max()))
+    if not diff <= bound:
+        raise UserError(f"ONNX check failed: onnxruntime's logits differ from PyTorch's by {diff:.3g} > {bound:.3g} "
+                        f"({tolerance:g} x the logits' scale); {out} not written")  # fmt: skip
     try:
         atomic_write(out, lambda f: f.write(data))
     except OSError as e:

@@ -114,6 +114,7 @@ class TwoTowerAlexNet(nn.Module):
             raise ValueError("towers_on needs the two-tower net (towers=2)")
         self.devices = tuple(torch.device(d) for d in devices)
         self.feature_side = net.feature_side
+        self.lrn_order = net.lrn_order
         self.towers = nn.ModuleList()
         for t, device in enumerate(self.devices):
             parts = {name: _half(getattr(getattr(net, seq), name), t) for seq, names in SPLIT_LAYERS.items() for name in names}
@@ -132,13 +133,17 @@ class TwoTowerAlexNet(nn.Module):
         """Both towers' activations, concatenated along channels on each tower's device."""
         return [torch.cat([x.to(d) for x in h], 1) for d in self.devices]
 
+    def _norm_and_pool(self, i: int, h: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Layer ``i``'s LRN and max-pooling, in the grouped net's order (``lrn_order``)."""
+        t0 = self.towers[0]  # LRN has no state: one tower's module serves both (see _with_halo)
+        if self.lrn_order == "norm-pool":
+            return self._both(f"pool{i}", _with_halo(t0[f"norm{i}"], *h))
+        return list(_with_halo(t0[f"norm{i}"], *self._both(f"pool{i}", h)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7's activations (both towers, on ``devices[0]``), as :meth:`AlexNet.forward_features`."""
-        t0 = self.towers[0]  # LRN has no state: one tower's module serves both (see _with_halo)
-        h = self._both("act1", self._both("conv1", [x.to(d) for d in self.devices]))
-        h = self._both("pool1", _with_halo(t0["norm1"], *h))
-        h = self._both("act2", self._both("conv2", h))
-        h = self._both("pool2", _with_halo(t0["norm2"], *h))
+        h = self._norm_and_pool(1, self._both("act1", self._both("conv1", [x.to(d) for d in self.devices])))
+        h = self._norm_and_pool(2, self._both("act2", self._both("conv2", h)))
         h = self._both("act3", self._both("conv3", self._shared(h)))  # both towers feed conv3
         h = self._both("act4", self._both("conv4", h))
         h = self._both("pool5", self._both("act5", self._both("conv5", h)))
