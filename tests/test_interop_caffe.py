@@ -237,7 +237,7 @@ def test_import_matches_caffe_semantics(v1: bool, caffenet: bool, images: list[s
     result = import_caffe(proto, model, tmp_path / "run", mean)
     assert result.format.startswith("V1" if v1 else "V2")
     order = {"lrn_order": "pool-norm"} if caffenet else {}
-    assert result.options == {"lrn_k": 1.0, **order, "widths": list(WIDTHS), "fc_width": FC}
+    assert result.options == {"lrn_k": 1.0, "lrn_scope": "all", **order, "widths": list(WIDTHS), "fc_width": FC}
     assert result.lrn_order == ("pool-norm" if caffenet else "norm-pool")
 
     loaded = load_model(tmp_path / "run", torch.device("cpu"))
@@ -252,7 +252,7 @@ def test_import_matches_caffe_semantics(v1: bool, caffenet: bool, images: list[s
     assert (ours.argmax(1) == reference.argmax(1)).all()
     if caffenet:  # the other order is a different function: the test would see a wrong order
         other = load_model(tmp_path / "run", torch.device("cpu"))
-        swapped = models.create("alexnet", CLASSES, lrn_k=1.0, widths=WIDTHS, fc_width=FC)
+        swapped = models.create("alexnet", CLASSES, lrn_k=1.0, lrn_scope="all", widths=WIDTHS, fc_width=FC)
         swapped.load_state_dict(other.model.state_dict())
         with torch.inference_mode():
             wrong = swapped.eval()(Preprocessing.of(loaded).normalize(batch)).double().numpy()

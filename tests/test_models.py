@@ -143,6 +143,23 @@ def test_caffenet_order_pools_before_the_lrn_with_the_same_state_dict() -> None:
         models.create("alexnet", lrn_order="sideways")
 
 
+@pytest.mark.parametrize("order", ["norm-pool", "pool-norm"])
+def test_per_tower_lrn_does_not_cross_the_tower_boundary(order: str) -> None:
+    # A change in the second tower's first map reaches the first tower's last map through an
+    # LRN window with lrn_scope="all" (Caffe), never with "tower" (the paper's GPUs).
+    options = {"in_channels": 1, "widths": (8, 16, 16, 16, 8), "fc_width": 32, "lrn_order": order}
+    for scope, crosses in (("all", True), ("tower", False)):
+        f = models.create("alexnet-small", 10, lrn_scope=scope, **options).features
+        for norm, half in ((f.norm1, 4), (f.norm2, 8)):
+            a = torch.rand(2, 2 * half, 6, 6) * 20
+            b = a.clone()
+            b[:, half] += 30.0  # the second tower's first map
+            changed = not torch.equal(norm(a)[:, :half], norm(b)[:, :half])
+            assert changed == crosses, (scope, norm)
+    with pytest.raises(UserError, match="lrn_scope"):
+        models.create("alexnet", lrn_scope="gpu")
+
+
 def test_small_model_overfits_one_batch() -> None:
     torch.manual_seed(0)
     model = models.create("alexnet-small", 10, in_channels=1, dropout=0.0)

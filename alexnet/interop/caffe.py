@@ -12,7 +12,8 @@ What a conversion must get right, and where it happens here:
 * **Groups** come from the weight blobs' shapes (``out x in/groups x kh x kw``): conv2, conv4
   and conv5 must have 2 (the paper's two GPUs), conv1 and conv3 one.
 * **LRN**: Caffe's ``k`` (default 1, the paper's 2) becomes the model's ``lrn_k``; Caffe divides
-  alpha by ``local_size`` like our ``lrn_convention="code"``.
+  alpha by ``local_size`` like our ``lrn_convention="code"``; Caffe's LRN layer knows no groups,
+  so its windows cross the tower boundary: ``lrn_scope="all"``, written into the run explicitly.
 * **Colour order**: Caffe's input is BGR (OpenCV); conv1's input channels are reversed so the
   run takes RGB like every other run, and the mean is reversed the same way.
 * **The mean** (``--mean``): a ``.binaryproto`` ``BlobProto`` or a ``.npy``, either
@@ -307,7 +308,7 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
         raise _misfit(compute[0], f"widths {widths} must be even (two towers)")
     fc_width = int(blobs["fc6"][0].shape[0])
     num_classes = int(blobs["fc8"][0].shape[0])
-    options: dict[str, Any] = {"lrn_k": lrn_k}
+    options: dict[str, Any] = {"lrn_k": lrn_k, "lrn_scope": "all"}  # Caffe's LRN ignores groups
     if lrn_order != "norm-pool":
         options["lrn_order"] = lrn_order
     if widths != PAPER_SHAPE.widths:

@@ -4,8 +4,9 @@ The graph takes the normalised float32 ``N x C x crop x crop`` batch (dynamic ``
 logits. LRN becomes ONNX's ``LRN`` operator: like Caffe and cuda-convnet, ONNX divides alpha by
 ``size`` (``y = x / (bias + alpha / size * sum x^2) ** beta``, window ``c - (size-1)//2 ..
 c + ceil((size-1)/2)``: for size 5 the same 5 channels as ours), so ONNX's ``alpha`` is our
-effective coefficient times ``size`` whatever our model's ``lrn_convention``. Grouped
-convolutions stay ``Conv`` with ``group = 2``.
+effective coefficient times ``size`` whatever our model's ``lrn_convention``. A per-tower LRN
+(``lrn_scope="tower"``) becomes ``Split`` -> one ``LRN`` per tower -> ``Concat`` (ONNX's LRN has
+no groups). Grouped convolutions stay ``Conv`` with ``group = 2``.
 
 The preprocessing (decode, short side, crop, mean image or per-channel mean/std) is written as
 JSON into the model's metadata (key :data:`~alexnet.interop.preprocessing.METADATA_KEY`), with
@@ -70,7 +71,9 @@ class _ExportableLRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.lrn
-        return _LRNOp.apply(x, m.size, m.alpha_effective * m.size, m.beta, m.k)
+        parts = x.chunk(m.groups, 1) if m.groups > 1 else (x,)  # per tower: Split -> LRN each -> Concat
+        out = [_LRNOp.apply(p, m.size, m.alpha_effective * m.size, m.beta, m.k) for p in parts]
+        return torch.cat(out, 1) if len(out) > 1 else out[0]
 
 
 def _exportable(model: nn.Module) -> nn.Module:

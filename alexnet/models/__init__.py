@@ -89,8 +89,8 @@ def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs.
 
     ``options`` are the model's keyword arguments (for ``alexnet``/``alexnet-small``:
-    ``in_channels, image_size, activation, lrn, lrn_convention, lrn_k, lrn_order, pooling, towers, dropout,
-    init, widths, fc_width`` and ``towers_on="DEV0,DEV1"``, the paper's model parallelism, see
+    ``in_channels, image_size, activation, lrn, lrn_convention, lrn_k, lrn_order, lrn_scope, pooling,
+    towers, dropout, init, widths, fc_width`` and ``towers_on="DEV0,DEV1"``, the paper's model parallelism, see
     :mod:`alexnet.models.towers`; for ``alexnet-owt``: ``in_channels, dropout, init``). Unknown
     names and bad values raise :class:`UserError`.
     """

@@ -71,6 +71,13 @@ Pooling = Literal["overlapping", "non-overlapping"]
 # CaffeNet's (bvlc_reference_caffenet), which pools first and normalises the pooled maps.
 LRNOrder = Literal["norm-pool", "pool-norm"]
 LRN_ORDERS: tuple[str, ...] = ("norm-pool", "pool-norm")
+# Which maps an LRN window may reach in the two-tower net. "tower": only the maps of its own
+# tower, as on the paper's two GPUs (section 3.2: each GPU holds half the kernels, and they
+# communicate only in certain layers; section 3.3 sums over "n adjacent kernel maps"). "all":
+# across both towers' maps, as Caffe's LRN layer (it ignores groups) and so bvlc_alexnet and
+# CaffeNet; also what this model did before the option existed.
+LRNScope = Literal["tower", "all"]
+LRN_SCOPES: tuple[str, ...] = ("tower", "all")
 
 
 def _pool_output(size: int, kernel: int, stride: int) -> int:
@@ -91,6 +98,8 @@ class AlexNet(nn.Module):
         lrn_k: the additive constant (2 in the paper, 1 in Caffe).
         lrn_order: ``norm-pool`` (the paper: conv, ReLU, LRN, pool) or ``pool-norm`` (CaffeNet:
             conv, ReLU, pool, LRN) in layers 1 and 2.
+        lrn_scope: ``all`` (windows cross the tower boundary, as Caffe) or ``tower`` (each tower
+            normalises its own maps, as the paper's GPUs); no effect with ``towers=1``.
         pooling: ``overlapping`` 3x3 stride 2 (section 3.4) or ``non-overlapping`` 2x2 stride 2.
         towers: 2 (grouped conv2/4/5, section 3.2) or 1 (one tower with half the kernels in
             conv1-conv4; conv5 keeps its width, as the paper's footnote 2 describes).
@@ -112,6 +121,7 @@ class AlexNet(nn.Module):
         lrn_convention: Literal["code", "paper"] = "code",
         lrn_k: float = 2.0,
         lrn_order: LRNOrder = "norm-pool",
+        lrn_scope: LRNScope = "all",
         pooling: Pooling = "overlapping",
         towers: int = 2,
         dropout: float = 0.5,
@@ -135,6 +145,8 @@ class AlexNet(nn.Module):
             raise ValueError(f"pooling must be 'overlapping' or 'non-overlapping', got {pooling!r}")
         if lrn_order not in LRN_ORDERS:
             raise ValueError(f"lrn_order must be one of {', '.join(LRN_ORDERS)}, got {lrn_order!r}")
+        if lrn_scope not in LRN_SCOPES:
+            raise ValueError(f"lrn_scope must be one of {', '.join(LRN_SCOPES)}, got {lrn_scope!r}")
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers!r}")
         if not 0.0 <= dropout < 1.0:
@@ -153,10 +165,12 @@ class AlexNet(nn.Module):
 
         def norm() -> nn.Module:
             # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75, applied after the ReLU.
-            return LocalResponseNorm(5, 1e-4, 0.75, lrn_k, lrn_convention) if lrn else nn.Identity()
+            # lrn_scope="tower": one window per tower's maps (groups), as on the paper's GPUs.
+            lrn_groups = groups if lrn_scope == "tower" else 1
+            return LocalResponseNorm(5, 1e-4, 0.75, lrn_k, lrn_convention, groups=lrn_groups) if lrn else nn.Identity()
 
         k2 = shape.conv2_kernel
-        self.lrn_order = lrn_order
+        self.lrn_order, self.lrn_scope = lrn_order, lrn_scope
 
         def normalise_and_pool(i: int) -> list[tuple[str, nn.Module]]:
             # Both orders keep the names norm{i}/pool{i}: the state_dict is the same either way.
