@@ -99,7 +99,8 @@ class AlexNet(nn.Module):
         lrn_order: ``norm-pool`` (the paper: conv, ReLU, LRN, pool) or ``pool-norm`` (CaffeNet:
             conv, ReLU, pool, LRN) in layers 1 and 2.
         lrn_scope: ``all`` (windows cross the tower boundary, as Caffe) or ``tower`` (each tower
-            normalises its own maps, as the paper's GPUs); no effect with ``towers=1``.
+            normalises its own maps, as the paper's GPUs); no effect with ``towers=1``. The
+            registry's ``alexnet`` defaults to ``tower`` (see ``models.LEGACY_DEFAULTS``).
         pooling: ``overlapping`` 3x3 stride 2 (section 3.4) or ``non-overlapping`` 2x2 stride 2.
         towers: 2 (grouped conv2/4/5, section 3.2) or 1 (one tower with half the kernels in
             conv1-conv4; conv5 keeps its width, as the paper's footnote 2 describes).
