@@ -16,16 +16,17 @@ from tests.conftest import FASHION_DIR, HAS_FASHION
 CLASSES = ("cat", "dog", "ship", "tree")
 
 
-def make_run(out: Path, name: str = "alexnet-small", num_classes: int = 4, mean_image: bool = False, seed: int = 0) -> Path:
-    """A run folder holding a freshly initialised ``name`` (RGB), as `alexnet import` writes one."""
+def make_run(out: Path, name: str = "alexnet-small", num_classes: int = 4, mean_image: bool = False, seed: int = 0,
+             options: dict | None = None) -> Path:
+    """A run folder holding a freshly initialised ``name`` (RGB, model ``options``), as `alexnet import` writes one."""
     torch.manual_seed(seed)
-    model = models.create(name, num_classes)
+    model = models.create(name, num_classes, **(options or {}))
     image_size, crop = {"alexnet-small": (32, 28), "alexnet": (256, 227), "alexnet-owt": (256, 224)}[name]
     gen = torch.Generator().manual_seed(seed)
     norm = InputNorm((120.0, 115.0, 100.0), (60.0, 58.0, 62.0),
                      torch.rand(3, image_size, image_size, generator=gen) * 255 if mean_image else None)  # fmt: skip
     classes = list(CLASSES) if num_classes == len(CLASSES) else [f"class{i}" for i in range(num_classes)]
-    write_run(out, model, name, {}, classes, 3, image_size, crop, norm, "test", {"from": "tests"})
+    write_run(out, model, name, dict(options or {}), classes, 3, image_size, crop, norm, "test", {"from": "tests"})
     return out
 
 

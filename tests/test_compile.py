@@ -18,6 +18,7 @@ NARROW = {"widths": (8, 16, 16, 16, 8), "fc_width": 32}
 
 
 @pytest.mark.parametrize(("name", "options", "side"), [("alexnet", NARROW, 227), ("alexnet-small", NARROW, 28),
+                                                         ("alexnet-small", NARROW | {"lrn_order": "pool-norm", "lrn_scope": "tower"}, 28),
                                                          ("alexnet-owt", {}, 224)])  # fmt: skip
 def test_every_model_compiles_as_one_graph_and_matches_eager(name: str, options: dict, side: int) -> None:
     # aot_eager: Dynamo + AOTAutograd (where the former LRN failed: its fake-tensor pass) without

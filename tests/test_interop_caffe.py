@@ -20,6 +20,7 @@ import torch
 
 pytest.importorskip("google.protobuf")
 
+from alexnet import models
 from alexnet.evaluation import load_image, load_model
 from alexnet.interop.caffe import import_caffe
 from alexnet.interop.preprocessing import Preprocessing
@@ -62,8 +63,11 @@ def blob(arr: np.ndarray, legacy: bool) -> bytes:
     return field(7, b"".join(field(1, d) for d in arr.shape)) + data  # BlobShape.dim
 
 
-def caffe_layers(rng: np.random.Generator, caffenet_order: bool = False, conv2_kernel: int = 5) -> list[dict]:
-    """The bvlc_alexnet deploy net with random weights (Caffe's layout: out x in/groups x kh x kw)."""
+def caffe_layers(rng: np.random.Generator, caffenet_order: bool = False, conv2_kernel: int = 5,
+                 pool_first_in: tuple[int, ...] | None = None) -> list[dict]:
+    """The bvlc_alexnet deploy net with random weights (Caffe's layout: out x in/groups x kh x kw);
+    with ``caffenet_order`` CaffeNet's (bvlc_reference_caffenet: pool before LRN in layers 1 and 2),
+    with ``pool_first_in`` that order in the given layers only."""
     c1, c2, c3, c4, c5 = WIDTHS
     spec = [
         ("conv1", "Convolution", {"num_output": c1, "kernel": 11, "stride": 4, "pad": 0, "group": 1, "cin": 3}),
@@ -78,8 +82,9 @@ def caffe_layers(rng: np.random.Generator, caffenet_order: bool = False, conv2_k
         ("fc7", "InnerProduct", {"num_output": FC, "cin": FC}), ("relu7", "ReLU", {}), ("drop7", "Dropout", {}),
         ("fc8", "InnerProduct", {"num_output": CLASSES, "cin": FC}), ("prob", "Softmax", {}),
     ]  # fmt: skip
-    if caffenet_order:  # CaffeNet: pool1 before norm1
-        spec[2], spec[3] = spec[3], spec[2]
+    for i in pool_first_in if pool_first_in is not None else (1, 2) if caffenet_order else ():
+        at = 2 if i == 1 else 6  # CaffeNet: pool1 before norm1, pool2 before norm2
+        spec[at], spec[at + 1] = spec[at + 1], spec[at]
     layers = []
     for name, kind, p in spec:
         layer = {"name": name, "type": kind, **p}
@@ -222,15 +227,18 @@ def write_files(folder: Path, layers: list[dict], v1: bool, mean_bgr: np.ndarray
     return proto, model, mean
 
 
-@pytest.mark.parametrize("v1", [False, True], ids=["V2-layer", "V1-layers-legacy-shapes"])
-def test_import_matches_caffe_semantics(v1: bool, images: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("v1", "caffenet"), [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["V2-layer", "V1-layers-legacy-shapes", "caffenet-V2", "caffenet-V1"])
+def test_import_matches_caffe_semantics(v1: bool, caffenet: bool, images: list[str], tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    layers = caffe_layers(rng)
+    layers = caffe_layers(rng, caffenet_order=caffenet)
     mean_bgr = rng.uniform(80, 150, (3, 256, 256))
     proto, model, mean = write_files(tmp_path / "caffe", layers, v1, mean_bgr)
     result = import_caffe(proto, model, tmp_path / "run", mean)
     assert result.format.startswith("V1" if v1 else "V2")
-    assert result.options == {"lrn_k": 1.0, "widths": list(WIDTHS), "fc_width": FC}
+    order = {"lrn_order": "pool-norm"} if caffenet else {}
+    assert result.options == {"lrn_k": 1.0, "lrn_scope": "all", **order, "widths": list(WIDTHS), "fc_width": FC}
+    assert result.lrn_order == ("pool-norm" if caffenet else "norm-pool")
 
     loaded = load_model(tmp_path / "run", torch.device("cpu"))
     assert (loaded.name, loaded.image_size, loaded.crop, len(loaded.classes)) == ("alexnet", 256, 227, CLASSES)
@@ -238,13 +246,56 @@ def test_import_matches_caffe_semantics(v1: bool, images: list[str], tmp_path: P
     with torch.inference_mode():
         ours = loaded.model(Preprocessing.of(loaded).normalize(batch)).double().numpy()
 
-    # Caffe's view of the same pixels: BGR, minus the BGR mean image's centre 227 crop, float64.
-    bgr = batch.numpy().astype(np.float64)[:, ::-1]
-    off = (256 - 227) // 2
-    reference = caffe_forward(bgr - mean_bgr[None, :, off : off + 227, off : off + 227], layers)
+    reference = caffe_reference(batch, mean_bgr, layers)
     assert np.abs(reference).max() > 1.0  # a live signal, not all zeros
     assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
     assert (ours.argmax(1) == reference.argmax(1)).all()
+    if caffenet:  # the other order is a different function: the test would see a wrong order
+        other = load_model(tmp_path / "run", torch.device("cpu"))
+        swapped = models.create("alexnet", CLASSES, lrn_k=1.0, lrn_scope="all", widths=WIDTHS, fc_width=FC)
+        swapped.load_state_dict(other.model.state_dict())
+        with torch.inference_mode():
+            wrong = swapped.eval()(Preprocessing.of(loaded).normalize(batch)).double().numpy()
+        assert np.abs(wrong - reference).max() > 1e-3 * np.abs(reference).max()
+
+
+def caffe_reference(batch: torch.Tensor, mean_bgr: np.ndarray, layers: list[dict]) -> np.ndarray:
+    """Caffe's view of RGB uint8 crops: BGR, minus the BGR mean image's centre 227 crop, float64."""
+    bgr = batch.numpy().astype(np.float64)[:, ::-1]
+    off = (256 - 227) // 2
+    return caffe_forward(bgr - mean_bgr[None, :, off : off + 227, off : off + 227], layers)
+
+
+def test_caffenet_import_exports_to_onnx_and_matches_caffe(images: list[str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from alexnet.interop.onnx_model import OnnxModel
+
+    rng = np.random.default_rng(3)
+    layers = caffe_layers(rng, caffenet_order=True)
+    mean_bgr = rng.uniform(80, 150, (3, 256, 256))
+    proto, model, mean = write_files(tmp_path / "caffenet", layers, False, mean_bgr)
+    code, out, err = run_main(capsys, "import", "caffe", str(proto), str(model), "--mean", str(mean), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "pool-norm" in out
+    onnx_path = tmp_path / "caffenet.onnx"
+    code, out, err = run_main(capsys, "export", str(tmp_path / "run"), "--format", "onnx", "--out", str(onnx_path), "--json")
+    assert code == 0, err
+    check = json.loads(out)
+    assert check["max_abs_diff"] <= 1e-4 * check["max_abs_logit"]
+
+    # onnxruntime against the float64 Caffe reference, on the same real (colour) pictures.
+    ort_model = OnnxModel(onnx_path)
+    pre = ort_model.preprocessing
+    batch = torch.stack([load_image(f, 3, pre.image_size, pre.crop) for f in images])
+    reference = caffe_reference(batch, mean_bgr, layers)
+    got = ort_model.logits(batch).astype(np.float64)
+    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+    # The graph pools before each LRN, as CaffeNet does.
+    ops = [n.op_type for n in onnx.load(str(onnx_path)).graph.node if n.op_type in ("LRN", "MaxPool")]
+    assert ops == ["MaxPool", "LRN", "MaxPool", "LRN", "MaxPool"]
 
 
 def test_cli_import_then_predict_and_misfits_are_one_line(
@@ -265,7 +316,8 @@ def test_cli_import_then_predict_and_misfits_are_one_line(
         code, _, err = run_main(capsys, "import", "caffe", str(proto), str(model_path or model), "--out", str(tmp_path / "x"))
         return code, err
 
-    assert_one_line_error(import_error("caffenet", caffe_layers(rng, caffenet_order=True)), "'pool1'")
+    # Layer 1 in CaffeNet's order (pool, LRN), layer 2 in the paper's: the first misfit is norm2.
+    assert_one_line_error(import_error("mixed", caffe_layers(rng, pool_first_in=(1,))), "'norm2'")
     assert_one_line_error(import_error("other", caffe_layers(rng, conv2_kernel=3)), "'conv2'")
     assert_one_line_error(import_error("missing", caffe_layers(rng), tmp_path / "none.caffemodel"), "not found")
     assert not (tmp_path / "x").exists()

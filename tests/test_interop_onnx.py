@@ -63,6 +63,24 @@ def test_export_matches_pytorch_on_real_images(name: str, mean_image: bool, imag
     assert stored["crop"] == torch_model.crop and (stored["mean_image"] is not None) == mean_image
 
 
+@pytest.mark.parametrize("order", ["norm-pool", "pool-norm"])
+def test_per_tower_lrn_exports_as_split_lrn_concat(order: str, images: list[str], tmp_path: Path) -> None:
+    options = {"lrn_scope": "tower", "lrn_order": order}
+    run = make_run(tmp_path / "run", "alexnet-small", num_classes=10, options=options)
+    result = export_onnx(run, tmp_path / "tower.onnx", check_files=images)
+    assert result.max_abs_diff <= 1e-4 * max(1.0, result.max_abs_logit)
+    torch_model = load_model(run, torch.device("cpu"))
+    assert torch_model.model.lrn_scope == "tower" and torch_model.model.features.norm1.groups == 2
+    ort_model = OnnxModel(tmp_path / "tower.onnx")
+    batch = torch.stack([load_image(f, 3, ort_model.preprocessing.image_size, ort_model.preprocessing.crop) for f in images])
+    with torch.inference_mode():
+        expected = torch_model.model(Preprocessing.of(torch_model).normalize(batch)).numpy()
+    assert np.abs(ort_model.logits(batch) - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    # ONNX's LRN has no groups: one LRN per tower, the halves joined again before pool (or conv2).
+    nodes = onnx.load(str(tmp_path / "tower.onnx")).graph.node
+    assert sum(n.op_type == "LRN" for n in nodes) == 4 and sum(n.op_type == "Concat" for n in nodes) >= 2
+
+
 def test_predict_onnx_cli_agrees_with_pytorch(images: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "run", "alexnet-small", mean_image=True)
     out = tmp_path / "small.onnx"

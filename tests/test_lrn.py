@@ -295,3 +295,28 @@ def test_workspace_made_under_inference_mode_serves_training_calls_too() -> None
     trained = lrn(x.clone().requires_grad_())
     trained.sum().backward()
     assert torch.equal(served, trained.detach())
+
+
+@pytest.mark.parametrize("impl", ["blocked", "fused"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_groups_normalise_each_group_alone(impl: str, channels_last: bool) -> None:
+    # Per-tower LRN (lrn_scope="tower"): equal to the reference on each half, bit for bit
+    # equal to our own LRN run on each half, gradients included; memory format kept.
+    x = _input((2, 12, 5, 4), channels_last)
+    grouped = LocalResponseNorm(5, ALPHA, BETA, K, groups=2, impl=impl)
+    y = grouped(x)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    halves = [reference_lrn(h, 5, ALPHA, BETA, K) for h in x.detach().chunk(2, 1)]
+    torch.testing.assert_close(y, torch.cat(halves, 1), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, x, g)
+    parts = [h.detach().clone().requires_grad_() for h in x.chunk(2, 1)]
+    plain = LocalResponseNorm(5, ALPHA, BETA, K, impl=impl)
+    outs = [plain(p) for p in parts]
+    assert torch.equal(y, torch.cat(outs, 1))
+    expected = torch.autograd.grad(outs, parts, list(g.chunk(2, 1)))
+    assert torch.equal(grad, torch.cat(expected, 1))
+    # Across all channels the edge maps of each half see the other half: a different result.
+    assert not torch.allclose(y, LocalResponseNorm(5, ALPHA, BETA, K, impl=impl)(x))
+    with pytest.raises(ValueError, match="groups"):
+        LocalResponseNorm(groups=5)(x)

@@ -125,6 +125,41 @@ def test_lrn_sits_after_relu_and_before_pool() -> None:
     assert names[:4] == ["conv1", "act1", "norm1", "pool1"] and names[4:8] == ["conv2", "act2", "norm2", "pool2"]
 
 
+def test_caffenet_order_pools_before_the_lrn_with_the_same_state_dict() -> None:
+    torch.manual_seed(0)
+    paper = models.create("alexnet-small", 10, in_channels=1)
+    caffenet = models.create("alexnet-small", 10, in_channels=1, lrn_order="pool-norm")
+    names = list(dict(caffenet.features.named_children()))
+    assert names[:4] == ["conv1", "act1", "pool1", "norm1"] and names[4:8] == ["conv2", "act2", "pool2", "norm2"]
+    assert caffenet.load_state_dict(paper.state_dict()) is not None  # same keys and shapes
+    paper.eval(), caffenet.eval()
+    x = torch.randn(2, 1, 28, 28) * 5
+    # Max-pooling and LRN do not commute: pooled-then-normalised maps are another function.
+    f = caffenet.features
+    manual = f.norm1(f.pool1(f.act1(f.conv1(x))))
+    torch.testing.assert_close(caffenet.features[:4](x), manual)
+    assert not torch.allclose(caffenet(x), paper(x))
+    with pytest.raises(UserError, match="lrn_order"):
+        models.create("alexnet", lrn_order="sideways")
+
+
+@pytest.mark.parametrize("order", ["norm-pool", "pool-norm"])
+def test_per_tower_lrn_does_not_cross_the_tower_boundary(order: str) -> None:
+    # A change in the second tower's first map reaches the first tower's last map through an
+    # LRN window with lrn_scope="all" (Caffe), never with "tower" (the paper's GPUs).
+    options = {"in_channels": 1, "widths": (8, 16, 16, 16, 8), "fc_width": 32, "lrn_order": order}
+    for scope, crosses in (("all", True), ("tower", False)):
+        f = models.create("alexnet-small", 10, lrn_scope=scope, **options).features
+        for norm, half in ((f.norm1, 4), (f.norm2, 8)):
+            a = torch.rand(2, 2 * half, 6, 6) * 20
+            b = a.clone()
+            b[:, half] += 30.0  # the second tower's first map
+            changed = not torch.equal(norm(a)[:, :half], norm(b)[:, :half])
+            assert changed == crosses, (scope, norm)
+    with pytest.raises(UserError, match="lrn_scope"):
+        models.create("alexnet", lrn_scope="gpu")
+
+
 def test_small_model_overfits_one_batch() -> None:
     torch.manual_seed(0)
     model = models.create("alexnet-small", 10, in_channels=1, dropout=0.0)

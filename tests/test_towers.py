@@ -25,7 +25,9 @@ def _pair(**options: object) -> tuple[torch.nn.Module, TwoTowerAlexNet]:
     return grouped.double(), towers.to(torch.float64)
 
 
-@pytest.mark.parametrize("options", [{}, {"lrn_convention": "paper", "pooling": "non-overlapping"}, {"lrn": False}])
+@pytest.mark.parametrize("options", [{}, {"lrn_convention": "paper", "pooling": "non-overlapping"}, {"lrn": False},
+                                     {"lrn_order": "pool-norm"}, {"lrn_scope": "tower"},
+                                     {"lrn_scope": "tower", "lrn_order": "pool-norm"}])
 def test_same_state_dict_and_logits_as_the_grouped_net(options: dict) -> None:
     grouped, towers = _pair(**options)
     sd, tsd = grouped.state_dict(), towers.state_dict()
@@ -35,10 +37,17 @@ def test_same_state_dict_and_logits_as_the_grouped_net(options: dict) -> None:
     x = torch.randn(3, 1, 28, 28, dtype=torch.float64) * 3
     torch.testing.assert_close(towers(x), grouped(x), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(towers.forward_features(x), grouped.forward_features(x), rtol=1e-10, atol=1e-10)
+    if options.get("lrn_scope") == "tower":  # no halo: each tower runs exactly the grouped net's arithmetic
+        f = grouped.features
+        h = f.act1(f.conv1(x))
+        tower_maps = [t["norm1"](t["act1"](t["conv1"](x))) for t in towers.towers]
+        assert towers.towers[0]["norm1"].groups == 1 and f.norm1.groups == 2
+        assert torch.equal(torch.cat(tower_maps, 1), f.norm1(h))
 
 
-def test_gradients_match_the_grouped_net_and_load_state_dict_round_trips() -> None:
-    grouped, towers = _pair(dropout=0.0)
+@pytest.mark.parametrize(("order", "scope"), [("norm-pool", "all"), ("pool-norm", "all"), ("norm-pool", "tower")])
+def test_gradients_match_the_grouped_net_and_load_state_dict_round_trips(order: str, scope: str) -> None:
+    grouped, towers = _pair(dropout=0.0, lrn_order=order, lrn_scope=scope)
     x = torch.randn(2, 1, 28, 28, dtype=torch.float64) * 3
     y = torch.tensor([1, 7])
     for m in (grouped, towers):

@@ -128,7 +128,8 @@ def _torch_lrn(ours: Any) -> Any:
             self.lrn = nn.LocalResponseNorm(ours.size, ours.alpha_effective * ours.size, ours.beta, ours.k)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.lrn(x.float()).to(x.dtype)
+            parts = x.float().chunk(ours.groups, 1)  # ours.groups: per-tower LRN (lrn_scope="tower")
+            return torch.cat([self.lrn(p) for p in parts], 1).to(x.dtype)
 
     return TorchLRN()
 

@@ -2,7 +2,8 @@
 
 Reads Caffe's files without Caffe (its protobuf schema, the AlexNet subset) and writes an
 ordinary run folder: ``eval``, ``predict``, ``export``, ``serve`` and ``--init-from`` use it.
-BGR becomes RGB, the mean becomes the run's input normalisation, Caffe's LRN k = 1 is kept.
+BGR becomes RGB, the mean becomes the run's input normalisation, Caffe's LRN k = 1 is kept, and
+CaffeNet's pool-then-LRN order (bvlc_reference_caffenet) is kept too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="import weights from another framework (Caffe)", description=__doc__)
     formats = p.add_subparsers(title="formats", metavar="FORMAT", parser_class=type(p))
-    c = formats.add_parser("caffe", help="bvlc_alexnet / a Caffe AlexNet", description=__doc__)
+    c = formats.add_parser("caffe", help="bvlc_alexnet / CaffeNet / a Caffe AlexNet", description=__doc__)
     c.add_argument("prototxt", metavar="DEPLOY.prototxt", help="the net definition (V2 `layer` or V1 `layers`)")
     c.add_argument("caffemodel", metavar="WEIGHTS.caffemodel", help="the trained weights")
     c.add_argument("--mean", help="mean file: .binaryproto or .npy, 3xSxS or 3 values, BGR as Caffe stores it")
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result)))
         return 0
     print(f"wrote {result.run}: alexnet with {result.num_classes} classes from a {result.format} Caffe net, "
-          f"LRN k={result.lrn_k:g}, conv1 BGR->RGB, mean: {result.mean}")  # fmt: skip
+          f"LRN k={result.lrn_k:g} {result.lrn_order}, conv1 BGR->RGB, mean: {result.mean}")  # fmt: skip
     if args.mean is None:
         print("note: no --mean given: the network sees raw 0-255 pixels (Caffe's models expect their mean subtracted)")
     return 0

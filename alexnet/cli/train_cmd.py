@@ -46,6 +46,8 @@ MODEL_FLAGS = {
     "lrn": {"type": parse_bool, "help": "local response normalisation after conv1/conv2 (default true)"},
     "lrn_convention": {"choices": model_option_choices("lrn_convention"), "help": "LRN alpha: 'code' = alpha/n (authors' code, PyTorch; default), 'paper' = as printed"},
     "lrn_k": {"type": float, "help": "LRN additive constant (paper 2, Caffe 1)"},
+    "lrn_order": {"choices": model_option_choices("lrn_order"), "help": "layers 1-2: 'norm-pool' = LRN then max-pool (the paper, bvlc_alexnet; default), 'pool-norm' = pool then LRN (CaffeNet)"},
+    "lrn_scope": {"choices": model_option_choices("lrn_scope"), "help": "two towers: 'tower' = each tower normalises its own maps (the paper's GPUs; default for alexnet), 'all' = LRN windows cross the tower boundary (Caffe; default for alexnet-small)"},
     "activation": {"choices": model_option_choices("activation"), "help": "nonlinearity (default relu)"},
     "pooling": {"choices": model_option_choices("pooling"), "help": "max-pool 3/2 (default) or 2/2"},
     "towers": {"type": int, "choices": (1, 2), "help": "2 = grouped convs as the two GPUs (default); 1 = one tower, half the kernels"},

@@ -1,4 +1,4 @@
-"""``alexnet import caffe``: BVLC's ``bvlc_alexnet`` (and nets of its shape) into an ordinary run folder.
+"""``alexnet import caffe``: BVLC's ``bvlc_alexnet`` and CaffeNet (and nets of their shape) into an ordinary run folder.
 
 What a conversion must get right, and where it happens here:
 
@@ -6,11 +6,14 @@ What a conversion must get right, and where it happens here:
   (V1); weights from the ``.caffemodel`` (binary ``NetParameter``), matched by layer name. The
   layer sequence must be the paper's (conv-ReLU-LRN-pool twice, three convs, pool, three inner
   products; Dropout/Softmax/data layers are skipped); the first layer that does not fit is named.
-  CaffeNet pools *before* its LRN, an order our model does not have: refused, with that reason.
+  CaffeNet (``bvlc_reference_caffenet``) pools *before* its LRN (conv-ReLU-pool-LRN): the order
+  is read from the layer after ``relu1`` and becomes the model's ``lrn_order`` (``pool-norm``);
+  both layers 1 and 2 must then follow it.
 * **Groups** come from the weight blobs' shapes (``out x in/groups x kh x kw``): conv2, conv4
   and conv5 must have 2 (the paper's two GPUs), conv1 and conv3 one.
 * **LRN**: Caffe's ``k`` (default 1, the paper's 2) becomes the model's ``lrn_k``; Caffe divides
-  alpha by ``local_size`` like our ``lrn_convention="code"``.
+  alpha by ``local_size`` like our ``lrn_convention="code"``; Caffe's LRN layer knows no groups,
+  so its windows cross the tower boundary: ``lrn_scope="all"``, written into the run explicitly.
 * **Colour order**: Caffe's input is BGR (OpenCV); conv1's input channels are reversed so the
   run takes RGB like every other run, and the mean is reversed the same way.
 * **The mean** (``--mean``): a ``.binaryproto`` ``BlobProto`` or a ``.npy``, either
@@ -52,6 +55,9 @@ ALEXNET_SEQUENCE = (
     ("conv5", "Convolution"), ("relu5", "ReLU"), ("pool5", "Pooling"),
     ("fc6", "InnerProduct"), ("relu6", "ReLU"), ("fc7", "InnerProduct"), ("relu7", "ReLU"), ("fc8", "InnerProduct"),
 )  # fmt: skip
+# CaffeNet's: pool1 before norm1, pool2 before norm2 (the roles keep their names).
+CAFFENET_SEQUENCE = tuple(ALEXNET_SEQUENCE[i] for i in (0, 1, 3, 2, 4, 5, 7, 6, *range(8, len(ALEXNET_SEQUENCE))))
+SEQUENCES = {"norm-pool": ALEXNET_SEQUENCE, "pool-norm": CAFFENET_SEQUENCE}
 GROUPS = {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}  # section 3.2
 CROP = PAPER_SHAPE.image_size  # 227
 DEFAULT_IMAGE_SIZE = 256  # section 2: images rescaled to 256x256, crops of 227 taken
@@ -75,6 +81,7 @@ class ImportResult:
     format: str  # "V2 (layer)" or "V1 (layers)"
     num_classes: int
     lrn_k: float
+    lrn_order: str  # "norm-pool" (bvlc_alexnet, the paper) or "pool-norm" (CaffeNet)
     mean: str
     options: dict[str, Any]
 
@@ -229,16 +236,19 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
     weights = {layer.name: list(layer.proto.blobs) for layer in layers_of(weights_net)[0] if len(layer.proto.blobs)}
 
     compute = [layer for layer in layers if layer.type not in _SKIPPED]
+    # bvlc_alexnet normalises then pools (the paper), CaffeNet pools then normalises: the layer
+    # after relu1 tells which; layer 2 must then do the same.
+    lrn_order = "pool-norm" if len(compute) > 2 and compute[2].type == "Pooling" else "norm-pool"
+    sequence = SEQUENCES[lrn_order]
     blobs: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     lrn_k: float | None = None
-    for i, (role, kind) in enumerate(ALEXNET_SEQUENCE):
+    for i, (role, kind) in enumerate(sequence):
         if i >= len(compute):
             raise UserError(f"the net ends after {len(compute)} layers; the paper's AlexNet has {role} ({kind}) next")
         layer = compute[i]
         if layer.type != kind:
-            if role == "norm1" and layer.type == "Pooling":
-                raise _misfit(layer, "it pools before the LRN (CaffeNet's order); alexnet normalises first, as the paper")
-            raise _misfit(layer, f"expected {kind} in {role}'s place")
+            order = "" if i < 3 else f" (layer 1 {'normalises then pools' if lrn_order == 'norm-pool' else 'pools then normalises'})"
+            raise _misfit(layer, f"expected {kind} in {role}'s place{order}")
         if kind in ("Convolution", "InnerProduct"):
             if layer.name not in weights:
                 raise UserError(f"{caffemodel} has no weights for layer {layer.name!r} of {prototxt}")
@@ -272,8 +282,8 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
                 raise _misfit(layer, "non-square pooling") from None
             if p.pool != 0 or p.global_pooling or geometry != (3, 2, 0):
                 raise _misfit(layer, "expected max pooling 3x3 stride 2 (section 3.4)")
-    if len(compute) > len(ALEXNET_SEQUENCE):
-        raise _misfit(compute[len(ALEXNET_SEQUENCE)], "the paper's AlexNet ends with fc8")
+    if len(compute) > len(sequence):
+        raise _misfit(compute[len(sequence)], "the paper's AlexNet ends with fc8")
     side = _input_side(net, layers)
     if side is not None and side != CROP:
         raise UserError(f"{prototxt} takes {side}x{side} input; the paper's AlexNet takes {CROP}x{CROP}")
@@ -284,7 +294,7 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
     previous = (in_channels, *widths[:4])
     for i, role in enumerate(("conv1", "conv2", "conv3", "conv4", "conv5")):
         per_group = int(blobs[role][0].shape[1])
-        layer = next(layer for layer, (r, _) in zip(compute, ALEXNET_SEQUENCE) if r == role)
+        layer = next(layer for layer, (r, _) in zip(compute, sequence) if r == role)
         if per_group == 0 or previous[i] % per_group:
             raise _misfit(layer, f"weights {blobs[role][0].shape} do not divide the {previous[i]} input channels")
         groups = previous[i] // per_group
@@ -298,7 +308,9 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
         raise _misfit(compute[0], f"widths {widths} must be even (two towers)")
     fc_width = int(blobs["fc6"][0].shape[0])
     num_classes = int(blobs["fc8"][0].shape[0])
-    options: dict[str, Any] = {"lrn_k": lrn_k}
+    options: dict[str, Any] = {"lrn_k": lrn_k, "lrn_scope": "all"}  # Caffe's LRN ignores groups
+    if lrn_order != "norm-pool":
+        options["lrn_order"] = lrn_order
     if widths != PAPER_SHAPE.widths:
         options["widths"] = list(widths)
     if fc_width != PAPER_SHAPE.fc_width:
@@ -311,12 +323,12 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
         if role == "conv1":  # BGR -> RGB: Caffe's first input channel is blue
             w = w[:, ::-1]
         if tuple(w.shape) != tuple(target.weight.shape):
-            layer = next(layer for layer, (r, _) in zip(compute, ALEXNET_SEQUENCE) if r == role)
+            layer = next(layer for layer, (r, _) in zip(compute, sequence) if r == role)
             raise _misfit(layer, f"weights {tuple(w.shape)}, expected {tuple(target.weight.shape)}")
         state[id(target.weight)] = torch.from_numpy(np.ascontiguousarray(w))
         bias = np.zeros(w.shape[0], np.float32) if b is None else b
         if tuple(bias.shape) != tuple(target.bias.shape):
-            layer = next(layer for layer, (r, _) in zip(compute, ALEXNET_SEQUENCE) if r == role)
+            layer = next(layer for layer, (r, _) in zip(compute, sequence) if r == role)
             raise _misfit(layer, f"bias {tuple(bias.shape)}, expected {tuple(target.bias.shape)}")
         state[id(target.bias)] = torch.from_numpy(np.ascontiguousarray(bias))
     with torch.no_grad():
@@ -339,4 +351,4 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
     provenance = {"from": "caffe", "prototxt": str(prototxt), "caffemodel": str(caffemodel),
                   "mean": str(mean) if mean else None, "format": fmt, "net_name": net.name}  # fmt: skip
     ckpt = write_run(out, model, "alexnet", options, classes, 3, image_size, CROP, norm, f"caffe:{Path(caffemodel).name}", provenance)
-    return ImportResult(str(out), str(ckpt), fmt, num_classes, float(lrn_k), mean_text, options)
+    return ImportResult(str(out), str(ckpt), fmt, num_classes, float(lrn_k), lrn_order, mean_text, options)

@@ -3,7 +3,7 @@
 =================  ===========================================================  =====
 name               what                                                         input
 =================  ===========================================================  =====
-``alexnet``        the paper's two-tower net with LRN (60,965,224 parameters)   227
+``alexnet``        the paper's 2-tower net, per-tower LRN, 60,965,224 params    227
 ``alexnet-owt``    torchvision's single-tower layout, torchvision-compatible    224
 ``alexnet-small``  the paper's topology at CPU size, for 28-32 px data          28
 ``alexnet-small-depth``  alexnet-small minus one middle conv (section 7)         28
@@ -43,7 +43,14 @@ class ModelInfo:
 MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
-        ModelInfo("alexnet", "paper-exact AlexNet: 2 towers, LRN, overlapping pooling", 227, partial(AlexNet, shape=PAPER_SHAPE)),
+        ModelInfo(
+            "alexnet",
+            "paper-exact AlexNet: 2 towers, per-tower LRN, overlapping pooling",
+            227,
+            partial(AlexNet, shape=PAPER_SHAPE),
+            # Section 3.2/3.3: each GPU normalised across its own kernel maps (see LEGACY_DEFAULTS).
+            (("lrn_scope", "tower"),),
+        ),
         ModelInfo("alexnet-owt", "torchvision's single-tower 'one weird trick' AlexNet", 224, AlexNetOWT),
         ModelInfo(
             "alexnet-small",
@@ -62,6 +69,33 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("fourlayer", "the four-layer CIFAR-10 net of section 3.1, Figure 1 (relu/tanh)", 32, FourLayerNet),
     )
 }
+
+
+# Options whose default changed after runs had been saved: for each model, the value a saved
+# option set *without* the option was built with. Checkpoints name these options explicitly
+# (:func:`explicit_options`, on writing) and an older checkpoint gets the old value
+# (:func:`saved_options`, on reading), so a model rebuilt from a run computes what was trained.
+# alexnet's lrn_scope: "all" (across both towers) until the per-tower LRN became its default.
+LEGACY_DEFAULTS: dict[str, tuple[tuple[str, object], ...]] = {"alexnet": (("lrn_scope", "all"),)}
+
+
+def saved_options(name: str, options: dict[str, object]) -> dict[str, object]:
+    """The options a checkpoint of ``name`` was built with: ``options`` plus the old default of
+    every option in :data:`LEGACY_DEFAULTS` that it does not name (it predates the option)."""
+    return dict(LEGACY_DEFAULTS.get(name, ())) | dict(options)
+
+
+def explicit_options(name: str, options: dict[str, object]) -> dict[str, object]:
+    """``options`` with today's default of every :data:`LEGACY_DEFAULTS` option it leaves out,
+    as a checkpoint must record them (see :func:`saved_options`)."""
+    if name not in LEGACY_DEFAULTS:
+        return dict(options)
+    entry, current = info(name), {}
+    defaults = dict(entry.default_options)
+    params = inspect.signature(entry.build).parameters
+    for key, _ in LEGACY_DEFAULTS[name]:
+        current[key] = defaults[key] if key in defaults else params[key].default
+    return current | dict(options)
 
 
 def available() -> list[str]:
@@ -89,8 +123,8 @@ def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs.
 
     ``options`` are the model's keyword arguments (for ``alexnet``/``alexnet-small``:
-    ``in_channels, image_size, activation, lrn, lrn_convention, lrn_k, pooling, towers, dropout,
-    init, widths, fc_width`` and ``towers_on="DEV0,DEV1"``, the paper's model parallelism, see
+    ``in_channels, image_size, activation, lrn, lrn_convention, lrn_k, lrn_order, lrn_scope, pooling,
+    towers, dropout, init, widths, fc_width`` and ``towers_on="DEV0,DEV1"``, the paper's model parallelism, see
     :mod:`alexnet.models.towers`; for ``alexnet-owt``: ``in_channels, dropout, init``). Unknown
     names and bad values raise :class:`UserError`.
     """

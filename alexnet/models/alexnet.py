@@ -66,6 +66,18 @@ SMALL_SHAPE = AlexNetShape(
 
 Activation = Literal["relu", "tanh"]
 Pooling = Literal["overlapping", "non-overlapping"]
+# Where the LRN sits in layers 1 and 2. "norm-pool" is the paper's (section 3.5: "Max-pooling
+# layers ... follow both response-normalization layers"), and bvlc_alexnet's; "pool-norm" is
+# CaffeNet's (bvlc_reference_caffenet), which pools first and normalises the pooled maps.
+LRNOrder = Literal["norm-pool", "pool-norm"]
+LRN_ORDERS: tuple[str, ...] = ("norm-pool", "pool-norm")
+# Which maps an LRN window may reach in the two-tower net. "tower": only the maps of its own
+# tower, as on the paper's two GPUs (section 3.2: each GPU holds half the kernels, and they
+# communicate only in certain layers; section 3.3 sums over "n adjacent kernel maps"). "all":
+# across both towers' maps, as Caffe's LRN layer (it ignores groups) and so bvlc_alexnet and
+# CaffeNet; also what this model did before the option existed.
+LRNScope = Literal["tower", "all"]
+LRN_SCOPES: tuple[str, ...] = ("tower", "all")
 
 
 def _pool_output(size: int, kernel: int, stride: int) -> int:
@@ -84,6 +96,11 @@ class AlexNet(nn.Module):
         lrn: local response normalisation after conv1 and conv2 (section 3.3).
         lrn_convention: ``code`` (alpha/n, the authors' code and PyTorch) or ``paper``.
         lrn_k: the additive constant (2 in the paper, 1 in Caffe).
+        lrn_order: ``norm-pool`` (the paper: conv, ReLU, LRN, pool) or ``pool-norm`` (CaffeNet:
+            conv, ReLU, pool, LRN) in layers 1 and 2.
+        lrn_scope: ``all`` (windows cross the tower boundary, as Caffe) or ``tower`` (each tower
+            normalises its own maps, as the paper's GPUs); no effect with ``towers=1``. The
+            registry's ``alexnet`` defaults to ``tower`` (see ``models.LEGACY_DEFAULTS``).
         pooling: ``overlapping`` 3x3 stride 2 (section 3.4) or ``non-overlapping`` 2x2 stride 2.
         towers: 2 (grouped conv2/4/5, section 3.2) or 1 (one tower with half the kernels in
             conv1-conv4; conv5 keeps its width, as the paper's footnote 2 describes).
@@ -104,6 +121,8 @@ class AlexNet(nn.Module):
         lrn: bool = True,
         lrn_convention: Literal["code", "paper"] = "code",
         lrn_k: float = 2.0,
+        lrn_order: LRNOrder = "norm-pool",
+        lrn_scope: LRNScope = "all",
         pooling: Pooling = "overlapping",
         towers: int = 2,
         dropout: float = 0.5,
@@ -125,6 +144,10 @@ class AlexNet(nn.Module):
             raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
         if pooling not in ("overlapping", "non-overlapping"):
             raise ValueError(f"pooling must be 'overlapping' or 'non-overlapping', got {pooling!r}")
+        if lrn_order not in LRN_ORDERS:
+            raise ValueError(f"lrn_order must be one of {', '.join(LRN_ORDERS)}, got {lrn_order!r}")
+        if lrn_scope not in LRN_SCOPES:
+            raise ValueError(f"lrn_scope must be one of {', '.join(LRN_SCOPES)}, got {lrn_scope!r}")
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers!r}")
         if not 0.0 <= dropout < 1.0:
@@ -143,27 +166,36 @@ class AlexNet(nn.Module):
 
         def norm() -> nn.Module:
             # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75, applied after the ReLU.
-            return LocalResponseNorm(5, 1e-4, 0.75, lrn_k, lrn_convention) if lrn else nn.Identity()
+            # lrn_scope="tower": one window per tower's maps (groups), as on the paper's GPUs.
+            lrn_groups = groups if lrn_scope == "tower" else 1
+            return LocalResponseNorm(5, 1e-4, 0.75, lrn_k, lrn_convention, groups=lrn_groups) if lrn else nn.Identity()
 
         k2 = shape.conv2_kernel
+        self.lrn_order, self.lrn_scope = lrn_order, lrn_scope
+
+        def normalise_and_pool(i: int) -> list[tuple[str, nn.Module]]:
+            # Both orders keep the names norm{i}/pool{i}: the state_dict is the same either way.
+            pair = [(f"norm{i}", norm()), (f"pool{i}", nn.MaxPool2d(pool_k, pool_s))]
+            return pair if lrn_order == "norm-pool" else pair[::-1]
+
         self.features = nn.Sequential(
             OrderedDict(
-                conv1=nn.Conv2d(in_channels, c1, shape.conv1_kernel, shape.conv1_stride, shape.conv1_padding),
-                act1=act(),
-                norm1=norm(),
-                pool1=nn.MaxPool2d(pool_k, pool_s),
-                # Section 3.2: conv2, conv4, conv5 see only the kernel maps on their own GPU.
-                conv2=nn.Conv2d(c1, c2, k2, padding=k2 // 2, groups=groups),
-                act2=act(),
-                norm2=norm(),
-                pool2=nn.MaxPool2d(pool_k, pool_s),
-                conv3=nn.Conv2d(c2, c3, 3, padding=1),  # "the GPUs communicate" here
-                act3=act(),
-                conv4=nn.Conv2d(c3, c4, 3, padding=1, groups=groups),
-                act4=act(),
-                conv5=nn.Conv2d(c4, c5, 3, padding=1, groups=groups),
-                act5=act(),
-                pool5=nn.MaxPool2d(pool_k, pool_s),
+                [
+                    ("conv1", nn.Conv2d(in_channels, c1, shape.conv1_kernel, shape.conv1_stride, shape.conv1_padding)),
+                    ("act1", act()),
+                    *normalise_and_pool(1),
+                    # Section 3.2: conv2, conv4, conv5 see only the kernel maps on their own GPU.
+                    ("conv2", nn.Conv2d(c1, c2, k2, padding=k2 // 2, groups=groups)),
+                    ("act2", act()),
+                    *normalise_and_pool(2),
+                    ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),  # "the GPUs communicate" here
+                    ("act3", act()),
+                    ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=groups)),
+                    ("act4", act()),
+                    ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=groups)),
+                    ("act5", act()),
+                    ("pool5", nn.MaxPool2d(pool_k, pool_s)),
+                ]
             )
         )
         side = _pool_output((size + 2 * shape.conv1_padding - shape.conv1_kernel) // shape.conv1_stride + 1, pool_k, pool_s)

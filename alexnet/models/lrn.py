@@ -459,6 +459,30 @@ Impl = Literal["auto", "blocked", "function", "fused", "compiled"]
 IMPLS: tuple[str, ...] = ("auto", "blocked", "function", "fused", "compiled")
 
 
+def grouped_lrn(x: torch.Tensor, groups: int, size: int, alpha_eff: float, beta: float, k: float,
+                impl: Impl = "auto") -> torch.Tensor:  # fmt: skip
+    """:func:`lrn` within each of ``groups`` equal channel groups: no window crosses a group's edge.
+
+    The paper's two GPUs each normalised across their own kernel maps only (sections 3.2-3.3);
+    ``groups=2`` is that for the grouped two-tower net. The groups become batch rows of a view,
+    so nothing is copied for contiguous NCHW or NHWC input and every implementation serves:
+    NCHW ``(N, C, *)`` -> ``(N*G, C/G, *)``; NHWC ``(N, C, H, W)`` -> ``(N*H*W*G, C/G, 1, 1)``
+    (the rows the blocked kernels cut an NHWC tensor into anyway), and the result is put back
+    in the input's memory format.
+    """
+    if groups == 1:
+        return lrn(x, size, alpha_eff, beta, k, impl)
+    n, c = x.shape[0], x.shape[1]
+    if c % groups:
+        raise ValueError(f"LRN groups {groups} do not divide {c} channels")
+    if _is_channels_last(x):
+        _, _, h, w = x.shape
+        y = lrn(x.permute(0, 2, 3, 1).reshape(n * h * w * groups, c // groups, 1, 1), size, alpha_eff, beta, k, impl)
+        return y.view(n, h, w, c).permute(0, 3, 1, 2)
+    y = lrn(x.reshape(n * groups, c // groups, *x.shape[2:]), size, alpha_eff, beta, k, impl)
+    return y.view(x.shape)
+
+
 def lrn(x: torch.Tensor, size: int, alpha_eff: float, beta: float, k: float, impl: Impl = "auto") -> torch.Tensor:
     """LRN of ``x`` by ``impl``:
 
@@ -490,6 +514,8 @@ class LocalResponseNorm(nn.Module):
         convention: ``"code"`` divides alpha by ``size`` (authors' code, Caffe, PyTorch);
             ``"paper"`` uses alpha as printed in the paper's equation.
         impl: which implementation runs (see :func:`lrn`); ``auto`` picks by device.
+        groups: normalise within each of ``groups`` equal channel groups (see :func:`grouped_lrn`;
+            2 = per tower, as on the paper's two GPUs); 1 = across all channels (Caffe, PyTorch).
 
     Input: (N, C, *) in any memory format and floating dtype; the output has the input's
     shape, dtype and (for 4-D NCHW/NHWC) memory format.
@@ -503,8 +529,11 @@ class LocalResponseNorm(nn.Module):
         k: float = 2.0,
         convention: Convention = "code",
         impl: Impl = "auto",
+        groups: int = 1,
     ) -> None:
         super().__init__()
+        if groups < 1:
+            raise ValueError(f"LRN groups must be >= 1, got {groups}")
         if size < 1:
             raise ValueError(f"LRN size must be >= 1, got {size}")
         if convention not in ("code", "paper"):
@@ -512,7 +541,7 @@ class LocalResponseNorm(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"LRN impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.size, self.alpha, self.beta, self.k, self.convention = size, alpha, beta, k, convention
-        self.impl = impl
+        self.impl, self.groups = impl, groups
 
     @property
     def alpha_effective(self) -> float:
@@ -522,10 +551,11 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"LRN expects (N, C, ...) input, got shape {tuple(x.shape)}")
-        return lrn(x, self.size, self.alpha_effective, self.beta, self.k, self.impl)
+        return grouped_lrn(x, self.groups, self.size, self.alpha_effective, self.beta, self.k, self.impl)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={self.convention!r}"
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, convention={self.convention!r}{groups}"
 
 
 def reference_lrn(

@@ -11,11 +11,11 @@ per tower:
   the other tower's activations are copied over before them (Figure 2's crossing lines);
 * fc8 runs on the first device, on both towers' fc7 outputs; the logits come back there.
 
-LRN: the grouped single-device net normalises over all of conv1's (conv2's) maps, so a window
-near the middle channel reaches into the other tower's maps. To stay equal to it, each tower
-receives the ``size // 2`` boundary maps it needs from the other one (a "halo" of two maps)
-before its LRN. (The paper's own split normalised within each GPU; the grouped net, and so
-this one, differs from that only in the two maps on either side of the tower boundary.)
+LRN: with ``lrn_scope="all"`` the grouped single-device net normalises over all of conv1's
+(conv2's) maps, so a window near the middle channel reaches into the other tower's maps. To stay
+equal to it, each tower receives the ``size // 2`` boundary maps it needs from the other one (a
+"halo" of two maps) before its LRN. With ``lrn_scope="tower"`` (the paper's own split: each GPU
+normalised within its own maps) each tower normalises its half alone and nothing crosses.
 
 Dropout is applied at the source, to a tower's own outputs before they are shared, so both
 towers' halves of fc6/fc7 see the same dropped units, as in the single-device net.
@@ -114,12 +114,15 @@ class TwoTowerAlexNet(nn.Module):
             raise ValueError("towers_on needs the two-tower net (towers=2)")
         self.devices = tuple(torch.device(d) for d in devices)
         self.feature_side = net.feature_side
+        self.lrn_order, self.lrn_scope = net.lrn_order, net.lrn_scope
         self.towers = nn.ModuleList()
         for t, device in enumerate(self.devices):
             parts = {name: _half(getattr(getattr(net, seq), name), t) for seq, names in SPLIT_LAYERS.items() for name in names}
             for name in TOWER_MODULES:
                 seq = net.features if hasattr(net.features, name) else net.classifier
                 parts[name] = copy.deepcopy(getattr(seq, name))
+                if getattr(parts[name], "groups", 1) > 1:  # a per-tower LRN: this tower holds one group
+                    parts[name].groups = 1
             self.towers.append(nn.ModuleDict(parts).to(device))
         self.fc8 = copy.deepcopy(net.classifier.fc8).to(self.devices[0])
 
@@ -132,13 +135,23 @@ class TwoTowerAlexNet(nn.Module):
         """Both towers' activations, concatenated along channels on each tower's device."""
         return [torch.cat([x.to(d) for x in h], 1) for d in self.devices]
 
+    def _norm_and_pool(self, i: int, h: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Layer ``i``'s LRN and max-pooling, in the grouped net's order (``lrn_order``)."""
+        t0 = self.towers[0]  # LRN has no state: one tower's module serves both (see _with_halo)
+
+        def norm(v: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            if self.lrn_scope == "tower":  # each tower's own maps only: nothing crosses
+                return self._both(f"norm{i}", v)
+            return list(_with_halo(t0[f"norm{i}"], *v))
+
+        if self.lrn_order == "norm-pool":
+            return self._both(f"pool{i}", norm(h))
+        return norm(self._both(f"pool{i}", h))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7's activations (both towers, on ``devices[0]``), as :meth:`AlexNet.forward_features`."""
-        t0 = self.towers[0]  # LRN has no state: one tower's module serves both (see _with_halo)
-        h = self._both("act1", self._both("conv1", [x.to(d) for d in self.devices]))
-        h = self._both("pool1", _with_halo(t0["norm1"], *h))
-        h = self._both("act2", self._both("conv2", h))
-        h = self._both("pool2", _with_halo(t0["norm2"], *h))
+        h = self._norm_and_pool(1, self._both("act1", self._both("conv1", [x.to(d) for d in self.devices])))
+        h = self._norm_and_pool(2, self._both("act2", self._both("conv2", h)))
         h = self._both("act3", self._both("conv3", self._shared(h)))  # both towers feed conv3
         h = self._both("act4", self._both("conv4", h))
         h = self._both("pool5", self._both("act5", self._both("conv5", h)))

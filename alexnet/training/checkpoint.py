@@ -109,7 +109,7 @@ class Checkpoint:
         p = self.progress
         d: dict[str, Any] = {
             "kind": KIND, "format_version": FORMAT_VERSION,
-            "model": self.weights, "model_name": self.model_name, "model_options": self.model_options,
+            "model": self.weights, "model_name": self.model_name, "model_options": _explicit(self.model_name, self.model_options),
             "num_classes": self.num_classes, "classes": list(self.classes), "data": self.data.to_dict(),
             "epoch": p.epoch, "step": p.global_step, "step_in_epoch": p.step_in_epoch,
             "progress": {"train_seconds": p.train_seconds, "epoch_seconds": p.epoch_seconds,
@@ -170,6 +170,33 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 
 def _shape(t: torch.Tensor) -> str:
     return "x".join(str(s) for s in t.shape) or "a scalar"
+
+
+def _explicit(model_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options to write: those whose default changed are named (models.LEGACY_DEFAULTS)."""
+    from alexnet import models  # models sit below training; imported late to keep start-up light
+
+    return models.explicit_options(model_name, options)
+
+
+def _saved(model_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a read checkpoint was built with: older files get the old defaults."""
+    from alexnet import models
+
+    return models.saved_options(model_name, options)
+
+
+def stored_model_options(path: str | Path) -> dict[str, Any]:
+    """The model options of the checkpoint at ``path`` (as :class:`Checkpoint` reads them),
+    without reading its tensors (memory-mapped): what ``--resume`` must rebuild."""
+    try:
+        raw = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a damaged file (one-line error) or one mmap cannot map (read whole)
+        raw = _torch_load(Path(path), "cpu")
+    options = raw.get("model_options") if isinstance(raw, dict) else None
+    if not isinstance(options, dict):
+        return {}  # not a checkpoint: reading it for real says why
+    return _saved(str(raw.get("model_name", "")), options)
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
@@ -324,7 +351,7 @@ def _parse_fields(d: dict[str, Any], source: str) -> Checkpoint:
     )  # fmt: skip
     if not all(isinstance(r, dict) for r in progress.history):
         raise _Bad("progress.history is not a list of records")
-    ckpt = Checkpoint(weights, model_name, dict(options), classes, data, progress, source=source)
+    ckpt = Checkpoint(weights, model_name, _saved(model_name, options), classes, data, progress, source=source)
     if all(k in d for k in TRAINING_STATE):
         ckpt.optimizer = _get(d, "optimizer", dict)
         ckpt.scheduler = _get(d, "scheduler", dict)

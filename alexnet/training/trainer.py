@@ -51,6 +51,7 @@ from alexnet.training.checkpoint import (
     read_checkpoint,
     save_checkpoint,
     step_file_name,
+    stored_model_options,
 )
 from alexnet.training.distributed import (
     DistContext,
@@ -237,6 +238,9 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
         raise UserError(f"{cfg.data} has no validation images; training reports (and the plateau schedule "
                         "follows) the validation error: prepare it with a val split (e.g. --val-fraction 0.1)")  # fmt: skip
     model_options = _model_options(recipe, dataset, cfg.model_options)
+    if resume_from is not None:  # options whose default changed since (models.LEGACY_DEFAULTS): as trained
+        stored = stored_model_options(resume_from)
+        model_options |= {k: stored[k] for k, _ in models.LEGACY_DEFAULTS.get(recipe.model, ()) if k in stored}
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
     # Issue 11 hook: --init-from / --freeze (training/warmstart.py); the weights' input norm.
     warm_norm = warmstart.start(model, cfg.init_from, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale, recipe.model,

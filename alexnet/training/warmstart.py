@@ -42,7 +42,8 @@ HEAD = "fc8"
 INIT_NORMS = ("weights", "data")
 # Model options that describe the architecture (and so must match the weights); the others
 # (init, dropout) are training choices of the new run.
-_ARCHITECTURE_OPTIONS = ("activation", "lrn", "lrn_convention", "lrn_k", "pooling", "towers", "widths", "fc_width")
+_ARCHITECTURE_OPTIONS = ("activation", "lrn", "lrn_convention", "lrn_k", "lrn_order", "lrn_scope", "pooling",
+                         "towers", "widths", "fc_width")
 
 
 @dataclass(frozen=True)
