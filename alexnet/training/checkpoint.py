@@ -131,9 +131,10 @@ class Checkpoint:
         try:
             model = models.create(self.model_name, self.num_classes, **self.model_options)
         except UserError as e:
-            raise UserError(f"{self.source}: {e}") from None
+            raise UserError(f"{self.source}: {_brief(str(e), limit=300)}") from None
         except Exception as e:  # noqa: BLE001 - option values of the wrong type reach the constructor
-            raise UserError(f"{self.source}: its model options {self.model_options!r} do not build a model ({e})") from None
+            raise UserError(f"{self.source}: its model options {_brief(self.model_options)} do not build a model "
+                            f"({_brief(str(e))})") from None  # fmt: skip
         self.load_weights_into(model)
         return model
 
@@ -166,6 +167,12 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
         raise UserError(f"{source} does not fit the model: {str(e).strip().splitlines()[0]}") from None
+
+
+def _brief(value: Any, limit: int = 160) -> str:
+    """``value`` on one line (a tensor's repr spans several), cut at ``limit`` characters."""
+    text = " ".join((value if isinstance(value, str) else repr(value)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shape(t: torch.Tensor) -> str:
