@@ -18,8 +18,10 @@ All of this is tensor arithmetic over the whole batch (torch, no per-image loop)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # L2-Hys (Dalal & Triggs 2005, section 6.4): clip the L2-normalised block at 0.2, renormalise.
@@ -48,18 +50,96 @@ class HogParams:
         return rows * cols * self.block * self.block * self.orientations
 
 
+# uint8 images (the only kind the baselines feed in) have integer centred differences in
+# [-255, 255]: the orientation bin and the magnitude of a pixel are functions of the pair
+# (g_row, g_col) alone, so they are tabulated once for the 511 x 511 pairs, each entry computed with
+# the float formulas of the general path (``_magnitude``, ``_orientation_bins``), and looked up with
+# one gather per pixel: bit-for-bit the general path's values, without its per-pixel float64
+# atan2 (the bulk of its cost).
+GRAD_MAX = 255
+_SIDE = 2 * GRAD_MAX + 1  # values of one gradient component
+_ZERO = GRAD_MAX * _SIDE + GRAD_MAX  # the code of the gradient (0, 0)
+
+
+def _magnitude(g_row: torch.Tensor, g_col: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude, float32 (what each pixel votes)."""
+    return torch.hypot(g_row.float(), g_col.float())
+
+
+def _orientation_bins(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int) -> torch.Tensor:
+    """Bin (int64) of the unsigned orientation of each gradient, exactly scikit-image's: the angle
+    ``rad2deg(atan2(g_row, g_col)) % 180`` in float64, compared with bin edges rounded to float32
+    (its Cython keeps them in C floats); bin ``i`` holds ``[edge_i, edge_{i+1})``."""
+    angle = torch.rad2deg(torch.atan2(g_row.double(), g_col.double())).remainder(180.0)
+    edges = torch.tensor([180.0 / orientations * i for i in range(1, orientations)], dtype=torch.float32)
+    return torch.bucketize(angle, edges.double(), right=True)
+
+
+def _code_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every integer gradient pair, in code order (``code = (g_row + 255) * 511 + g_col + 255``)."""
+    v = torch.arange(-GRAD_MAX, GRAD_MAX + 1, dtype=torch.float64)
+    g_row, g_col = torch.meshgrid(v, v, indexing="ij")
+    return g_row.flatten(), g_col.flatten()
+
+
+@functools.cache
+def _magnitude_table() -> torch.Tensor:
+    """``_magnitude`` of every code (float32, 1 MiB)."""
+    return _magnitude(*_code_pairs())
+
+
+@functools.cache
+def _bin_table(orientations: int) -> torch.Tensor:
+    """``_orientation_bins`` of every code, as uint8 (a quarter of the memory traffic of int64)."""
+    if orientations > 255:
+        raise ValueError(f"at most 255 orientation bins, got {orientations}")
+    return _orientation_bins(*_code_pairs(), orientations).to(torch.uint8)
+
+
+@functools.cache
+def _channel_key_table() -> torch.Tensor:
+    """Colour images keep, per pixel, the channel that scikit-image keeps: the first maximum of
+    ``np.hypot`` in float64. Not a torch hypot: numpy's (the C library's) can differ by one ulp
+    between pairs of equal ``g_row^2 + g_col^2``, e.g. (1, 7) and (5, 5), and that decides ties."""
+    g_row, g_col = _code_pairs()
+    return torch.from_numpy(np.hypot(g_row.numpy(), g_col.numpy()))
+
+
 def gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column gradients (``N,H,W`` float32) of ``N,C,H,W`` images; colour images keep,
-    per pixel, the channel of largest magnitude (Dalal & Triggs section 6.2)."""
-    x = images.float()
+    """Row and column centred gradients (``N,H,W``; zero on the border rows/columns) of ``N,C,H,W``
+    images; colour images keep, per pixel, the channel of largest magnitude (Dalal & Triggs
+    section 6.2; first maximum on ties, as numpy). uint8 images give exact int32 gradients (what
+    :func:`pixel_votes` looks its tables up with), others float32."""
+    exact = images.dtype == torch.uint8
+    x = images.to(torch.int32) if exact else images.float()
     g_row = torch.zeros_like(x)
     g_col = torch.zeros_like(x)
-    g_row[:, :, 1:-1, :] = x[:, :, 2:, :] - x[:, :, :-2, :]
-    g_col[:, :, :, 1:-1] = x[:, :, :, 2:] - x[:, :, :, :-2]
+    torch.sub(x[:, :, 2:, :], x[:, :, :-2, :], out=g_row[:, :, 1:-1, :])
+    torch.sub(x[:, :, :, 2:], x[:, :, :, :-2], out=g_col[:, :, :, 1:-1])
     if x.shape[1] == 1:
         return g_row[:, 0], g_col[:, 0]
-    best = torch.hypot(g_row, g_col).argmax(dim=1, keepdim=True)  # first maximum on ties, as numpy
+    if exact:
+        key = _channel_key_table().index_select(0, _codes(g_row, g_col).flatten()).view(x.shape)
+    else:
+        key = _magnitude(g_row, g_col)
+    best = key.argmax(dim=1, keepdim=True)  # first maximum on ties, as numpy
     return g_row.gather(1, best)[:, 0], g_col.gather(1, best)[:, 0]
+
+
+def _codes(g_row: torch.Tensor, g_col: torch.Tensor) -> torch.Tensor:
+    """Table index (int32) of integer gradients: ``(g_row + 255) * 511 + g_col + 255``."""
+    return torch.add(g_col, g_row, alpha=_SIDE).add_(_ZERO)
+
+
+def pixel_votes(grads: tuple[torch.Tensor, torch.Tensor], orientations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's vote: its gradient magnitude (float32) and its orientation bin (uint8 for
+    integer gradients, else int64), ``N,H,W`` each; looked up for integer gradients, else computed."""
+    g_row, g_col = grads
+    if g_row.is_floating_point():
+        return _magnitude(g_row, g_col), _orientation_bins(g_row, g_col, orientations)
+    codes = _codes(g_row, g_col).flatten()
+    magnitude = _magnitude_table().index_select(0, codes).view(g_row.shape)
+    return magnitude, _bin_table(orientations).index_select(0, codes).view(g_row.shape)
 
 
 def cell_histograms(images: torch.Tensor, p: HogParams,
@@ -69,16 +149,12 @@ def cell_histograms(images: torch.Tensor, p: HogParams,
     g_row, g_col = grads if grads is not None else gradients(images)
     n, h, w = g_row.shape
     ch, cw = p.cells(h), p.cells(w)
-    g_row, g_col = g_row[:, : ch * p.cell, : cw * p.cell], g_col[:, : ch * p.cell, : cw * p.cell]
-    magnitude = torch.hypot(g_row, g_col)
-    # Orientation in float64, bin edges rounded to float32: exactly scikit-image's comparisons.
-    angle = torch.rad2deg(torch.atan2(g_row.double(), g_col.double())).remainder(180.0)
-    edges = torch.tensor([180.0 / p.orientations * i for i in range(1, p.orientations)], dtype=torch.float32).double()
-    bins = torch.bucketize(angle, edges, right=True)  # bin i holds [edge_i, edge_{i+1})
+    crop = (g_row[:, : ch * p.cell, : cw * p.cell], g_col[:, : ch * p.cell, : cw * p.cell])
+    magnitude, bins = pixel_votes(crop, p.orientations)
     rows = torch.arange(ch * p.cell) // p.cell
     cols = torch.arange(cw * p.cell) // p.cell
     cell_index = (rows[:, None] * cw + cols[None, :]) * p.orientations
-    index = (cell_index + bins).reshape(n, -1)
+    index = (cell_index + bins).reshape(n, -1)  # int64, as scatter_add_ requires
     hist = torch.zeros(n, ch * cw * p.orientations, dtype=torch.float32)
     hist.scatter_add_(1, index, magnitude.reshape(n, -1))
     return hist.view(n, ch, cw, p.orientations)
@@ -87,12 +163,11 @@ def cell_histograms(images: torch.Tensor, p: HogParams,
 def block_normalise(hist: torch.Tensor, block: int) -> torch.Tensor:
     """L2-Hys-normalised blocks ``N, blocks_row, blocks_col, block, block, orientations``."""
     blocks = hist.unfold(1, block, 1).unfold(2, block, 1)  # N, br, bc, o, block, block
-    blocks = blocks.permute(0, 1, 2, 4, 5, 3)
-    flat = blocks.reshape(*blocks.shape[:3], -1)
-    flat = flat / torch.sqrt((flat * flat).sum(-1, keepdim=True) + EPS * EPS)
-    flat = flat.clamp(max=L2HYS_CLIP)
-    flat = flat / torch.sqrt((flat * flat).sum(-1, keepdim=True) + EPS * EPS)
-    return flat.reshape(blocks.shape)
+    blocks = blocks.permute(0, 1, 2, 4, 5, 3).contiguous()  # a copy, normalised in place
+    flat = blocks.view(*blocks.shape[:3], -1)
+    flat.div_(flat.square().sum(-1, keepdim=True).add_(EPS * EPS).sqrt_()).clamp_(max=L2HYS_CLIP)
+    flat.div_(flat.square().sum(-1, keepdim=True).add_(EPS * EPS).sqrt_())
+    return blocks
 
 
 def hog(images: torch.Tensor, p: HogParams = HogParams(),
