@@ -27,6 +27,8 @@ import torch
 # L2-Hys (Dalal & Triggs 2005, section 6.4): clip the L2-normalised block at 0.2, renormalise.
 L2HYS_CLIP = 0.2
 EPS = 1e-5  # scikit-image's eps, so the two agree
+# Work on chunks of this many pixel values (2 MiB of float32) at a time: see _chunk.
+CHUNK_PIXELS = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,15 @@ def _bin_table(orientations: int) -> torch.Tensor:
 
 
 @functools.cache
-def _channel_key_table() -> torch.Tensor:
+def _channel_rank_table() -> torch.Tensor:
     """Colour images keep, per pixel, the channel that scikit-image keeps: the first maximum of
     ``np.hypot`` in float64. Not a torch hypot: numpy's (the C library's) can differ by one ulp
-    between pairs of equal ``g_row^2 + g_col^2``, e.g. (1, 7) and (5, 5), and that decides ties."""
+    between pairs of equal ``g_row^2 + g_col^2``, e.g. (1, 7) and (5, 5), and that decides ties.
+    Stored as each code's rank among the 21,924 distinct values (equal values, equal ranks: the
+    same order), int16: 512 KiB, which a gather reads much faster than 2 MiB of float64."""
     g_row, g_col = _code_pairs()
-    return torch.from_numpy(np.hypot(g_row.numpy(), g_col.numpy()))
+    rank = torch.unique(torch.from_numpy(np.hypot(g_row.numpy(), g_col.numpy())), return_inverse=True)[1]
+    return rank.to(torch.int16)
 
 
 def gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,20 +115,53 @@ def gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     images; colour images keep, per pixel, the channel of largest magnitude (Dalal & Triggs
     section 6.2; first maximum on ties, as numpy). uint8 images give exact int32 gradients (what
     :func:`pixel_votes` looks its tables up with), others float32."""
-    exact = images.dtype == torch.uint8
-    x = images.to(torch.int32) if exact else images.float()
-    g_row = torch.zeros_like(x)
-    g_col = torch.zeros_like(x)
+    n, c, h, w = images.shape
+    dtype = torch.int32 if images.dtype == torch.uint8 else torch.float32
+    g_row, g_col = torch.empty(n, h, w, dtype=dtype), torch.empty(n, h, w, dtype=dtype)
+    step = _chunk(c * h * w)
+    for s in range(0, n, step):
+        g_row[s : s + step], g_col[s : s + step] = _strongest_channel(*_channel_gradients(images[s : s + step], dtype))
+    return g_row, g_col
+
+
+def _chunk(pixels: int) -> int:
+    """Images per chunk: each per-pixel tensor of a chunk stays within a core's L2 cache (measured
+    1.3x faster than whole batches of 3,000 Fashion-MNIST images at one thread)."""
+    return max(1, CHUNK_PIXELS // pixels)
+
+
+def _channel_gradients(images: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred gradients of every channel, ``N,C,H,W`` of ``dtype``."""
+    x = images.to(dtype)
+    g_row, g_col = torch.zeros_like(x), torch.zeros_like(x)
     torch.sub(x[:, :, 2:, :], x[:, :, :-2, :], out=g_row[:, :, 1:-1, :])
     torch.sub(x[:, :, :, 2:], x[:, :, :, :-2], out=g_col[:, :, :, 1:-1])
-    if x.shape[1] == 1:
+    return g_row, g_col
+
+
+def _strongest_channel(g_row: torch.Tensor, g_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel, the gradient of the channel of largest magnitude (``N,H,W``); the first on ties,
+    as numpy's argmax. Not ``argmax(dim=1)``, which torch runs ~15x slower over 3 channels."""
+    channels = g_row.shape[1]
+    if channels == 1:
         return g_row[:, 0], g_col[:, 0]
-    if exact:
-        key = _channel_key_table().index_select(0, _codes(g_row, g_col).flatten()).view(x.shape)
-    else:
+    if g_row.is_floating_point():
         key = _magnitude(g_row, g_col)
-    best = key.argmax(dim=1, keepdim=True)  # first maximum on ties, as numpy
-    return g_row.gather(1, best)[:, 0], g_col.gather(1, best)[:, 0]
+        best, best_row, best_col = key[:, 0], g_row[:, 0], g_col[:, 0]
+        for ch in range(1, channels):
+            stronger = key[:, ch] > best  # strictly: the first maximum wins ties
+            best = torch.where(stronger, key[:, ch], best)
+            best_row = torch.where(stronger, g_row[:, ch], best_row)
+            best_col = torch.where(stronger, g_col[:, ch], best_col)
+        return best_row, best_col
+    codes = _codes(g_row, g_col)
+    rank = _channel_rank_table().index_select(0, codes.flatten()).view(codes.shape)
+    # key = rank * C + (C - 1 - channel): the largest key is the strongest channel, the earliest on
+    # ties, and its channel is C - 1 - key mod C.
+    priority = torch.arange(channels - 1, -1, -1, dtype=torch.int32).view(1, channels, 1, 1)
+    best = torch.add(priority, rank, alpha=channels).amax(1, keepdim=True)
+    channel = (channels - 1 - best.remainder(channels)).long()
+    return g_row.gather(1, channel)[:, 0], g_col.gather(1, channel)[:, 0]
 
 
 def _codes(g_row: torch.Tensor, g_col: torch.Tensor) -> torch.Tensor:
@@ -176,6 +214,10 @@ def hog(images: torch.Tensor, p: HogParams = HogParams(),
     ``grads``: their :func:`gradients`, to share them between several cell sizes."""
     if images.ndim != 4:
         raise ValueError(f"expected N,C,H,W images, got shape {tuple(images.shape)}")
-    p.dim(images.shape[2], images.shape[3])  # raises if too small
-    return block_normalise(cell_histograms(images, p, grads), p.block).reshape(len(images), -1)
-
+    n, h, w = len(images), images.shape[2], images.shape[3]
+    out = torch.empty(n, p.dim(h, w))  # raises if too small
+    step = _chunk(images.shape[1] * h * w)
+    for s in range(0, n, step):
+        part = None if grads is None else (grads[0][s : s + step], grads[1][s : s + step])
+        out[s : s + step] = block_normalise(cell_histograms(images[s : s + step], p, part), p.block).flatten(1)
+    return out
