@@ -118,11 +118,19 @@ def test_colour_tie_keeps_the_channel_skimage_keeps() -> None:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_chunks_equal_one_batch(channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks, in turn at one torch thread, in parallel threads at two: the same bytes."""
     from alexnet.baselines import hog as hog_module
 
     images = _photo_like(10, channels, 28, 28)
     whole = hog(images, HogParams(9, 4, 2))
     monkeypatch.setattr(hog_module, "CHUNK_PIXELS", 4 * channels * 28 * 28)  # chunks of 4, 4 and 2 images
-    assert hog_module._chunk(channels * 28 * 28) == 4
     torch.testing.assert_close(hog(images, HogParams(9, 4, 2)), whole, rtol=0, atol=0)
     torch.testing.assert_close(hog(images, HogParams(9, 4, 2), hog_module.gradients(images)), whole, rtol=0, atol=0)
+    threads = torch.get_num_threads()
+    for t in (1, 2):
+        torch.set_num_threads(t)
+        try:
+            torch.testing.assert_close(hog(images, HogParams(9, 4, 2)), whole, rtol=0, atol=0)
+            assert torch.get_num_threads() == t  # the pool gave the setting back
+        finally:
+            torch.set_num_threads(threads)

@@ -19,6 +19,8 @@ All of this is tensor arithmetic over the whole batch (torch, no per-image loop)
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +29,8 @@ import torch
 # L2-Hys (Dalal & Triggs 2005, section 6.4): clip the L2-normalised block at 0.2, renormalise.
 L2HYS_CLIP = 0.2
 EPS = 1e-5  # scikit-image's eps, so the two agree
-# Work on chunks of this many pixel values (2 MiB of float32) at a time: see _chunk.
-CHUNK_PIXELS = 1 << 19
+# Work on chunks of this many pixel values (512 KiB of float32) at a time: see _for_chunks.
+CHUNK_PIXELS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ class HogParams:
 # one gather per pixel: bit-for-bit the general path's values, without its per-pixel float64
 # atan2 (the bulk of its cost).
 GRAD_MAX = 255
-_SIDE = 2 * GRAD_MAX + 1  # values of one gradient component
-_ZERO = GRAD_MAX * _SIDE + GRAD_MAX  # the code of the gradient (0, 0)
+# code = (g_row + 255) * 512 + (g_col + 255): a power-of-two stride (one unused column of 512),
+# so that a code splits back into its pair with a shift and a mask, not an integer division.
+_COL_BITS = 9
+_ZERO = (GRAD_MAX << _COL_BITS) + GRAD_MAX  # the code of the gradient (0, 0)
 
 
 def _magnitude(g_row: torch.Tensor, g_col: torch.Tensor) -> torch.Tensor:
@@ -78,9 +82,11 @@ def _orientation_bins(g_row: torch.Tensor, g_col: torch.Tensor, orientations: in
 
 
 def _code_pairs() -> tuple[torch.Tensor, torch.Tensor]:
-    """Every integer gradient pair, in code order (``code = (g_row + 255) * 511 + g_col + 255``)."""
-    v = torch.arange(-GRAD_MAX, GRAD_MAX + 1, dtype=torch.float64)
-    g_row, g_col = torch.meshgrid(v, v, indexing="ij")
+    """Every integer gradient pair (float64), in code order (see :func:`_codes`; the unused
+    column of codes holds g_col = 256)."""
+    g_row = torch.arange(-GRAD_MAX, GRAD_MAX + 1, dtype=torch.float64)
+    g_col = torch.arange(-GRAD_MAX, -GRAD_MAX + (1 << _COL_BITS), dtype=torch.float64)
+    g_row, g_col = torch.meshgrid(g_row, g_col, indexing="ij")
     return g_row.flatten(), g_col.flatten()
 
 
@@ -102,8 +108,8 @@ def _bin_table(orientations: int) -> torch.Tensor:
 def _channel_rank_table() -> torch.Tensor:
     """Colour images keep, per pixel, the channel that scikit-image keeps: the first maximum of
     ``np.hypot`` in float64. Not a torch hypot: numpy's (the C library's) can differ by one ulp
-    between pairs of equal ``g_row^2 + g_col^2``, e.g. (1, 7) and (5, 5), and that decides ties.
-    Stored as each code's rank among the 21,924 distinct values (equal values, equal ranks: the
+    between pairs of equal ``g_row^2 + g_col^2``, e.g. (28, 47) and (17, 52), and that decides ties.
+    Stored as each code's rank among the 22,089 distinct values (equal values, equal ranks: the
     same order), int16: 512 KiB, which a gather reads much faster than 2 MiB of float64."""
     g_row, g_col = _code_pairs()
     rank = torch.unique(torch.from_numpy(np.hypot(g_row.numpy(), g_col.numpy())), return_inverse=True)[1]
@@ -118,16 +124,42 @@ def gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c, h, w = images.shape
     dtype = torch.int32 if images.dtype == torch.uint8 else torch.float32
     g_row, g_col = torch.empty(n, h, w, dtype=dtype), torch.empty(n, h, w, dtype=dtype)
-    step = _chunk(c * h * w)
-    for s in range(0, n, step):
-        g_row[s : s + step], g_col[s : s + step] = _strongest_channel(*_channel_gradients(images[s : s + step], dtype))
+
+    def chunk(s: slice) -> None:
+        if dtype == torch.int32 and c > 1:
+            g_row[s], g_col[s] = _strongest_channel_exact(images[s])
+        else:
+            g_row[s], g_col[s] = _strongest_channel(*_channel_gradients(images[s], dtype))
+
+    _for_chunks(n, c * h * w, chunk)
     return g_row, g_col
 
 
-def _chunk(pixels: int) -> int:
-    """Images per chunk: each per-pixel tensor of a chunk stays within a core's L2 cache (measured
-    1.3x faster than whole batches of 3,000 Fashion-MNIST images at one thread)."""
-    return max(1, CHUNK_PIXELS // pixels)
+def _for_chunks(n: int, pixels: int, fn: Callable[[slice], None]) -> None:
+    """``fn(images)`` for consecutive slices of ``n`` images of ``pixels`` values each, so many
+    that each per-pixel tensor of a chunk stays within a core's L2 cache (1.3x faster than
+    batches of 3,000 Fashion-MNIST images at one thread).
+
+    With several torch threads, the chunks run in parallel, one per thread, each op single-threaded,
+    instead of every op split over all threads: each op split so waits at a barrier for its
+    slowest thread, and on a shared machine (more runnable threads than cores) those waits cost
+    10-30x the work itself (measured at load average 8 on 2 cores); chunks never wait for one another.
+    """
+    step = max(1, CHUNK_PIXELS // pixels)
+    chunks = [slice(s, min(s + step, n)) for s in range(0, n, step)]
+    threads = torch.get_num_threads()
+    if threads == 1 or len(chunks) == 1:
+        for c in chunks:
+            fn(c)
+        return
+    # torch.set_num_threads(1) in a pool thread makes that thread's ops single-threaded; it also
+    # sets torch's default for threads started later, which is restored once the pool is done.
+    try:
+        with ThreadPoolExecutor(min(threads, len(chunks)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for _ in pool.map(fn, chunks):
+                pass
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _channel_gradients(images: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,33 +172,41 @@ def _channel_gradients(images: torch.Tensor, dtype: torch.dtype) -> tuple[torch.
 
 
 def _strongest_channel(g_row: torch.Tensor, g_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel, the gradient of the channel of largest magnitude (``N,H,W``); the first on ties,
-    as numpy's argmax. Not ``argmax(dim=1)``, which torch runs ~15x slower over 3 channels."""
-    channels = g_row.shape[1]
-    if channels == 1:
+    """Per pixel, the gradient (``N,H,W``) of the channel of largest float32 magnitude, the first
+    on ties (numpy's argmax; not torch's ``argmax(dim=1)``, ~15x slower over 3 channels)."""
+    if g_row.shape[1] == 1:
         return g_row[:, 0], g_col[:, 0]
-    if g_row.is_floating_point():
-        key = _magnitude(g_row, g_col)
-        best, best_row, best_col = key[:, 0], g_row[:, 0], g_col[:, 0]
-        for ch in range(1, channels):
-            stronger = key[:, ch] > best  # strictly: the first maximum wins ties
-            best = torch.where(stronger, key[:, ch], best)
-            best_row = torch.where(stronger, g_row[:, ch], best_row)
-            best_col = torch.where(stronger, g_col[:, ch], best_col)
-        return best_row, best_col
-    codes = _codes(g_row, g_col)
+    key = _magnitude(g_row, g_col)
+    best, best_row, best_col = key[:, 0], g_row[:, 0], g_col[:, 0]
+    for ch in range(1, g_row.shape[1]):
+        stronger = key[:, ch] > best  # strictly: the first maximum wins ties
+        best = torch.where(stronger, key[:, ch], best)
+        best_row = torch.where(stronger, g_row[:, ch], best_row)
+        best_col = torch.where(stronger, g_col[:, ch], best_col)
+    return best_row, best_col
+
+
+def _strongest_channel_exact(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_strongest_channel` of uint8 colour images, exactly scikit-image's choice: channels
+    compared by :func:`_channel_rank_table`, the winner's gradient carried as its code. Integer
+    arithmetic throughout, ``code += stronger * (code_ch - code)`` rather than ``torch.where``
+    (which this torch build runs unvectorised, ~7x slower)."""
+    x = images.to(torch.int32)
+    codes = torch.full_like(x, _ZERO)  # zero gradients on the border rows and columns
+    codes[:, :, 1:-1, :].add_(x[:, :, 2:, :] - x[:, :, :-2, :], alpha=1 << _COL_BITS)
+    codes[:, :, :, 1:-1].add_(x[:, :, :, 2:] - x[:, :, :, :-2])
     rank = _channel_rank_table().index_select(0, codes.flatten()).view(codes.shape)
-    # key = rank * C + (C - 1 - channel): the largest key is the strongest channel, the earliest on
-    # ties, and its channel is C - 1 - key mod C.
-    priority = torch.arange(channels - 1, -1, -1, dtype=torch.int32).view(1, channels, 1, 1)
-    best = torch.add(priority, rank, alpha=channels).amax(1, keepdim=True)
-    channel = (channels - 1 - best.remainder(channels)).long()
-    return g_row.gather(1, channel)[:, 0], g_col.gather(1, channel)[:, 0]
+    best, code = rank[:, 0], codes[:, 0]
+    for ch in range(1, codes.shape[1]):
+        stronger = rank[:, ch] > best  # strictly: the first maximum wins ties
+        best = torch.maximum(best, rank[:, ch])
+        code = code + stronger * (codes[:, ch] - code)
+    return (code >> _COL_BITS) - GRAD_MAX, (code & ((1 << _COL_BITS) - 1)) - GRAD_MAX
 
 
 def _codes(g_row: torch.Tensor, g_col: torch.Tensor) -> torch.Tensor:
-    """Table index (int32) of integer gradients: ``(g_row + 255) * 511 + g_col + 255``."""
-    return torch.add(g_col, g_row, alpha=_SIDE).add_(_ZERO)
+    """Table index (int32) of integer gradients: ``(g_row + 255) * 512 + g_col + 255``."""
+    return torch.add(g_col, g_row, alpha=1 << _COL_BITS).add_(_ZERO)
 
 
 def pixel_votes(grads: tuple[torch.Tensor, torch.Tensor], orientations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,8 +256,10 @@ def hog(images: torch.Tensor, p: HogParams = HogParams(),
         raise ValueError(f"expected N,C,H,W images, got shape {tuple(images.shape)}")
     n, h, w = len(images), images.shape[2], images.shape[3]
     out = torch.empty(n, p.dim(h, w))  # raises if too small
-    step = _chunk(images.shape[1] * h * w)
-    for s in range(0, n, step):
-        part = None if grads is None else (grads[0][s : s + step], grads[1][s : s + step])
-        out[s : s + step] = block_normalise(cell_histograms(images[s : s + step], p, part), p.block).flatten(1)
+
+    def chunk(s: slice) -> None:
+        part = None if grads is None else (grads[0][s], grads[1][s])
+        out[s] = block_normalise(cell_histograms(images[s], p, part), p.block).flatten(1)
+
+    _for_chunks(n, images.shape[1] * h * w, chunk)
     return out
