@@ -12,8 +12,13 @@ matches within 1e-5, grey and colour, even and odd cell sizes; ``tests/test_base
 3. blocks of ``block x block`` cells with a stride of one cell, each normalised with L2-Hys
    (L2, clip at 0.2, L2 again; eps 1e-5), which is the paper's best block normalisation.
 
-All of this is tensor arithmetic over the whole batch (torch, no per-image loop):
-``alexnet bench baseline`` measures it beside scikit-image called per image.
+All of this is tensor arithmetic over chunks of the batch (torch, no per-image loop), with two
+exact shortcuts for uint8 images, whose gradients are integer pairs in [-255, 255]^2: each pixel's
+orientation bin and magnitude are looked up in tables of all 511 x 511 pairs (computed once with
+the float formulas), and the colour channel is chosen by a table of scikit-image's own ``np.hypot``
+ranks. Chunks fit a core's L2 cache and run in parallel threads, one single-threaded chunk per
+torch thread (see :func:`_for_chunks`). ``alexnet bench baseline`` measures it beside
+scikit-image called per image.
 """
 
 from __future__ import annotations
@@ -136,9 +141,9 @@ def gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _for_chunks(n: int, pixels: int, fn: Callable[[slice], None]) -> None:
-    """``fn(images)`` for consecutive slices of ``n`` images of ``pixels`` values each, so many
-    that each per-pixel tensor of a chunk stays within a core's L2 cache (1.3x faster than
-    batches of 3,000 Fashion-MNIST images at one thread).
+    """``fn(chunk)`` for consecutive slices of ``n`` images of ``pixels`` values each, with so few
+    images per chunk that each per-pixel tensor stays within a core's L2 cache (1.3x faster than
+    whole batches of 3,000 Fashion-MNIST images, at one thread).
 
     With several torch threads, the chunks run in parallel, one per thread, each op single-threaded,
     instead of every op split over all threads: each op split so waits at a barrier for its
