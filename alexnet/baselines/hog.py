@@ -147,8 +147,9 @@ def _for_chunks(n: int, pixels: int, fn: Callable[[slice], None]) -> None:
 
     With several torch threads, the chunks run in parallel, one per thread, each op single-threaded,
     instead of every op split over all threads: each op split so waits at a barrier for its
-    slowest thread, and on a shared machine (more runnable threads than cores) those waits cost
-    10-30x the work itself (measured at load average 8 on 2 cores); chunks never wait for one another.
+    slowest thread, and on a shared machine (more runnable threads than cores) those waits made
+    the extraction 15-20x slower at 2 threads than at 1 (load average 8 on 2 cores); chunks never
+    wait for one another.
     """
     step = max(1, CHUNK_PIXELS // pixels)
     chunks = [slice(s, min(s + step, n)) for s in range(0, n, step)]
