@@ -132,5 +132,6 @@ def test_chunks_equal_one_batch(channels: int, monkeypatch: pytest.MonkeyPatch) 
         try:
             torch.testing.assert_close(hog(images, HogParams(9, 4, 2)), whole, rtol=0, atol=0)
             assert torch.get_num_threads() == t  # the pool gave the setting back
+            assert hog(images[:0], HogParams(9, 4, 2)).shape == (0, whole.shape[1])
         finally:
             torch.set_num_threads(threads)

@@ -154,7 +154,7 @@ def _for_chunks(n: int, pixels: int, fn: Callable[[slice], None]) -> None:
     step = max(1, CHUNK_PIXELS // pixels)
     chunks = [slice(s, min(s + step, n)) for s in range(0, n, step)]
     threads = torch.get_num_threads()
-    if threads == 1 or len(chunks) == 1:
+    if threads == 1 or len(chunks) <= 1:
         for c in chunks:
             fn(c)
         return
