@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from alexnet import models
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
-from alexnet.training.checkpoint import (
+from alexnet.checkpoint import (
     Checkpoint,
     DataSpec,
     Progress,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from alexnet import models
-from alexnet.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from alexnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from tests.interop_helpers import run_main
 
 NARROW = {"widths": [8, 16, 16, 16, 8], "fc_width": 16}

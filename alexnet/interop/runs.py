@@ -15,7 +15,7 @@ from torch import nn
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json
-from alexnet.training.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
+from alexnet.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
 
 
 def write_run(

@@ -6,7 +6,7 @@ top to bottom: build, start or resume, then per epoch :func:`~alexnet.training.l
 Everything random is either keyed by (seed, epoch, step) (data order, crops, flips) or lives
 in the global torch RNG (dropout) whose state is saved in every checkpoint, so a run killed at
 any step and resumed from its last checkpoint ends with bit-identical weights. The checkpoint
-format is :mod:`alexnet.training.checkpoint`'s.
+format is :mod:`alexnet.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.runfolder import run_folder_lock
 from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
 from alexnet.training import warmstart
-from alexnet.training.checkpoint import (
+from alexnet.checkpoint import (
     BEST,
     LAST,
     Checkpoint,
