@@ -61,7 +61,8 @@ def test_photo_scenes_val_comes_from_a_held_out_band(tmp_path: Path) -> None:
                 # where the patch lies in its photo: val only in the right band, train only left of it
                 columns = [x for _, x in _placements(photo, patch)]
                 assert columns, (split, name)
-                assert all(x >= w - band for x in columns) if split == "val" else all(x + side <= w - band for x in columns)
+                inside = [x >= w - band if split == "val" else x + side <= w - band for x in columns]
+                assert all(inside), (split, name, columns)
     assert own_images.PREPARE_SIZE["photo-scenes"] == 72 and own_images.PREPARE_SIZE["fmnist-pairs100"] == 32
 
 

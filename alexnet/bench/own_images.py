@@ -14,8 +14,8 @@ name                 classes  colour  source side  --size    what
 ``fmnist-pair``      2        gray    28           32        Fashion-MNIST T-shirt vs Shirt, 600 / 200
 ``digits``           10       gray    8            32        scikit-learn's 8x8 digits (UCI), 4/5 train
 ``photo-regions``    8        RGB     32           32        patches of the 2 sample photos, by quadrant
-``fmnist-pairs100``  100      gray    56           32        two Fashion-MNIST items stacked, 100 / 30
-``photo-scenes``     10       RGB     60-423       72        which of 10 bundled photos, 200 / 60, val
+``fmnist-pairs100``  100      gray    56           32        two Fashion-MNIST items stacked, 60 / 20
+``photo-scenes``     10       RGB     60-423       72        which of 10 bundled photos, 120 / 40, val
                                                              from a held-out band of each photo
 ===================  =======  ======  ===========  ========  =============================================
 
@@ -101,7 +101,7 @@ def photo_regions(root: Path, train_per_class: int = 200, val_per_class: int = 5
                     _write(root, split, f"photo{p}-q{q}", i, np.asarray(patch))
 
 
-def fmnist_pairs100(root: Path, train_per_class: int = 100, val_per_class: int = 30) -> None:
+def fmnist_pairs100(root: Path, train_per_class: int = 60, val_per_class: int = 20) -> None:
     """100 classes: a Fashion-MNIST item above another, class = (top class, bottom class).
 
     Each 56x56 image holds two 28x28 items stacked in its central 28 columns (stacked, not side
@@ -151,7 +151,7 @@ _SCENE_VAL_BAND = 0.3
 _SCENE_MIN_STD = 8.0
 
 
-def photo_scenes(root: Path, train_per_class: int = 200, val_per_class: int = 60) -> None:
+def photo_scenes(root: Path, train_per_class: int = 120, val_per_class: int = 40) -> None:
     """Larger colour images, 10 classes: which bundled photo a square patch comes from.
 
     Patch sides are 20-30% of the photo's short side (60-423 px; ``alexnet prepare --size 72``
@@ -165,7 +165,8 @@ def photo_scenes(root: Path, train_per_class: int = 200, val_per_class: int = 60
         h, w = photo.shape[:2]
         band = int(w * _SCENE_VAL_BAND)
         lo, hi = (int(min(h, w) * f) for f in _SCENE_SIDE)
-        for split, count, (x0, x1) in (("train", train_per_class, (0, w - band)), ("val", val_per_class, (w - band, w))):
+        splits = (("train", train_per_class, 0, w - band), ("val", val_per_class, w - band, w))
+        for split, count, x0, x1 in splits:
             k = 0
             while k < count:
                 side = int(rng.integers(lo, min(hi, x1 - x0) + 1))
