@@ -162,9 +162,9 @@ SMALL = {"components": 4, "pca_dims": 8, "max_iter": 40}
 
 def test_sift_fv_learns_shapes(tmp_path: Path) -> None:
     folder = tmp_path / "shapes"
-    write_idx(folder, "train", *draw_shapes(400, 0))
-    write_idx(folder, "val", *draw_shapes(100, 1))
-    m = fit_baseline(BaselineConfig(data=f"mnist:{folder}", features="sift-fv", components=8, pca_dims=16, max_iter=60),
+    write_idx(folder, "train", *draw_shapes(240, 0))
+    write_idx(folder, "val", *draw_shapes(80, 1))
+    m = fit_baseline(BaselineConfig(data=f"mnist:{folder}", features="sift-fv", components=8, pca_dims=16, max_iter=25),
                      tmp_path / "run", progress=False)  # fmt: skip
     assert m["feature_dim"] == 5 * 2 * 8 * 16 and 1 - m["val_top1_err"] >= 0.9, m
 
@@ -238,3 +238,14 @@ def test_sift_fv_saved_model_gives_identical_scores_and_resumes(imagenet_run: tu
     assert {f: os.stat(run / f).st_mtime_ns for f in before} == before
     assert (again["val_top1_err"], again["train_top1_err"]) == (m["val_top1_err"], m["train_top1_err"])
     assert evaluate_baseline(run)["top1_err"] == pytest.approx(m["val_top1_err"])
+
+
+def test_demo_long_table_shows_the_fitted_sift_fv_row(imagenet_run: tuple[Path, Path, dict]) -> None:
+    from alexnet.cli.demo_cmd import story_table
+
+    _, run, m = imagenet_run
+    network = {"val_top1_err": 0.25, "train_seconds_total": 60.0}  # only the table's layout is under test here
+    rows = [line for line in story_table([m], network, "DATA", long=True).splitlines() if line.startswith("2011  ")]
+    assert len(rows) == 1 and "SIFT + Fisher vectors + linear SVM" in rows[0] and f"{1 - m['val_top1_err']:.2%}" in rows[0]
+    short = story_table([], network, "DATA", long=False)
+    assert "--features sift-fv" in short and "--features hog-rbf" in short

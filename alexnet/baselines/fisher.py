@@ -149,14 +149,20 @@ def fisher_vectors(x: torch.Tensor, gmm: Gmm, masks: torch.Tensor, improved: boo
     docstring), power-normalised, L2-normalised, times ``1/sqrt(R)``. A region without
     descriptors gets zeros. ``improved=False``: the raw ``[G_mu, G_sigma]`` blocks, no normalisation."""
     g = gmm.posteriors(x)  # N, T, K
+    d = x.shape[-1]
+    xx = torch.cat([x, x * x], dim=-1)  # the first and second moments in one product
     sigma = gmm.variances.sqrt()
     blocks = []
     for mask in masks:
-        gm = g * mask[None, :, None]
-        count = mask.sum().clamp(min=1)
-        s0 = gm.sum(1)[..., None]  # N, K, 1
-        s1 = gm.transpose(1, 2) @ x  # N, K, D
-        s2 = gm.transpose(1, 2) @ (x * x)
+        idx = mask.nonzero()[:, 0]
+        count = max(1, len(idx))
+        if len(idx) and int(idx[-1] - idx[0]) + 1 == len(idx):  # a contiguous range: a view, no copy
+            gr, xr = g[:, int(idx[0]) : int(idx[-1]) + 1], xx[:, int(idx[0]) : int(idx[-1]) + 1]
+        else:
+            gr, xr = g[:, idx], xx[:, idx]
+        s0 = gr.sum(1)[..., None]  # N, K, 1
+        s12 = gr.transpose(1, 2) @ xr  # N, K, 2D
+        s1, s2 = s12[..., :d], s12[..., d:]
         g_mu = (s1 - s0 * gmm.means) / (sigma * gmm.weights.sqrt()[:, None] * count)
         g_sigma = ((s2 - 2 * gmm.means * s1 + s0 * gmm.means**2) / gmm.variances - s0) / (
             math.sqrt(2) * gmm.weights.sqrt()[:, None] * count)  # fmt: skip
@@ -193,12 +199,15 @@ class SiftFisher:
         self.colour = channels == 3 if colour is None else colour
         self.params = params or DsiftParams.for_side(side)
         self.streams: list[_Stream] = []
-        self.masks = region_masks(self.params.centres(side), side)
+        masks = region_masks(self.params.centres(side), side)
+        # Descriptors reordered cell by cell, so that each region is a contiguous range (a view).
+        self.order = masks[1:].argmax(0).argsort(stable=True)
+        self.masks = masks[:, self.order]
 
     def _descriptors(self, images: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        out = [("sift", dsift(images, self.params))]
+        out = [("sift", dsift(images, self.params)[:, self.order])]
         if self.colour:
-            out.append(("colour", colour_descriptors(images, self.params)))
+            out.append(("colour", colour_descriptors(images, self.params)[:, self.order]))
         return out
 
     def fit(self, images: torch.Tensor, progress: bool = False) -> SiftFisher:
