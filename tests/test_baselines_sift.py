@@ -243,7 +243,7 @@ def test_sift_fv_saved_model_gives_identical_scores_and_resumes(imagenet_run: tu
 def test_demo_long_table_shows_the_fitted_sift_fv_row(imagenet_run: tuple[Path, Path, dict]) -> None:
     from alexnet.cli.demo_cmd import story_table
 
-    _, run, m = imagenet_run
+    m = imagenet_run[2]
     network = {"val_top1_err": 0.25, "train_seconds_total": 60.0}  # only the table's layout is under test here
     rows = [line for line in story_table([m], network, "DATA", long=True).splitlines() if line.startswith("2011  ")]
     assert len(rows) == 1 and "SIFT + Fisher vectors + linear SVM" in rows[0] and f"{1 - m['val_top1_err']:.2%}" in rows[0]

@@ -187,7 +187,8 @@ class SiftFisher:
 
     ``fit`` samples :data:`FIT_DESCRIPTORS` descriptors of the given training images (seeded) for
     PCA and EM; ``transform`` maps uint8 ``N,C,S,S`` images to ``N x dim`` float32 signatures,
-    ``dim = (1 + GRID^2) * 2 * components * pca_dims`` per descriptor type.
+    ``(1 + GRID^2) * 2 * components * min(pca_dims, 128)`` dims per descriptor type (SIFT, and for
+    colour images the colour statistics, ``pca_dims`` capped at 96 for them).
     """
 
     FIT_IMAGES = 2000  # training images whose descriptors are sampled for PCA and the GMM
@@ -238,9 +239,6 @@ class SiftFisher:
             # Each descriptor type is unit norm; their concatenation scaled back to unit norm.
             out.append(torch.cat(fvs, dim=1) / math.sqrt(len(fvs)))
         return torch.cat(out)
-
-    def dim(self) -> int:
-        return len(self.masks) * 2 * self.components * self.pca_dims * (2 if self.colour else 1)
 
     def config(self) -> dict[str, Any]:
         return {

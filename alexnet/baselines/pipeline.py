@@ -5,7 +5,7 @@
 * ``config.json``: ``kind`` = :data:`KIND`, the features, data source, seed and options, the
   classes and the input geometry;
 * ``extractor.json`` + ``extractor.npz``: the fitted feature extractor (e.g. kernel-map
-  landmarks and projection);
+  landmarks and projection; sift-fv's PCA means/directions and GMM weights/means/variances);
 * ``features/{train,val}.npy`` (+ ``-labels.npy``): the features, written through a memory
   map into a temporary file that is renamed when complete, so a killed run never leaves a
   half-written file under the final name, and memory holds one batch, not the split;
