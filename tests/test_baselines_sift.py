@@ -249,3 +249,14 @@ def test_demo_long_table_shows_the_fitted_sift_fv_row(imagenet_run: tuple[Path, 
     assert len(rows) == 1 and "SIFT + Fisher vectors + linear SVM" in rows[0] and f"{1 - m['val_top1_err']:.2%}" in rows[0]
     short = story_table([], network, "DATA", long=False)
     assert "--features sift-fv" in short and "--features hog-rbf" in short
+
+
+def test_baseline_cli_passes_the_vocabulary_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    code, stdout, err = cli_main(capsys, "baseline", "--data", "synthetic:classes=3,size=16,train=24,val=12,channels=3",
+                                 "--features", "sift-fv", "--gmm-components", "2", "--pca-dims", "4", "--max-iter", "5",
+                                 "--no-progress", "--out", str(out), "--json")  # fmt: skip
+    assert code == 0, err
+    m = json.loads(stdout)
+    assert m["feature_dim"] == 2 * 5 * 2 * 2 * 4 and m["features"] == "sift-fv"  # (sift, colour) x regions x (mu, sigma) x K x D
+    assert json.loads((out / "extractor.json").read_text())["dsift"] == {"bins": [3, 4], "step": 2, "root": True}  # 6 px bins do not fit 16 px
