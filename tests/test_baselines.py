@@ -207,7 +207,7 @@ def test_demo_story_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert f"{1 - hog['val_top1_err']:.2%}" in hog_row and "designed" in hog_row
     net_row = next(line for line in table.splitlines() if line.startswith("2012"))
     assert f"{1 - net['val_top1_err']:.2%}" in net_row and "learned" in net_row
-    assert "SYNTHETIC" in table and "sift-fv" in table and "--features hog-rbf" in table
+    assert "SYNTHETIC" in table and "--features sift-fv" in table and "--features hog-rbf" in table
     assert "45.7 / 25.7" in table and "- / 26.2" in table and "37.5 / 17.0" in table  # paper rows
     assert sum(line.startswith(("2011  ", "2012  ")) for line in table.splitlines()) == 4  # hog, hog-rbf, sift-fv, net
 

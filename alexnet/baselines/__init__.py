@@ -1,6 +1,7 @@
 """The 2011 side of the story: hand-crafted features and linear SVMs, as estimators.
 
-Feature extraction (:mod:`~alexnet.baselines.hog`, :mod:`~alexnet.baselines.features`) is
+Feature extraction (:mod:`~alexnet.baselines.hog`, :mod:`~alexnet.baselines.features`, and
+:mod:`~alexnet.baselines.sift` + :mod:`~alexnet.baselines.fisher` for SIFT + Fisher vectors) is
 separate from classification (:mod:`~alexnet.baselines.svm`); :mod:`~alexnet.baselines.pipeline`
 fits them in resumable stages into a run folder that ``alexnet eval`` and ``alexnet predict``
 accept like a network's.
