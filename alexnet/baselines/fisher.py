@@ -193,8 +193,10 @@ class SiftFisher:
 
     FIT_IMAGES = 2000  # training images whose descriptors are sampled for PCA and the GMM
     FIT_DESCRIPTORS = 200_000  # descriptors (of each type) for PCA and EM
+    COMPONENTS = 32  # default GMM vocabulary (chosen on a held-out split: see the README)
+    PCA_DIMS = 32  # default descriptor dimensions after PCA
 
-    def __init__(self, side: int, channels: int, components: int = 32, pca_dims: int = 32, seed: int = 0,
+    def __init__(self, side: int, channels: int, components: int = COMPONENTS, pca_dims: int = PCA_DIMS, seed: int = 0,
                  colour: bool | None = None, params: DsiftParams | None = None) -> None:  # fmt: skip
         self.side, self.channels, self.components, self.pca_dims, self.seed = side, channels, components, pca_dims, seed
         self.colour = channels == 3 if colour is None else colour

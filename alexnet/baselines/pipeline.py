@@ -75,8 +75,8 @@ class BaselineConfig:
     l2: float = SvmParams.l2
     max_iter: int = SvmParams.max_iter
     landmarks: int = 3000  # hog-rbf: kernel-map dimension (Nystroem landmarks)
-    components: int = 32  # sift-fv: Gaussians of the GMM vocabulary
-    pca_dims: int = 32  # sift-fv: descriptor dimensions after PCA
+    components: int = SiftFisher.COMPONENTS  # sift-fv: Gaussians of the GMM vocabulary
+    pca_dims: int = SiftFisher.PCA_DIMS  # sift-fv: descriptor dimensions after PCA
     batch_size: int = 1000
 
 
