@@ -12,8 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alexnet import models
-from alexnet.data.pipeline import InputNorm
-from alexnet.errors import UserError
 from alexnet.checkpoint import (
     Checkpoint,
     DataSpec,
@@ -23,6 +21,8 @@ from alexnet.checkpoint import (
     save_checkpoint,
     step_file_name,
 )
+from alexnet.data.pipeline import InputNorm
+from alexnet.errors import UserError
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

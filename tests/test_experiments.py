@@ -27,6 +27,7 @@ from alexnet.experiments import (
     verdict,
     write_outputs,
 )
+from alexnet.experiments.runner import find_copy_source
 from alexnet.training.trainer import TrainConfig, train
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -212,6 +213,36 @@ def test_killed_experiment_skips_finished_runs_and_resumes_the_unfinished_one(tm
     other = make_plan("relu-vs-tanh", data=TINY.replace("val=32", "val=16"), seeds=1, out=tmp_path)
     with pytest.raises(UserError, match="other settings"):
         run_plan(other)
+
+
+def test_the_shared_baseline_arm_is_trained_once_and_copied(tmp_path) -> None:
+    """lrn's `lrn=True` arm, ten-crop's net and depth's `remove=none` arm are one network: the
+    second and third experiment copy the first one's finished runs; other settings never match."""
+    lrn = make_plan("lrn", data=TINY, seeds=1, out=tmp_path, progress=False, precision="fp32")
+    baseline = lrn.runs[0]
+    train(baseline.config)
+    assert models.canonical("alexnet-small", {"lrn": True}) == models.canonical("alexnet-small-depth", {})
+    assert models.canonical("alexnet-small-depth", {"remove": "conv3"})[0] == "alexnet-small-depth"
+    views = make_plan("ten-crop", data=TINY, seeds=1, out=tmp_path, progress=False, precision="fp32")
+    depth = make_plan("depth", data=TINY, seeds=1, out=tmp_path, progress=False, precision="fp32")
+    assert find_copy_source(views.runs[0], tmp_path) == baseline.folder
+    assert find_copy_source(depth.runs[0], tmp_path) == baseline.folder
+    assert [find_copy_source(r, tmp_path) for r in depth.runs[1:]] == [None] * 3  # other networks
+    for other in (
+        dataclasses.replace(baseline.config, seed=1),
+        dataclasses.replace(baseline.config, precision="bf16"),
+        dataclasses.replace(baseline.config, recipe=baseline.config.recipe.with_overrides(lr=0.01)),
+        dataclasses.replace(baseline.config, recipe=baseline.config.recipe.with_overrides(epochs=5)),
+    ):
+        assert find_copy_source(dataclasses.replace(views.runs[0], config=other), tmp_path) is None
+    events = []
+    run_plan(views, on_event=events.append)
+    assert (events[0].state, events[0].source) == ("copy", baseline.folder)
+    copied = views.runs[0].folder
+    assert (copied / "metrics.jsonl").read_bytes() == (baseline.folder / "metrics.jsonl").read_bytes()
+    assert json.loads((copied / "copied-from.json").read_text())["source"] == str(baseline.folder.resolve())
+    assert run_status(views.runs[0]) == "done"  # the copy's config (lrn=True) is the same run as {}
+    assert {e.state for e in events[1:]} == {"eval"} and analyse(views)["arms"]["centre"]["val_top1_err"]["n"] == 1
 
 
 def test_tiny_real_experiment_end_to_end(tmp_path) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from alexnet import models
+from alexnet.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 from alexnet.data import BatchPlan, Dataset, open_dataset
 from alexnet.data.dataset import SPLITS
 from alexnet.data.pipeline import InputNorm, InputPipeline
@@ -27,7 +28,6 @@ from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_text
 from alexnet.runtime import default_workers, resolve_device, resolve_precision, tune_cpu_allocator
-from alexnet.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

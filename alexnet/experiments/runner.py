@@ -6,6 +6,14 @@ checkpoint but fewer epochs is continued with the trainer's own exact resume
 A run folder that holds a run with other settings is never touched: the experiment stops with
 a one-line error (another ``--out``, or the same command as before).
 
+Several experiments share an arm: the paper's configuration is the baseline of lrn,
+overlapping-pooling, two-towers, ten-crop and depth, spelled differently in each (``lrn=True``,
+``pooling=overlapping``, ``alexnet-small-depth`` with ``remove=none``). Before training a new run,
+the runner looks in the other experiments under the same ``--out`` for a finished run of the same
+network (:func:`alexnet.models.canonical`), recipe, data, seed and runtime settings, and copies it
+instead (``copied-from.json`` says from where): training is bit-reproducible on one machine, so
+the copy is what training would have produced, and ``experiment all`` trains that arm once.
+
 The ``views`` experiment then evaluates every trained net once per test-time view and keeps
 each result as ``eval-VIEW.json`` in the run folder (also skipped when present).
 """
@@ -13,6 +21,7 @@ each result as ``eval-VIEW.json`` in the run folder (also skipped when present).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,21 +31,26 @@ from typing import Any
 from alexnet.errors import UserError
 from alexnet.experiments.plans import Plan, PlannedRun
 from alexnet.io import atomic_write_json
-from alexnet.runfolder import run_folder_lock
+from alexnet.models import canonical
+from alexnet.runfolder import LOCK_NAME, run_folder_lock
 from alexnet.training.trainer import TrainConfig, train
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
+COPIED_FROM = "copied-from.json"
 # The settings that define a run's result; runtime ones (progress bar, decoding threads) may differ.
 _DEFINING = ("data", "recipe", "seed", "model_options")
+# What may differ between a run and one copied in its place: where it is and how it narrates.
+_NOT_COPIED = ("out", "progress", "workers")
 
 
 @dataclass(frozen=True)
 class RunEvent:
     """Progress of a plan, for the caller to show.
 
-    ``state`` is ``skip`` (finished before), ``resume``, ``start``, ``done`` or ``eval``;
+    ``state`` is ``skip`` (finished before), ``copy`` (the same run finished in another
+    experiment, copied from ``source``), ``resume``, ``start``, ``done`` or ``eval``;
     ``eta_seconds`` is the estimated time left for the whole experiment (``None`` until a run
     has been trained in this invocation: the time per epoch so far times the epochs left).
     """
@@ -48,6 +62,7 @@ class RunEvent:
     seed: int
     folder: Path
     eta_seconds: float | None
+    source: Path | None = None
 
 
 def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
@@ -71,21 +86,75 @@ def _check_same_run(folder: Path, cfg: TrainConfig) -> None:
     path = folder / CONFIG
     if not path.is_file():
         return
-    try:
-        saved = json.loads(path.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{path} is unreadable; remove {folder} or choose another --out") from None
-    wanted = json.loads(json.dumps(cfg.to_dict()))  # as JSON would store it (tuples -> lists)
+    saved = _saved_config(path)
+    if saved is None:
+        raise UserError(f"{path} is unreadable; remove {folder} or choose another --out")
+    wanted = _as_saved(cfg)
     # epochs may grow, as with `train --resume --epochs`: the first epochs are the same run's.
-    for d in (saved, wanted):
-        if isinstance(d.get("recipe"), dict):
-            d["recipe"] = {k: v for k, v in d["recipe"].items() if k != "epochs"}
+    saved, wanted = _network_spelled_out(saved, epochs=False), _network_spelled_out(wanted, epochs=False)
     differs = [k for k in _DEFINING if saved.get(k) != wanted[k]]
     if differs:
         raise UserError(
             f"{folder} holds a run with other settings ({', '.join(differs)} differ); "
             "choose another --out or repeat the command that made it"
         )
+
+
+def _saved_config(path: Path) -> dict[str, Any] | None:
+    """The ``config`` of a run folder's ``config.json`` (``None`` if unreadable)."""
+    try:
+        saved = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _as_saved(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg.to_dict()))  # as JSON would store it (tuples -> lists)
+
+
+def _network_spelled_out(config: dict[str, Any], epochs: bool = True) -> dict[str, Any]:
+    """``config`` with its model named canonically (:func:`alexnet.models.canonical`), without
+    ``recipe.epochs`` unless ``epochs``; ``{}`` for a config that names no known model."""
+    recipe = config.get("recipe")
+    options = config.get("model_options")
+    if not isinstance(recipe, dict) or not isinstance(options, dict):
+        return {}
+    try:
+        model, full = canonical(str(recipe.get("model")), options)
+    except UserError:
+        return {}
+    recipe = {k: v for k, v in recipe.items() if epochs or k != "epochs"} | {"model": model}
+    return config | {"recipe": recipe, "model_options": json.loads(json.dumps(full))}
+
+
+def find_copy_source(run: PlannedRun, root: Path) -> Path | None:
+    """A finished run of the same network and settings as ``run`` in another experiment under
+    ``root`` (the ``--out`` folder: ``root/EXPERIMENT/ARM/seed-S``), or ``None``."""
+    wanted = {k: v for k, v in _network_spelled_out(_as_saved(run.config)).items() if k not in _NOT_COPIED}
+    for path in sorted(root.glob(f"*/*/seed-{run.seed}/{CONFIG}")):
+        folder = path.parent
+        if folder.resolve() == run.folder.resolve() or len(read_metrics(folder)) != run.config.recipe.epochs:
+            continue
+        saved = _saved_config(path)
+        if saved is None or not (folder / CHECKPOINT).is_file():
+            continue
+        if {k: v for k, v in _network_spelled_out(saved).items() if k not in _NOT_COPIED} == wanted:
+            return folder
+    return None
+
+
+def copy_run(source: Path, folder: Path) -> None:
+    """Copy the finished run ``source`` to the new run folder ``folder`` (written whole, then
+    renamed into place), holding ``source``'s lock so that nothing writes it meanwhile."""
+    staging = folder.with_name(f".{folder.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a kill during an earlier copy
+    with run_folder_lock(source):
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_NAME, COPIED_FROM))
+    atomic_write_json(staging / COPIED_FROM, {"source": str(source.resolve())})
+    if folder.exists():
+        folder.rmdir()  # empty (see _run_plan)
+    staging.rename(folder)
 
 
 def require_colour(plan: Plan) -> None:
@@ -115,7 +184,12 @@ def _run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None) -> None:
     runs = plan.runs
     epochs = plan.budget.epochs
     status = [run_status(r) for r in runs]
-    left = [0 if s == "done" else epochs - len(read_metrics(r.folder)) for s, r in zip(status, runs)]
+    sources = [
+        find_copy_source(r, plan.out.parent) if s == "new" and _empty(r.folder) else None for s, r in zip(status, runs)
+    ]
+    left = [
+        0 if s == "done" or src else epochs - len(read_metrics(r.folder)) for s, src, r in zip(status, sources, runs)
+    ]
     trained, started = 0, time.monotonic()
 
     def eta() -> float | None:
@@ -123,9 +197,13 @@ def _run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None) -> None:
             return None
         return (time.monotonic() - started) / trained * sum(left)
 
-    for i, (run, state) in enumerate(zip(runs, status)):
+    for i, (run, state, source) in enumerate(zip(runs, status, sources)):
         if state == "done":
             emit(RunEvent("skip", i, len(runs), run.arm, run.seed, run.folder, eta()))
+            continue
+        if source is not None:
+            copy_run(source, run.folder)
+            emit(RunEvent("copy", i, len(runs), run.arm, run.seed, run.folder, eta(), source))
             continue
         emit(RunEvent("resume" if state == "partial" else "start", i, len(runs), run.arm, run.seed, run.folder, eta()))
         before = len(read_metrics(run.folder)) if state == "partial" else 0
@@ -141,6 +219,10 @@ def _run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None) -> None:
             if not view_result_path(run.folder, view).is_file():
                 emit(RunEvent("eval", i, len(runs), view, run.seed, run.folder, None))
                 evaluate_view(run, view)
+
+
+def _empty(folder: Path) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
 
 
 def view_result_path(folder: Path, view: str) -> Path:

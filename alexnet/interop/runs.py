@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from alexnet.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json
-from alexnet.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
 
 
 def write_run(

@@ -26,7 +26,7 @@ from alexnet.models.depth import AlexNetDepth
 from alexnet.models.fourlayer import FourLayerNet
 from alexnet.models.owt import AlexNetOWT
 
-__all__ = ["MODELS", "ModelInfo", "available", "count_parameters", "create", "info"]
+__all__ = ["MODELS", "ModelInfo", "available", "canonical", "count_parameters", "create", "info"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class ModelInfo:
     image_size: int
     build: Callable[..., nn.Module]
     default_options: tuple[tuple[str, object], ...] = ()
+    # (model, options): built with these options, this model is exactly that model (the same
+    # layers and, for a seed, the same initial weights); see :func:`canonical`.
+    same_as: tuple[str, tuple[tuple[str, object], ...]] | None = None
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -65,6 +68,7 @@ MODELS: dict[str, ModelInfo] = {
             28,
             partial(AlexNetDepth, shape=SMALL_SHAPE),
             (("init", "kaiming"),),
+            ("alexnet-small", (("remove", "none"),)),  # tests/test_experiments_models.py checks it
         ),
         ModelInfo("fourlayer", "the four-layer CIFAR-10 net of section 3.1, Figure 1 (relu/tanh)", 32, FourLayerNet),
     )
@@ -144,6 +148,28 @@ def create(name: str, num_classes: int = 1000, **options: object) -> nn.Module:
     except ValueError as e:
         raise UserError(f"model {name!r}: {e}") from None
     return model
+
+
+def canonical(name: str, options: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """The model and complete options that ``create(name, **options)`` builds, in one spelling.
+
+    Every option the call leaves out gets its default (the registry's, else the signature's), a
+    model that is another one with some options (``ModelInfo.same_as``) is named as that one, and
+    ``towers_on`` (where the towers run, not what they compute) is dropped. Two runs whose recipes
+    agree and whose canonical models are equal train the same network from the same seed.
+    """
+    entry = info(name)
+    options = {k: v for k, v in options.items() if k != "towers_on"}
+    if entry.same_as is not None:
+        target, when = entry.same_as
+        if all(options.get(k, _default(entry, k)) == v for k, v in when):
+            return canonical(target, {k: v for k, v in options.items() if k not in dict(when)})
+    return entry.name, {k: options.get(k, _default(entry, k)) for k in model_options(name) if k != "towers_on"}
+
+
+def _default(entry: ModelInfo, option: str) -> object:
+    defaults = dict(entry.default_options)
+    return defaults[option] if option in defaults else inspect.signature(entry.build).parameters[option].default
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,16 +30,6 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet import __version__, models
-from alexnet.data import BatchPlan, open_dataset
-from alexnet.data.dataset import MIN_CLASSES, Dataset
-from alexnet.data.pipeline import InputPipeline
-from alexnet.data.seeding import derive_seed
-from alexnet.errors import UserError
-from alexnet.evaluation.metrics import Meter, evaluate
-from alexnet.io import atomic_write_json, atomic_write_text
-from alexnet.runfolder import run_folder_lock
-from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
-from alexnet.training import warmstart
 from alexnet.checkpoint import (
     BEST,
     LAST,
@@ -53,6 +43,16 @@ from alexnet.checkpoint import (
     step_file_name,
     stored_model_options,
 )
+from alexnet.data import BatchPlan, open_dataset
+from alexnet.data.dataset import MIN_CLASSES, Dataset
+from alexnet.data.pipeline import InputPipeline
+from alexnet.data.seeding import derive_seed
+from alexnet.errors import UserError
+from alexnet.evaluation.metrics import Meter, evaluate
+from alexnet.io import atomic_write_json, atomic_write_text
+from alexnet.runfolder import run_folder_lock
+from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.training import warmstart
 from alexnet.training.distributed import (
     DistContext,
     all_reduce_sum_,

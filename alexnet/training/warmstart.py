@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexnet.checkpoint import KIND, load_checkpoint
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
-from alexnet.checkpoint import KIND, load_checkpoint
 
 FREEZE_CHOICES = ("none", "conv", "features")
 # Layers (paper names, as in ``layers_by_role``) kept fixed by each --freeze choice. "features"
