@@ -27,6 +27,10 @@ from alexnet.errors import UserError
 LOCK_NAME = ".alexnet.lock"
 
 
+class FolderInUse(UserError):
+    """Another live process holds the run folder's lock."""
+
+
 def check_folder_path(folder: str | Path, flag: str = "--out") -> Path:
     """A one-line :class:`UserError` when ``folder`` is a file or lies under one (``flag`` names
     the option the user gave it with); creates nothing. For commands that check before long work."""
@@ -87,7 +91,7 @@ def run_folder_lock(
             make_folder(folder, flag)
             fd, holder = _try_lock(folder)
             if fd is None:
-                error = UserError(
+                error = FolderInUse(
                     f"{folder} is in use by another alexnet process (pid {holder}); "
                     "wait for it to finish or choose another folder"
                 )

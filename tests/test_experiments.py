@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 
 import pytest
 
@@ -22,12 +23,14 @@ from alexnet.experiments import (
     read_metrics,
     run_plan,
     run_status,
+    runner,
     summarize,
     to_markdown,
     verdict,
     write_outputs,
 )
 from alexnet.experiments.runner import find_copy_source
+from alexnet.runfolder import run_folder_lock
 from alexnet.training.trainer import TrainConfig, train
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -243,6 +246,47 @@ def test_the_shared_baseline_arm_is_trained_once_and_copied(tmp_path) -> None:
     assert json.loads((copied / "copied-from.json").read_text())["source"] == str(baseline.folder.resolve())
     assert run_status(views.runs[0]) == "done"  # the copy's config (lrn=True) is the same run as {}
     assert {e.state for e in events[1:]} == {"eval"} and analyse(views)["arms"]["centre"]["val_top1_err"]["n"] == 1
+
+
+def test_a_run_another_process_holds_is_passed_over_and_waited_for(tmp_path, monkeypatch) -> None:
+    """Two processes on one plan share out its runs: the plan trains the runs it can, and waits
+    for the one whose folder lock is held elsewhere (here: a thread, as a second process would)."""
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.05)
+    plan = make_plan("relu-vs-tanh", data=TINY, seeds=2, out=tmp_path, progress=False, precision="fp32")
+    events, locked, release = [], threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with run_folder_lock(plan.runs[0].folder):
+            locked.set()
+            release.wait(120)
+
+    def on_event(e) -> None:
+        events.append((e.state, e.index))
+        if sum(state == "done" for state, _ in events) == len(plan.runs) - 1:
+            release.set()  # the "other process" lets go only once the plan has done all else
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(60)
+    run_plan(plan, on_event)  # training needs the main thread (signal handlers)
+    holder.join(10)
+    assert events[0] == ("busy", 0)
+    assert [i for state, i in events if state == "done"] == [1, 2, 3, 0]  # run 0 last, once
+    assert all(len(read_metrics(r.folder)) == 8 for r in plan.runs)
+
+
+def test_a_copy_never_replaces_a_folder_taken_meanwhile(tmp_path) -> None:
+    source = tmp_path / "a" / "x" / "seed-0"
+    (source / "checkpoints").mkdir(parents=True)
+    (source / "metrics.jsonl").write_text("{}\n")
+    taken = tmp_path / "b" / "x" / "seed-0"
+    taken.mkdir(parents=True)
+    (taken / ".alexnet.lock").write_text("")  # another process started training here
+    assert not runner.copy_run(source, taken)
+    assert [p.name for p in taken.iterdir()] == [".alexnet.lock"]
+    assert [p.name for p in taken.parent.iterdir()] == ["seed-0"]  # no staging folder left
+    fresh = tmp_path / "b" / "x" / "seed-1"
+    assert runner.copy_run(source, fresh) and (fresh / "metrics.jsonl").read_text() == "{}\n"
 
 
 def test_tiny_real_experiment_end_to_end(tmp_path) -> None:

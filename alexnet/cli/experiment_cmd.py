@@ -1,7 +1,8 @@
 """``alexnet experiment NAME|all``: re-measure one of the paper's claims (arms x seeds of ordinary
 training runs, then mean +- std, the paper's figure and a seed-noise verdict). Run the same
 command again after a kill: finished runs are skipped and the unfinished one resumes exactly. A run
-that another experiment under the same --out has already trained (the shared baseline arm) is copied."""
+that another experiment under the same --out has already trained (the shared baseline arm) is copied.
+The same command in several terminals (e.g. one per GPU: CUDA_VISIBLE_DEVICES=N) shares out the runs."""
 
 from __future__ import annotations
 
@@ -90,8 +91,8 @@ def _print_plan(plan: Plan) -> None:
 
 def _describe(name: str, e: RunEvent) -> str:
     eta = "ETA after the first run" if e.eta_seconds is None else f"ETA {_duration(e.eta_seconds)}"
-    verb = {"skip": "finished before, skipped", "copy": f"the same run finished in {e.source}, copied",
-            "resume": "resuming", "start": "training", "done": "done", "eval": f"evaluating ({e.arm})"}[e.state]  # fmt: skip
+    verb = {"skip": "already finished, skipped", "copy": f"the same run finished in {e.source}, copied",
+            "busy": "another process is training it (waiting for it at the end)", "resume": "resuming", "start": "training", "done": "done", "eval": f"evaluating ({e.arm})"}[e.state]  # fmt: skip
     arm = "" if e.state == "eval" else f"arm {e.arm} "
     return f"[{name}] run {e.index + 1}/{e.total}: {arm}seed {e.seed}: {verb}  ({eta}; {e.folder})"
 

@@ -14,6 +14,11 @@ network (:func:`alexnet.models.canonical`), recipe, data, seed and runtime setti
 instead (``copied-from.json`` says from where): training is bit-reproducible on one machine, so
 the copy is what training would have produced, and ``experiment all`` trains that arm once.
 
+Several processes may run the same command side by side (one per GPU, or one per machine on a
+shared disk) and share out its runs: each run is decided and trained under its run folder's
+lock, a process passes over a run another one holds and waits for it at the end (see
+:func:`run_plan`).
+
 The ``views`` experiment then evaluates every trained net once per test-time view and keeps
 each result as ``eval-VIEW.json`` in the run folder (also skipped when present).
 """
@@ -21,6 +26,7 @@ each result as ``eval-VIEW.json`` in the run folder (also skipped when present).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -32,7 +38,7 @@ from alexnet.errors import UserError
 from alexnet.experiments.plans import Plan, PlannedRun
 from alexnet.io import atomic_write_json
 from alexnet.models import canonical
-from alexnet.runfolder import LOCK_NAME, run_folder_lock
+from alexnet.runfolder import LOCK_NAME, FolderInUse, run_folder_lock
 from alexnet.training.trainer import TrainConfig, train
 
 METRICS = "metrics.jsonl"
@@ -41,6 +47,8 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 COPIED_FROM = "copied-from.json"
 # The settings that define a run's result; runtime ones (progress bar, decoding threads) may differ.
 _DEFINING = ("data", "recipe", "seed", "model_options")
+# How often a plan looks again at the runs another process is training (seconds).
+POLL_SECONDS = 10.0
 # What may differ between a run and one copied in its place: where it is and how it narrates.
 _NOT_COPIED = ("out", "progress", "workers")
 
@@ -50,7 +58,8 @@ class RunEvent:
     """Progress of a plan, for the caller to show.
 
     ``state`` is ``skip`` (finished before), ``copy`` (the same run finished in another
-    experiment, copied from ``source``), ``resume``, ``start``, ``done`` or ``eval``;
+    experiment, copied from ``source``), ``busy`` (another process is training it: waited for),
+    ``resume``, ``start``, ``done`` or ``eval``;
     ``eta_seconds`` is the estimated time left for the whole experiment (``None`` until a run
     has been trained in this invocation: the time per epoch so far times the epochs left).
     """
@@ -144,17 +153,33 @@ def find_copy_source(run: PlannedRun, root: Path) -> Path | None:
     return None
 
 
-def copy_run(source: Path, folder: Path) -> None:
-    """Copy the finished run ``source`` to the new run folder ``folder`` (written whole, then
-    renamed into place), holding ``source``'s lock so that nothing writes it meanwhile."""
-    staging = folder.with_name(f".{folder.name}.copying")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a kill during an earlier copy
-    with run_folder_lock(source):
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_NAME, COPIED_FROM))
+def copy_run(source: Path, folder: Path) -> bool:
+    """Copy the finished run ``source`` to the new run folder ``folder``: written whole under a
+    name of this process's, then renamed into place. ``False`` (nothing changed) when ``folder``
+    was taken meanwhile (another process copied the run, or started training it)."""
+    for stale in folder.parent.glob(f".{folder.name}.copying-*"):  # left by a killed copy
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = folder.with_name(f".{folder.name}.copying-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_NAME, COPIED_FROM, ".*.copying-*"))
     atomic_write_json(staging / COPIED_FROM, {"source": str(source.resolve())})
-    if folder.exists():
-        folder.rmdir()  # empty (see _run_plan)
-    staging.rename(folder)
+    try:
+        staging.rename(folder)  # atomic; replaces only a missing or empty folder
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    return True
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def require_colour(plan: Plan) -> None:
@@ -172,53 +197,63 @@ def require_colour(plan: Plan) -> None:
 def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> None:
     """Train every run of ``plan`` that is not finished, then the ``views`` evaluations.
 
-    The experiment's folder is locked for the whole plan (one writer, ``alexnet/runfolder.py``),
-    and each training run takes its own run folder's lock as ``alexnet train`` does.
+    Each run is decided (skip, resume or start) and trained under its run folder's lock (one
+    writer, ``alexnet/runfolder.py``). So several processes may run one plan side by side (one
+    per GPU, or per machine on a shared disk): a process passes over the runs another one holds
+    and, when nothing else is left, waits for them (polling every :data:`POLL_SECONDS`). The
+    results files are written whole by each process (``write_outputs``): equal copies.
     """
-    with run_folder_lock(plan.out / plan.experiment.name):
-        _run_plan(plan, on_event)
-
-
-def _run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None) -> None:
     emit = on_event or (lambda _e: None)
-    runs = plan.runs
-    epochs = plan.budget.epochs
-    status = [run_status(r) for r in runs]
+    runs, epochs, total = plan.runs, plan.budget.epochs, len(plan.runs)
+    status = [run_status(r) for r in runs]  # a folder holding other settings stops here, before any work
     sources = [
         find_copy_source(r, plan.out.parent) if s == "new" and _empty(r.folder) else None for s, r in zip(status, runs)
     ]
-    left = [
-        0 if s == "done" or src else epochs - len(read_metrics(r.folder)) for s, src, r in zip(status, sources, runs)
-    ]
-    trained, started = 0, time.monotonic()
+    left = [0 if s == "done" or src else epochs - len(read_metrics(r.folder)) for s, src, r in zip(status, sources, runs)]  # fmt: skip
+    trained, started, told = 0, time.monotonic(), set()
 
-    def eta() -> float | None:
-        if not trained:
-            return None
-        return (time.monotonic() - started) / trained * sum(left)
+    def event(state: str, i: int, source: Path | None = None) -> RunEvent:
+        eta = (time.monotonic() - started) / trained * sum(left) if trained else None
+        return RunEvent(state, i, total, runs[i].arm, runs[i].seed, runs[i].folder, eta, source)
 
-    for i, (run, state, source) in enumerate(zip(runs, status, sources)):
-        if state == "done":
-            emit(RunEvent("skip", i, len(runs), run.arm, run.seed, run.folder, eta()))
-            continue
-        if source is not None:
-            copy_run(source, run.folder)
-            emit(RunEvent("copy", i, len(runs), run.arm, run.seed, run.folder, eta(), source))
-            continue
-        emit(RunEvent("resume" if state == "partial" else "start", i, len(runs), run.arm, run.seed, run.folder, eta()))
-        before = len(read_metrics(run.folder)) if state == "partial" else 0
-        train(run.config, resume=state == "partial")
-        done_now = len(read_metrics(run.folder))
-        if done_now < epochs:  # a kill between the checkpoint and metrics.jsonl of the last epoch
-            raise UserError(f"{run.folder} stopped short of {epochs} epochs; run the same command again")
-        trained += done_now - before
-        left[i] = 0
-        emit(RunEvent("done", i, len(runs), run.arm, run.seed, run.folder, eta()))
+    pending = list(range(total))
+    while pending:
+        busy = []
+        for i in pending:
+            run, source = runs[i], sources[i]
+            if source is not None and _empty(run.folder) and copy_run(source, run.folder):
+                left[i] = 0
+                emit(event("copy", i, source))
+                continue
+            try:
+                with run_folder_lock(run.folder):
+                    state = run_status(run)  # again, under the lock: another process may have trained it
+                    if state == "done":
+                        left[i] = 0
+                        emit(event("skip", i))
+                        continue
+                    emit(event("resume" if state == "partial" else "start", i))
+                    before = len(read_metrics(run.folder)) if state == "partial" else 0
+                    train(run.config, resume=state == "partial", lock_held=True)
+                    done_now = len(read_metrics(run.folder))
+                    if done_now < epochs:  # a kill between the checkpoint and metrics.jsonl of the last epoch
+                        raise UserError(f"{run.folder} stopped short of {epochs} epochs; run the same command again")
+                    trained += done_now - before
+                    left[i] = 0
+                    emit(event("done", i))
+            except FolderInUse:
+                if i not in told:
+                    told.add(i)
+                    emit(event("busy", i))
+                busy.append(i)
+        if busy:
+            time.sleep(POLL_SECONDS)
+        pending = busy
     for view in plan.experiment.views:
         for i, run in enumerate(runs):
             if not view_result_path(run.folder, view).is_file():
-                emit(RunEvent("eval", i, len(runs), view, run.seed, run.folder, None))
-                evaluate_view(run, view)
+                emit(RunEvent("eval", i, total, view, run.seed, run.folder, None))
+                evaluate_view(run, view)  # two processes may both evaluate: equal results, written whole
 
 
 def _empty(folder: Path) -> bool:
