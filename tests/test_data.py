@@ -77,6 +77,31 @@ def test_idx_folder_source(tmp_path: Path) -> None:
     assert not ds.info.synthetic and ds.info.classes[9] == "Ankle boot"
 
 
+def test_cifar10_source_reads_the_download_as_prepare_stores_it(tmp_path: Path) -> None:
+    from alexnet.data.prepare import Settings, prepare
+    from alexnet.data.prepared import PreparedDataset
+    from tests.test_prepare_fixtures import CIFAR_NAMES, make_cifar10
+
+    tarball, _ = make_cifar10(tmp_path / "dl" / "cifar-10-python.tar.gz", per_batch=8)
+    for source in (f"cifar10:{tarball}", f"cifar10:{tarball.parent}"):  # the tarball, or a folder holding it
+        ds = open_dataset(source)
+        assert ds.info.name == "cifar-10" and list(ds.info.classes) == CIFAR_NAMES and ds.info.channels == 3
+    prepare(tarball, tmp_path / "p", settings=Settings(size=32, encoding="raw"), workers=1, progress=False)
+    prepared = PreparedDataset(tmp_path / "p")
+    assert (ds.train_augment, ds.eval_crop, ds.info.image_size) == (prepared.train_augment, prepared.eval_crop, 32)
+    for split, batches in (("train", ("data_batch_1", "data_batch_2")), ("val", ("test_batch",))):
+        images, labels = ds.splits[split]  # the batches in order, 8 images each
+        keys = prepared.keys(split)
+        where = [batches.index(k[:-6]) * 8 + int(k[-5:]) for k in keys]  # key: <batch>_<index>
+        stored, stored_labels = prepared.read(split, list(range(len(keys))))
+        assert sorted(where) == list(range(len(images)))
+        assert torch.equal(images[where], stored) and torch.equal(labels[where], stored_labels)
+    with pytest.raises(UserError, match="not cifar-100"):
+        open_dataset(f"cifar100:{tarball}")
+    with pytest.raises(UserError, match="not found"):
+        open_dataset(f"cifar10:{tmp_path / 'missing'}")
+
+
 def test_missing_idx_folder_says_how_to_install() -> None:
     with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
         open_dataset("fashion-mnist:/nonexistent/folder")
@@ -113,7 +138,9 @@ def test_shuffle_is_deterministic_per_seed_and_epoch() -> None:
 
 def test_ranks_split_each_global_batch_without_overlap() -> None:
     whole = list(BatchPlan(8, shuffle=True, seed=1, drop_last=True).local_indices(37))
-    shares = [list(BatchPlan(8, shuffle=True, seed=1, drop_last=True, rank=r, world_size=2).local_indices(37)) for r in (0, 1)]
+    shares = [
+        list(BatchPlan(8, shuffle=True, seed=1, drop_last=True, rank=r, world_size=2).local_indices(37)) for r in (0, 1)
+    ]
     assert len(whole) == 4  # 37 // 8 full batches; the 5 left over are dropped (training)
     for step, batch in enumerate(whole):
         assert torch.equal(torch.cat([shares[0][step], shares[1][step]]), batch)

@@ -21,6 +21,7 @@ from alexnet.experiments import (
     crossing,
     make_plan,
     read_metrics,
+    require_colour,
     run_plan,
     run_status,
     runner,
@@ -308,6 +309,16 @@ def test_pca_colour_on_grayscale_data_is_one_line_and_exit_2(tmp_path, capsys) -
     code = main(["experiment", "pca-colour", "--data", TINY, "--out", str(tmp_path)])
     assert_one_line_error((code, capsys.readouterr().err), "needs colour images")
     assert not (tmp_path / "pca-colour").exists()
+
+
+def test_colour_experiments_take_cifar10_as_the_issue_names_it(tmp_path) -> None:
+    from tests.test_prepare_fixtures import make_cifar10
+
+    tarball, _ = make_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
+    plan = make_plan("pca-colour", data=f"cifar10:{tmp_path}", seeds=1, out=tmp_path / "runs")
+    require_colour(plan)  # three channels: no error
+    assert plan.runs[0].config.data == f"cifar10:{tmp_path}@train=10000,val=2000"
+    assert make_plan("relu-vs-tanh", data=f"cifar10:{tarball}").threshold == 0.25  # Figure 1's own threshold
 
 
 def test_subset_source_is_fixed_and_capped() -> None:

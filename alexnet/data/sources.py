@@ -4,6 +4,7 @@ SOURCE is one of
 
 * ``fashion-mnist`` or ``fashion-mnist:DIR``: Fashion-MNIST IDX files (default: Debian's folder);
 * ``mnist:DIR``: MNIST IDX files;
+* ``cifar10:PATH`` / ``cifar100:PATH``: the python-version tarball or its folder (``alexnet.data.cifar``);
 * ``synthetic`` or ``synthetic:classes=10,size=32,train=2048,val=512,channels=3``;
 * a folder written by ``alexnet prepare`` (it holds ``manifest.json``);
 
@@ -46,9 +47,17 @@ def _require_dir(name: str, open_dir: Callable[[str], Dataset]) -> Callable[[str
     return opener
 
 
+def _cifar(path: str, name: str) -> Dataset:
+    from alexnet.data.cifar import cifar  # the prepare package only when asked for
+
+    return cifar(path, name)
+
+
 SOURCES: dict[str, Callable[[str | None], Dataset]] = {
     "fashion-mnist": lambda arg: fashion_mnist(arg or None),
     "mnist": _require_dir("mnist", mnist),
+    "cifar10": _require_dir("cifar10", lambda path: _cifar(path, "cifar-10")),
+    "cifar100": _require_dir("cifar100", lambda path: _cifar(path, "cifar-100")),
     "synthetic": _open_synthetic,
 }
 
@@ -77,8 +86,11 @@ def open_dataset(source: str, workers: int = 0) -> Dataset:
         return SOURCES[scheme](arg or None)
     if os.sep in source or source.startswith((".", "~")) or os.path.exists(source):  # meant as a path
         what = "is not a folder" if os.path.exists(source) else "not found"
-        raise UserError(f"data folder {source} {what}; pass a folder made by `alexnet prepare` (or see --help for sources)")
+        raise UserError(
+            f"data folder {source} {what}; pass a folder made by `alexnet prepare` (or see --help for sources)"
+        )
     raise UserError(
-        f"unknown data source {source!r}; use one of: fashion-mnist[:DIR], mnist:DIR, synthetic[:key=value,...], "
+        f"unknown data source {source!r}; use one of: fashion-mnist[:DIR], mnist:DIR, cifar10:PATH, cifar100:PATH, "
+        "synthetic[:key=value,...], "
         "or a folder made by `alexnet prepare`"
     )

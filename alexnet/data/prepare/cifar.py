@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,19 @@ def _strings(values: object) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]  # type: ignore[attr-defined]
 
 
-def scan(root: Path) -> SourcePlan:
+@dataclass(frozen=True)
+class CifarBatches:
+    """The batches of one CIFAR download, checked: per split, (batch name, ``N x 3 x 32 x 32``
+    uint8 pixels, N labels)."""
+
+    name: str  # cifar-10 or cifar-100
+    classes: list[str]
+    found: Path
+    splits: dict[str, list[tuple[str, np.ndarray, list[int]]]]
+
+
+def read_batches(root: Path) -> CifarBatches:
+    """Read and check the batches of the CIFAR tarball or folder at (or in) ``root``."""
     found = _find(root)
     if found is None:
         raise UserError(f"{root}: no CIFAR tarball or batches folder ({', '.join(TARBALLS + FOLDERS)})")
@@ -111,9 +124,9 @@ def scan(root: Path) -> SourcePlan:
         batches = {"train": ["train"], "val": ["test"]}
     else:
         raise UserError(f"{found}: no batches.meta (CIFAR-10) or meta (CIFAR-100); is it the python version?")
-    splits: dict[str, SplitPlan] = {}
+    splits: dict[str, list[tuple[str, np.ndarray, list[int]]]] = {}
     for split, batch_names in batches.items():
-        items = []
+        splits[split] = []
         for batch in batch_names:
             if batch not in files:
                 continue
@@ -127,14 +140,24 @@ def scan(root: Path) -> SourcePlan:
                 or len(labels) != len(data)
             ):  # type: ignore[arg-type]
                 raise UserError(f"{found}: batch {batch} is not CIFAR data (3072 uint8 values and a label per image)")
-            pixels = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            for i, y in enumerate(labels):  # type: ignore[arg-type]
-                if not 0 <= int(y) < len(names):
-                    raise UserError(f"{found}: batch {batch} has label {int(y)} for {len(names)} classes")
-                items.append(
-                    Item(f"{batch}_{i:05d}", int(y), ArrayRef(np.ascontiguousarray(pixels[i])), f"{batch}[{i}]")
-                )
-        splits[split] = finish_split(items, [])
-    if not splits["train"].items and not splits["val"].items:
+            ys = [int(y) for y in labels]  # type: ignore[union-attr]
+            bad = next((y for y in ys if not 0 <= y < len(names)), None)
+            if bad is not None:
+                raise UserError(f"{found}: batch {batch} has label {bad} for {len(names)} classes")
+            splits[split].append((batch, data.reshape(-1, 3, 32, 32), ys))
+    if not any(splits.values()):
         raise UserError(f"{found}: no CIFAR batches found (data_batch_N/test_batch or train/test)")
-    return SourcePlan("cifar", name, [(n, n) for n in names], splits, [f"CIFAR python batches from {found}"])
+    return CifarBatches(name, names, found, splits)
+
+
+def scan(root: Path) -> SourcePlan:
+    b = read_batches(root)
+    splits: dict[str, SplitPlan] = {}
+    for split, batches in b.splits.items():
+        items = []
+        for batch, data, labels in batches:
+            pixels = data.transpose(0, 2, 3, 1)
+            for i, y in enumerate(labels):
+                items.append(Item(f"{batch}_{i:05d}", y, ArrayRef(np.ascontiguousarray(pixels[i])), f"{batch}[{i}]"))
+        splits[split] = finish_split(items, [])
+    return SourcePlan("cifar", b.name, [(n, n) for n in b.classes], splits, [f"CIFAR python batches from {b.found}"])
