@@ -219,7 +219,7 @@ def test_killed_experiment_skips_finished_runs_and_resumes_the_unfinished_one(tm
         run_plan(other)
 
 
-def test_the_shared_baseline_arm_is_trained_once_and_copied(tmp_path) -> None:
+def test_the_shared_baseline_arm_is_trained_once_and_copied(tmp_path, capsys) -> None:
     """lrn's `lrn=True` arm, ten-crop's net and depth's `remove=none` arm are one network: the
     second and third experiment copy the first one's finished runs; other settings never match."""
     lrn = make_plan("lrn", data=TINY, seeds=1, out=tmp_path, progress=False, precision="fp32")
@@ -239,6 +239,11 @@ def test_the_shared_baseline_arm_is_trained_once_and_copied(tmp_path) -> None:
         dataclasses.replace(baseline.config, recipe=baseline.config.recipe.with_overrides(epochs=5)),
     ):
         assert find_copy_source(dataclasses.replace(views.runs[0], config=other), tmp_path) is None
+    capsys.readouterr()  # the training log so far
+    assert main(["experiment", "depth", "--data", TINY, "--seeds", "1", "--out", str(tmp_path), "--plan",
+                 "--precision", "fp32"]) == 0  # fmt: skip
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[1].endswith(f"[copy of {baseline.folder}]") and all(x.endswith("[to train]") for x in listed[2:])
     events = []
     run_plan(views, on_event=events.append)
     assert (events[0].state, events[0].source) == ("copy", baseline.folder)

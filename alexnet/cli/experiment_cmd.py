@@ -25,9 +25,11 @@ from alexnet.experiments import (
     make_plan,
     require_colour,
     run_plan,
+    run_status,
     to_markdown,
     write_outputs,
 )
+from alexnet.experiments.runner import find_copy_source
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +88,10 @@ def _print_plan(plan: Plan) -> None:
     print(f"{plan.experiment.name}: {plan.budget_name} ({plan.budget.describe()}), data {plan.runs[0].config.data}")
     for r in plan.runs:
         changes = plan.experiment.arm(r.arm).changes() if r.arm in {a.name for a in plan.experiment.arms} else {}
-        print(f"  {r.arm:<16} seed {r.seed}  {r.folder}  {json.dumps(changes)}")
+        state = run_status(r)
+        source = find_copy_source(r, plan.out.parent) if state == "new" else None
+        state = f"copy of {source}" if source else {"new": "to train", "partial": "to resume"}.get(state, state)
+        print(f"  {r.arm:<16} seed {r.seed}  {r.folder}  {json.dumps(changes)}  [{state}]")
 
 
 def _describe(name: str, e: RunEvent) -> str:
