@@ -181,3 +181,18 @@ def test_unknown_model_and_option_are_user_errors() -> None:
         models.create("alexnet", wings=2)
     with pytest.raises(UserError, match="towers"):
         models.create("alexnet", towers=3)
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_canonical_spelling_builds_the_same_network(name: str) -> None:
+    """``models.canonical``: every option spelled out (and alexnet-small-depth without a removal
+    named alexnet-small) builds the same layers with the same initial weights for a seed."""
+    canon_name, options = models.canonical(name, {})
+    assert set(options) == set(models.model_options(canon_name)) - {"towers_on"}
+    assert models.canonical(canon_name, options) == (canon_name, options)  # a fixed point
+    torch.manual_seed(0)
+    given = models.create(name, 10)
+    torch.manual_seed(0)
+    spelled = models.create(canon_name, 10, **options)
+    a, b = given.state_dict(), spelled.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
