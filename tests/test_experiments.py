@@ -324,6 +324,10 @@ def test_colour_experiments_take_cifar10_as_the_issue_names_it(tmp_path) -> None
     require_colour(plan)  # three channels: no error
     assert plan.runs[0].config.data == f"cifar10:{tmp_path}@train=10000,val=2000"
     assert make_plan("relu-vs-tanh", data=f"cifar10:{tarball}").threshold == 0.25  # Figure 1's own threshold
+    # Fashion-MNIST: the line each budget's nets pass (20% quick, 12% full), unless --threshold
+    assert [make_plan("relu-vs-tanh", budget=b).threshold for b in ("quick", "full")] == [0.20, 0.12]
+    assert make_plan("relu-vs-tanh", budget="full", threshold=0.3).threshold == 0.3
+    assert make_plan("dropout", budget="full").threshold == make_plan("dropout").threshold == 0.5
 
 
 def test_subset_source_is_fixed_and_capped() -> None:

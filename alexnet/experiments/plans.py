@@ -90,14 +90,18 @@ class Experiment:
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
 
-    def threshold_for(self, data: str, override: float | None = None) -> float | None:
-        """The training-error (``speed``) or training-loss (``dropout``) threshold for ``data``."""
+    def threshold_for(self, data: str, budget: str, override: float | None = None) -> float | None:
+        """The training-error (``speed``) or training-loss (``dropout``) threshold for ``data`` at
+        ``budget``: ``threshold["DATASET/BUDGET"]``, else ``["DATASET"]``, else ``["default"]``."""
         if not self.threshold:
             return None
         if override is not None:
             return override
         dataset = data.split(SEPARATOR)[0].split(":")[0]
-        return self.threshold.get(dataset, self.threshold["default"])
+        for key in (f"{dataset}/{budget}", dataset):
+            if key in self.threshold:
+                return self.threshold[key]
+        return self.threshold["default"]
 
 
 def _pinned(**fields: Any) -> Recipe:
@@ -167,10 +171,11 @@ EXPERIMENTS: dict[str, Experiment] = {
             recipe=_pinned(model="fourlayer", lr=0.05, schedule="constant", weight_decay=0.0, dropout=0.0, crop_pad=0),
             budgets={"quick": Budget(epochs=8, train=8_000, val=2_000), "full": Budget(epochs=30)},
             # Figure 1's 25% on CIFAR-10 is where its ReLU curve flattens, ~1.4x the net's final
-            # 18% test error. Such nets end near 10% on Fashion-MNIST (its benchmark's best
-            # classical classifier: 10.3%); 20% is the point the ReLU net passes within the quick
-            # budget, still well above where it ends. `--threshold` sets another (e.g. 0.14).
-            threshold={"fashion-mnist": 0.20, "default": 0.25},
+            # 18% test error. On Fashion-MNIST these nets end near 8.5% (full budget, measured,
+            # docs/RESULTS.md), so 12% is that line at the full budget; the quick budget's 8,000
+            # images do not get there, and 20% is the point its ReLU net passes (at the full budget
+            # both nets pass 20% in the second epoch: 1.08x). `--threshold` sets another.
+            threshold={"fashion-mnist": 0.20, "fashion-mnist/full": 0.12, "default": 0.25},
             paper={"relu": "reaches 25% train error (CIFAR-10) in ~6 epochs", "tanh": "~6x the epochs of ReLU (~36)"},
         ),
         _final(
@@ -280,7 +285,7 @@ class Plan:
     @property
     def threshold(self) -> float | None:
         """The ``speed``/``dropout`` threshold for this plan's data (``None`` for other kinds)."""
-        return self.experiment.threshold_for(self.data, self.threshold_override)
+        return self.experiment.threshold_for(self.data, self.budget_name, self.threshold_override)
 
 
 def get_experiment(name: str) -> Experiment:
