@@ -86,9 +86,7 @@ def open_dataset(source: str, workers: int = 0) -> Dataset:
         return SOURCES[scheme](arg or None)
     if os.sep in source or source.startswith((".", "~")) or os.path.exists(source):  # meant as a path
         what = "is not a folder" if os.path.exists(source) else "not found"
-        raise UserError(
-            f"data folder {source} {what}; pass a folder made by `alexnet prepare` (or see --help for sources)"
-        )
+        raise UserError(f"data folder {source} {what}; pass a folder made by `alexnet prepare` (or see --help for sources)")
     raise UserError(
         f"unknown data source {source!r}; use one of: fashion-mnist[:DIR], mnist:DIR, cifar10:PATH, cifar100:PATH, "
         "synthetic[:key=value,...], "

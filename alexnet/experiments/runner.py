@@ -140,17 +140,20 @@ def _network_spelled_out(config: dict[str, Any], epochs: bool = True) -> dict[st
 def find_copy_source(run: PlannedRun, root: Path) -> Path | None:
     """A finished run of the same network and settings as ``run`` in another experiment under
     ``root`` (the ``--out`` folder: ``root/EXPERIMENT/ARM/seed-S``), or ``None``."""
-    wanted = {k: v for k, v in _network_spelled_out(_as_saved(run.config)).items() if k not in _NOT_COPIED}
+    wanted = _copy_identity(_as_saved(run.config))
     for path in sorted(root.glob(f"*/*/seed-{run.seed}/{CONFIG}")):
         folder = path.parent
         if folder.resolve() == run.folder.resolve() or len(read_metrics(folder)) != run.config.recipe.epochs:
             continue
         saved = _saved_config(path)
-        if saved is None or not (folder / CHECKPOINT).is_file():
-            continue
-        if {k: v for k, v in _network_spelled_out(saved).items() if k not in _NOT_COPIED} == wanted:
+        if saved is not None and (folder / CHECKPOINT).is_file() and _copy_identity(saved) == wanted:
             return folder
     return None
+
+
+def _copy_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What two runs must share for one to stand in for the other."""
+    return {k: v for k, v in _network_spelled_out(config).items() if k not in _NOT_COPIED}
 
 
 def copy_run(source: Path, folder: Path) -> bool:
@@ -162,7 +165,7 @@ def copy_run(source: Path, folder: Path) -> bool:
             shutil.rmtree(stale, ignore_errors=True)
     staging = folder.with_name(f".{folder.name}.copying-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_NAME, COPIED_FROM, ".*.copying-*"))
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_NAME, COPIED_FROM))
     atomic_write_json(staging / COPIED_FROM, {"source": str(source.resolve())})
     try:
         staging.rename(folder)  # atomic; replaces only a missing or empty folder
@@ -177,8 +180,8 @@ def _alive(pid: str) -> bool:
         os.kill(int(pid), 0)
     except (ValueError, ProcessLookupError):
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 

@@ -213,15 +213,7 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
                     if improved:
                         _link(run.ckpt_dir / LAST, run.ckpt_dir / BEST)
                     _write_metrics(out, progress.history)
-                    for key in (
-                        "train_loss",
-                        "train_top1_err",
-                        "val_loss",
-                        "val_top1_err",
-                        "val_top5_err",
-                        "lr",
-                        "images_per_sec",
-                    ):
+                    for key in ("train_loss", "train_top1_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_sec"):
                         writer.add_scalar(key, record[key], progress.global_step)
                     writer.flush()
                     _log(_format_record(record, recipe.epochs))
@@ -287,9 +279,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     if cfg.compile:
         net = torch.compile(net)
     flops = _training_flops_per_image(model, dataset, device)
-    watch = ChanceWatch(
-        dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr
-    )  # Issue 11 hook (training/health.py)
+    watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # Issue 11 hook (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
                 global_batch, steps_per_epoch, flops, watch)  # fmt: skip
 
@@ -385,9 +375,7 @@ def _validate(run: _Run) -> dict[str, float]:
     return meter.reduced(run.reduce_sum).summary()
 
 
-def _epoch_record(
-    run: _Run, progress: Progress, epoch: int, train_meter: Meter, val: dict[str, float]
-) -> dict[str, Any]:
+def _epoch_record(run: _Run, progress: Progress, epoch: int, train_meter: Meter, val: dict[str, float]) -> dict[str, Any]:
     """One line of metrics.jsonl."""
     stats, seen, seconds = train_meter.summary(), train_meter.count, progress.epoch_seconds
     flops = run.flops_per_image
@@ -480,9 +468,7 @@ def _restore(path: Path, run: _Run) -> Progress:
         run.optimizer.load_state_dict(ckpt.optimizer)
         run.scheduler.load_state_dict(ckpt.scheduler)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise UserError(
-            f"{path}: its optimizer or schedule state does not fit this run ({str(e).splitlines()[0]})"
-        ) from None
+        raise UserError(f"{path}: its optimizer or schedule state does not fit this run ({str(e).splitlines()[0]})") from None
     if len(ckpt.rng) != run.ctx.world_size:
         raise UserError(f"{path} was saved by {len(ckpt.rng)} process(es); resume it with the same number "
                         f"(now {run.ctx.world_size})")  # fmt: skip
@@ -607,12 +593,7 @@ def _training_flops_per_image(model: nn.Module, dataset: Dataset, device: torch.
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
