@@ -136,11 +136,11 @@ def _torch_lrn(ours: Any) -> Any:
 
 def _build_model(cfg: Config) -> tuple[Any, int, int]:
     """(model, input side, input channels) for ``cfg``."""
-    import torchvision
-
     from alexnet import models
 
     if cfg.model == "torchvision":
+        import torchvision
+
         return torchvision.models.alexnet(num_classes=1000), 224, 3
     options = {"lrn": False} if cfg.lrn == "off" else {}
     model = models.create(cfg.model, 1000, **options)

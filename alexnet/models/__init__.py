@@ -13,6 +13,7 @@ name               what                                                         
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from alexnet.errors import UserError
 from alexnet.models.alexnet import PAPER_SHAPE, SMALL_SHAPE, AlexNet
 from alexnet.models.depth import AlexNetDepth
 from alexnet.models.fourlayer import FourLayerNet
-from alexnet.models.owt import AlexNetOWT
 
 __all__ = ["MODELS", "ModelInfo", "available", "canonical", "count_parameters", "create", "info"]
 
@@ -43,6 +43,28 @@ class ModelInfo:
     same_as: tuple[str, tuple[tuple[str, object], ...]] | None = None
 
 
+class _ImportedOnUse:
+    """A builder named ``"module:attribute"`` that is imported when it is first called or inspected.
+
+    Why: torchvision (which ``alexnet-owt`` subclasses) brings torch._dynamo with it, about 1 s of
+    every command's start-up on a 2-core CPU, and no other model needs it.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def _resolve(self) -> Callable[..., nn.Module]:
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def __call__(self, *args: object, **kwargs: object) -> nn.Module:
+        return self._resolve()(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # what inspect.signature() reads: the options
+        return inspect.signature(self._resolve())
+
+
 MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
@@ -54,7 +76,8 @@ MODELS: dict[str, ModelInfo] = {
             # Section 3.2/3.3: each GPU normalised across its own kernel maps (see LEGACY_DEFAULTS).
             (("lrn_scope", "tower"),),
         ),
-        ModelInfo("alexnet-owt", "torchvision's single-tower 'one weird trick' AlexNet", 224, AlexNetOWT),
+        ModelInfo("alexnet-owt", "torchvision's single-tower 'one weird trick' AlexNet", 224,
+                  _ImportedOnUse("alexnet.models.owt:AlexNetOWT")),  # fmt: skip
         ModelInfo(
             "alexnet-small",
             "the paper's topology sized for 28-32 px images (CPU demo, ablations)",

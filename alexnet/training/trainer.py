@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import platform
 import signal
@@ -611,8 +612,6 @@ def _write_config(
     ctx: DistContext,
     lr: float,
 ) -> None:
-    import torchvision
-
     atomic_write_json(
         out / "config.json",
         {
@@ -624,7 +623,7 @@ def _write_config(
                 "parameters": models.count_parameters(model), "train_flops_per_image": flops,
             },
             "dataset": {**dataclasses.asdict(dataset.info), "train": dataset.num_samples("train"), "val": dataset.num_samples("val")},
-            "versions": {"alexnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "versions": {"alexnet": __version__, "torch": torch.__version__, "torchvision": importlib.metadata.version("torchvision"),
                          "python": platform.python_version()},
             "git_commit": _git_commit(),
             "host": {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads()},
