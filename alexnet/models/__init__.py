@@ -76,8 +76,12 @@ MODELS: dict[str, ModelInfo] = {
             # Section 3.2/3.3: each GPU normalised across its own kernel maps (see LEGACY_DEFAULTS).
             (("lrn_scope", "tower"),),
         ),
-        ModelInfo("alexnet-owt", "torchvision's single-tower 'one weird trick' AlexNet", 224,
-                  _ImportedOnUse("alexnet.models.owt:AlexNetOWT")),  # fmt: skip
+        ModelInfo(
+            "alexnet-owt",
+            "torchvision's single-tower 'one weird trick' AlexNet",
+            224,
+            _ImportedOnUse("alexnet.models.owt:AlexNetOWT"),
+        ),
         ModelInfo(
             "alexnet-small",
             "the paper's topology sized for 28-32 px images (CPU demo, ablations)",
