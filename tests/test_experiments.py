@@ -281,6 +281,21 @@ def test_a_run_another_process_holds_is_passed_over_and_waited_for(tmp_path, mon
     assert all(len(read_metrics(r.folder)) == 8 for r in plan.runs)
 
 
+def test_the_eta_counts_the_epochs_every_process_finished(tmp_path) -> None:
+    # Two processes on one plan: each one's pace is the epochs finished by both, and the work
+    # left is what neither has done yet (not the other's runs counted again as its own).
+    plan = make_plan("relu-vs-tanh", data=TINY, seeds=2, out=tmp_path, progress=False)
+    runs, epochs = plan.runs, plan.budget.epochs
+    assert (len(runs), epochs) == (4, 8)
+    assert runner.eta_seconds(10.0, runs, epochs, 0) is None  # nothing finished yet
+    for run, rows in zip(runs, (8, 3, 1, 0)):  # run 0 was done before; 3 + 1 epochs since, by two processes
+        run.folder.mkdir(parents=True)
+        (run.folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1}) + "\n" for e in range(rows)))
+    assert runner.epochs_done(runs, epochs) == 12
+    # 4 epochs in 40 s = 10 s per epoch, 32 - 12 = 20 epochs left
+    assert runner.eta_seconds(40.0, runs, epochs, 8) == pytest.approx(200.0)
+
+
 def test_a_copy_never_replaces_a_folder_taken_meanwhile(tmp_path) -> None:
     source = tmp_path / "a" / "x" / "seed-0"
     (source / "checkpoints").mkdir(parents=True)

@@ -60,8 +60,8 @@ class RunEvent:
     ``state`` is ``skip`` (finished before), ``copy`` (the same run finished in another
     experiment, copied from ``source``), ``busy`` (another process is training it: waited for),
     ``resume``, ``start``, ``done`` or ``eval``;
-    ``eta_seconds`` is the estimated time left for the whole experiment (``None`` until a run
-    has been trained in this invocation: the time per epoch so far times the epochs left).
+    ``eta_seconds`` is the estimated time left for the whole experiment (:func:`eta_seconds`;
+    ``None`` until an epoch has finished since this invocation started).
     """
 
     state: str
@@ -212,11 +212,11 @@ def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> 
     sources = [
         find_copy_source(r, plan.out.parent) if s == "new" and _empty(r.folder) else None for s, r in zip(status, runs)
     ]
-    left = [0 if s == "done" or src else epochs - len(read_metrics(r.folder)) for s, src, r in zip(status, sources, runs)]  # fmt: skip
-    trained, started, told = 0, time.monotonic(), set()
+    to_train = [r for r, src in zip(runs, sources) if src is None]  # copies take no training time
+    at_start, started, told = epochs_done(to_train, epochs), time.monotonic(), set()
 
     def event(state: str, i: int, source: Path | None = None) -> RunEvent:
-        eta = (time.monotonic() - started) / trained * sum(left) if trained else None
+        eta = eta_seconds(time.monotonic() - started, to_train, epochs, at_start)
         return RunEvent(state, i, total, runs[i].arm, runs[i].seed, runs[i].folder, eta, source)
 
     pending = list(range(total))
@@ -225,24 +225,18 @@ def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> 
         for i in pending:
             run, source = runs[i], sources[i]
             if source is not None and _empty(run.folder) and copy_run(source, run.folder):
-                left[i] = 0
                 emit(event("copy", i, source))
                 continue
             try:
                 with run_folder_lock(run.folder):
                     state = run_status(run)  # again, under the lock: another process may have trained it
                     if state == "done":
-                        left[i] = 0
                         emit(event("skip", i))
                         continue
                     emit(event("resume" if state == "partial" else "start", i))
-                    before = len(read_metrics(run.folder)) if state == "partial" else 0
                     train(run.config, resume=state == "partial", lock_held=True)
-                    done_now = len(read_metrics(run.folder))
-                    if done_now < epochs:  # a kill between the checkpoint and metrics.jsonl of the last epoch
+                    if len(read_metrics(run.folder)) < epochs:  # a kill between the last checkpoint and its metrics row
                         raise UserError(f"{run.folder} stopped short of {epochs} epochs; run the same command again")
-                    trained += done_now - before
-                    left[i] = 0
                     emit(event("done", i))
             except FolderInUse:
                 if i not in told:
@@ -257,6 +251,24 @@ def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> 
             if not view_result_path(run.folder, view).is_file():
                 emit(RunEvent("eval", i, total, view, run.seed, run.folder, None))
                 evaluate_view(run, view)  # two processes may both evaluate: equal results, written whole
+
+
+def epochs_done(runs: list[PlannedRun], epochs: int) -> int:
+    """The epochs finished so far in these runs' folders, by this process or by any other."""
+    return sum(min(epochs, len(read_metrics(r.folder))) for r in runs)
+
+
+def eta_seconds(elapsed: float, runs: list[PlannedRun], epochs: int, done_at_start: int) -> float | None:
+    """The time left to train ``runs``, at the pace of every process that trains them.
+
+    Pace: the epochs finished since the start (by anyone: each run's metrics file), per second of
+    ``elapsed``. With two processes on one plan each one sees the other's epochs, so neither
+    counts the other's runs as its own work still to do. ``None`` until an epoch has finished.
+    """
+    done = epochs_done(runs, epochs)
+    if done <= done_at_start:
+        return None
+    return elapsed / (done - done_at_start) * (epochs * len(runs) - done)
 
 
 def _empty(folder: Path) -> bool:
