@@ -12,6 +12,7 @@ import ctypes.util
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,60 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+class OtherLoad:
+    """How many CPUs' worth of time processes other than this run used while it ran (Linux).
+
+    The machine's busy time from ``/proc/stat`` minus this process's and its children's CPU
+    time. Other processes competing for the cores distort every number (threads wait for each
+    other at every parallel region), the baseline's as much as ours, so the report says so.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is already in user):
+        # busy = all but idle and iowait; steal counts, it is other VMs on our CPUs.
+        tick, cpu = os.sysconf("SC_CLK_TCK"), fields[:8]
+        busy = (sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)) / tick
+        ours = sum(os.times()[:4])  # user + system, self and children
+        return time.monotonic(), busy, ours
+
+    def cpus(self) -> float | None:
+        """Average number of CPUs that other processes kept busy since construction."""
+        end = self._sample()
+        if self.start is None or end is None or end[0] <= self.start[0]:
+            return None
+        other = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(0.0, other / (end[0] - self.start[0]))
+
+
+def busy_cores_warning(other_cpus: float | None, threads: int, cpus: int) -> str | None:
+    """One line when other processes kept so many of the machine's ``cpus`` busy that this
+    process's ``threads`` OpenMP threads cannot all run at once (``None`` otherwise).
+
+    Threads that share busy cores wait for each other at every parallel region: on 2 cores,
+    beside two busy loops, two threads trained at 26 img/s where one thread made 492 (README,
+    results log). The thread count is not changed for the user: it changes the order of float
+    sums, and a run and its resume keep one count to stay bit-exact.
+    """
+    if other_cpus is None or threads < 2 or other_cpus + threads <= cpus + 0.5:
+        return None
+    suggest = max(1, cpus - round(other_cpus))
+    return (
+        f"warning: other processes kept {other_cpus:.1f} of this machine's {cpus} CPUs busy during the first epoch, "
+        f"so its {threads} OpenMP threads wait for each other at every layer (on busy cores that can be 20x slower "
+        f"than fewer threads). The run goes on; if the machine stays this busy, start it again with "
+        f"OMP_NUM_THREADS={suggest}"
+    )
 
 
 def default_workers(limit: int | None = MAX_DEFAULT_WORKERS) -> int:

@@ -339,39 +339,5 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-class OtherLoad:
-    """How many CPUs' worth of time processes other than this run used while it ran (Linux).
-
-    The machine's busy time from ``/proc/stat`` minus this process's and its children's CPU
-    time. Other processes competing for the cores distort every number (threads wait for each
-    other at every parallel region), the baseline's as much as ours, so the report says so.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        # user nice system idle iowait irq softirq steal (guest time is already in user):
-        # busy = all but idle and iowait; steal counts, it is other VMs on our CPUs.
-        tick, cpu = os.sysconf("SC_CLK_TCK"), fields[:8]
-        busy = (sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)) / tick
-        ours = sum(os.times()[:4])  # user + system, self and children
-        return time.monotonic(), busy, ours
-
-    def cpus(self) -> float | None:
-        """Average number of CPUs that other processes kept busy since construction."""
-        end = self._sample()
-        if self.start is None or end is None or end[0] <= self.start[0]:
-            return None
-        other = (end[1] - self.start[1]) - (end[2] - self.start[2])
-        return max(0.0, other / (end[0] - self.start[0]))
-
-
 if __name__ == "__main__":
     sys.exit(_worker_main(sys.argv[1:]))

@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from alexnet.bench.step import OtherLoad, hardware, in_fresh_process, native_precision
+from alexnet.bench.step import hardware, in_fresh_process, native_precision
+from alexnet.runtime import OtherLoad
 
 # Ratios reported under the table: (key, numerator config, denominator config, what it says).
 COMPARISONS = (

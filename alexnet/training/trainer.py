@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -52,7 +53,15 @@ from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.runfolder import run_folder_lock
-from alexnet.runtime import cpu_name, fast_sgd_options, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.runtime import (
+    OtherLoad,
+    busy_cores_warning,
+    cpu_name,
+    fast_sgd_options,
+    resolve_device,
+    resolve_precision,
+    tune_cpu_allocator,
+)
 from alexnet.training import warmstart
 from alexnet.training.distributed import (
     DistContext,
@@ -198,6 +207,7 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
     from torch.utils.tensorboard import SummaryWriter  # slow to import; only needed here
 
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=progress.global_step) if ctx.is_main else None
+    other_load = OtherLoad() if ctx.is_main and device.type == "cpu" else None  # checked once, after an epoch
     try:
         with _stop_on_signals() as stop:
             for epoch in range(progress.epoch, recipe.epochs):
@@ -218,6 +228,11 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
                         writer.add_scalar(key, record[key], progress.global_step)
                     writer.flush()
                     _log(_format_record(record, recipe.epochs))
+                    if other_load is not None:
+                        warning = busy_cores_warning(other_load.cpus(), torch.get_num_threads(), os.cpu_count() or 1)
+                        if warning:
+                            _log(warning)
+                        other_load = None
                 if any_rank([stop.signum is not None], ctx, device)[0]:
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, run.ckpt_dir / LAST)
     finally:
