@@ -123,7 +123,8 @@ class OtherLoad:
 
     The machine's busy time from ``/proc/stat`` minus this process's and its children's CPU
     time. Other processes competing for the cores distort every number (threads wait for each
-    other at every parallel region), the baseline's as much as ours, so the report says so.
+    other at every parallel region): ``alexnet bench train`` reports it beside its numbers, and
+    the trainer warns after its first epoch (:func:`busy_cores_warning`).
     """
 
     def __init__(self) -> None:
