@@ -159,11 +159,13 @@ def test_divergence_stops_with_a_clear_message_and_keeps_a_good_checkpoint(tmp_p
 @needs_fashion
 @pytest.mark.slow
 def test_learns_real_fashion_mnist_in_one_epoch(tmp_path: Path) -> None:
-    proc = run_cli("train", "--data", "fashion-mnist", "--recipe", "small", "--epochs", "1", "--no-progress",
-                   "--out", str(tmp_path / "fm"), timeout=900)  # fmt: skip
+    # Half the training set (a fixed subset; all 10,000 test images): half the suite time of the
+    # whole set, and still a real dataset learnt for real (15.3% here, idle 2-core Xeon, 2 threads).
+    proc = run_cli("train", "--data", "fashion-mnist@train=30000", "--recipe", "small", "--epochs", "1",
+                   "--no-progress", "--out", str(tmp_path / "fm"), timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "fm" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["val_top1_err"] < 0.16  # one epoch; the full demo reaches < 8%
+    assert record["val_top1_err"] < 0.18  # one epoch of 30,000 images (chance: 90%); the full demo reaches < 8%
     eval_proc = run_cli("eval", str(tmp_path / "fm"), "--json")
     assert eval_proc.returncode == 0, eval_proc.stderr
     result = json.loads(eval_proc.stdout)
