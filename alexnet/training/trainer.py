@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
                         writer.add_scalar(key, record[key], progress.global_step)
                     writer.flush()
                     _log(_format_record(record, recipe.epochs))
-                    if other_load is not None:
+                    if other_load is not None:  # /proc/stat counts every CPU: os.cpu_count, not this process's affinity
                         warning = busy_cores_warning(other_load.cpus(), torch.get_num_threads(), os.cpu_count() or 1)
                         if warning:
                             _log(warning)
