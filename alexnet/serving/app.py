@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -87,7 +86,6 @@ class Predictor:
         self.loaded = load_model(cfg.source, self.device)
         self.pre = Preprocessing.of(self.loaded)
         self._lock = threading.Lock()
-        self._tmp = tempfile.TemporaryDirectory(prefix="alexnet-serve-")
         with torch.inference_mode():  # first call allocates; do it before the first request
             self.topk(torch.zeros(1, self.pre.channels, self.pre.crop, self.pre.crop, dtype=torch.uint8), 1)
 
@@ -119,18 +117,13 @@ class Predictor:
             raise ApiError(415, f"{name}: unsupported image format {fmt} (accepted: {', '.join(FORMATS)})")
         if w * h > self.cfg.max_pixels:
             raise ApiError(413, f"{name}: image too large ({w}x{h} pixels; the limit is {self.cfg.max_pixels} pixels)")
-        # The one decoding home (alexnet.evaluation.load_image) reads files; hand it one.
-        fd, path = tempfile.mkstemp(dir=self._tmp.name)
+        # The one decoding home (alexnet.evaluation.load_image), on the bytes already in memory.
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                return load_image(path, self.pre.channels, self.pre.image_size, self.pre.crop)
+                return load_image(name, self.pre.channels, self.pre.image_size, self.pre.crop, data)
         except (UserError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ApiError(400, f"{name}: the image cannot be decoded (truncated or corrupt {fmt})") from None
-        finally:
-            os.unlink(path)
 
     @torch.inference_mode()
     def topk(self, batch: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
