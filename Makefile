@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Exactly the releases this project is tested with (pyproject.toml admits them with ranges).
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# Free disk the first install needs: the venv is 6.2 GB (torch's CUDA build and its nvidia-*
+# wheels), pip unpacks beside it. Checked first, so a full disk is one line, not pip's OSError.
+NEED_GB := 8
 
 .PHONY: demo test venv data browser bench lint clean
 
@@ -17,6 +20,8 @@ test: venv data browser
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@$(BIN)/python -c 'import torch' 2>/dev/null || [ $$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}') -ge $(NEED_GB) ] || \
+	    { echo "make: the first install needs about $(NEED_GB) GB free here; df -h . says $$(df -Ph . | awk 'NR==2 {print $$4}')" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(BIN)/python -m pip install -q $(TORCH)
