@@ -10,9 +10,12 @@ from pathlib import Path
 
 from alexnet.baselines import is_baseline_run
 from alexnet.cli.common import add_runtime_options, int_list, non_negative_int, parse_bool, positive_int, show_progress
+from alexnet.data.presets import PCA_MODES
 from alexnet.errors import UserError
+from alexnet.models import available
+from alexnet.models.init import INIT_SCHEMES
 from alexnet.runtime import default_workers
-from alexnet.training.recipes import RECIPES, get_recipe, recipe_fields
+from alexnet.training.recipes import EVAL_VIEW_NAMES, NORMALIZATIONS, RECIPES, SCHEDULES, get_recipe, recipe_fields
 from alexnet.training.trainer import (
     DEFAULT_KEEP_CHECKPOINTS,
     NonFiniteLoss,
@@ -58,19 +61,19 @@ MODEL_FLAGS = {
 
 
 RECIPE_HELP = {
-    "model": "alexnet | alexnet-owt | alexnet-small",
+    "model": " | ".join(available()),
     "batch_size": "images per process per step (global batch = this x processes)",
     "lr": "learning rate (peak for onecycle); default: the recipe's, x (steps / lr-reference-steps)^0.5 for shorter "
           "runs; 'auto': an LR range test picks it (at most the recipe's)",
     "lr_reference_steps": "run length the recipe's lr was tuned for (small: 1872); shorter runs get a lower default lr; 0 = off",
-    "schedule": "plateau | onecycle | cosine | constant",
-    "init": "paper | caffe | kaiming | torchvision",
+    "schedule": " | ".join(SCHEDULES),
+    "init": " | ".join(INIT_SCHEMES),
     "dropout": "drop probability in fc6/fc7 (0 = off)",
-    "normalize": "mean-image (paper) | channel",
+    "normalize": " | ".join(NORMALIZATIONS) + " (mean-image: the paper's)",
     "crop_pad": "zero padding (px) before random crops of small images; -1 = the dataset's default",
-    "pca_lighting": "PCA colour noise: paper | std | off",
+    "pca_lighting": "PCA colour noise: " + " | ".join(PCA_MODES),
     "scale_lr": "true: lr x number of processes (linear scaling rule)",
-    "eval_views": "validation patches per image: centre | flip (centre + mirror) | ten-crop (section 4.1)",
+    "eval_views": "validation patches per image: " + " | ".join(EVAL_VIEW_NAMES) + " (flip: centre + mirror; ten-crop: section 4.1)",
 }
 
 
