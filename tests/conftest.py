@@ -16,13 +16,6 @@ HAS_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").exists() or (FASHION_
 needs_fashion = pytest.mark.skipif(not HAS_FASHION, reason="Fashion-MNIST not installed (make data)")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _inductor_cache_in_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """torch.compile's cache (~1 GB after the compile tests) goes where pytest cleans up, not /tmp;
-    subprocesses inherit it. Every run compiles cold, as a fresh CI machine does."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
-
-
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -21,7 +23,17 @@ def test_device_check_cpu_dry_run(tmp_path: Path) -> None:
     assert list(parts) == ["cuda-tests", "bench-train", "bench-data", "gpu-decode", "ddp", "train"]
     assert all(p["ok"] for p in parts.values()), {k: p.get("error") for k, p in parts.items()}
     assert "skipped" in parts["cuda-tests"]["summary"]  # no GPU here: collected, then skipped
-    assert parts["bench-train"]["configs"]["ours"]["img_s"] > 0 and "vs_fp32_baseline" in parts["bench-train"]["comparisons"]
+    # bench train's JSON as this script reads it (the suite's one run of `alexnet bench train`
+    # on one process: the three configurations the GPU run compares).
+    bench = parts["bench-train"]
+    configs = bench["configs"]
+    assert list(configs) == ["baseline", "ours", "lrn-function"]
+    assert all(c["img_s"] > 0 and c["train_gflop_s"] > 0 for c in configs.values())
+    assert bench["native_precision"].startswith(("bf16", "fp32 only")) and bench["peak_gflop_s"]["fp32"] > 0
+    assert bench["ratio"] == pytest.approx(configs["ours"]["img_s"] / configs["baseline"]["img_s"])
+    assert bench["comparisons"]["vs_fp32_baseline"] == pytest.approx(bench["ratio"])
+    assert bench["comparisons"]["lrn_op_vs_former"] == pytest.approx(configs["ours"]["img_s"] / configs["lrn-function"]["img_s"])
+    assert bench["other_processes_cpus"] >= 0
     assert parts["gpu-decode"]["img_s"] > 0 and parts["ddp"]["backend"] == "gloo" and parts["ddp"]["weights_moved"]
     losses = parts["train"]["train_loss_by_epoch"]
     assert len(losses) == 3 and losses[-1] < losses[0]

@@ -21,7 +21,7 @@ from PIL import Image
 from alexnet.cli import main
 from alexnet.data.prepare import Settings, prepare
 
-KILL_POINTS, KILL_SEED = 5, 2012
+KILL_POINTS, KILL_SEED = 3, 2012
 
 
 def test_sigkill_at_random_points_then_resume_gives_identical_output(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_run_folder_contents(reference_run: Path) -> None:
     assert steps == ["step-00000020.pt", "step-00000024.pt"]
 
 
-KILL_POINTS, KILL_SEED = 5, 2012
+KILL_POINTS, KILL_SEED = 3, 2012
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_identical(reference_run: Path, tmp_path: Path) -> None:
