@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -264,9 +265,18 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
         preview = head.decode("latin-1").encode("unicode_escape").decode()
         raise UserError(f"{path} is not a readable checkpoint: not a PyTorch file (it starts with {preview!r})")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two lines) about any pickle protocol but 2 before the error below
+            # says what is wrong in one.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types on foreign or damaged files
         text = str(e)
+        if is_pickle and "Unsupported operand" in text:  # a bare pickle.dump, not torch.save's format
+            raise UserError(
+                f"{path} is not a readable checkpoint: a plain Python pickle, not a file written by torch.save; "
+                "use a checkpoint written by `alexnet train`"
+            ) from None
         if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
             raise UserError(
                 f"{path} is not a readable checkpoint: it holds pickled Python objects, not just tensors and plain "

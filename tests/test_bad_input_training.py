@@ -7,6 +7,7 @@ One tiny real run (4 steps, a checkpoint after each) is trained once; each case 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,9 @@ CASES = {
     "pickle of Python objects": (
         lambda r, t: ["eval", str(_save(t / "objects.pt", {"kind": "alexnet-checkpoint", "path": Path("x")})), "--data", DATA],
         "pickled Python objects"),
+    "bare pickle.dump": (
+        lambda r, t: ["eval", str(_write(t / "plain.pt", pickle.dumps({"kind": "alexnet-checkpoint"}, protocol=4))), "--data", DATA],
+        "plain Python pickle"),
     "truncated checkpoint": (
         lambda r, t: ["eval", str(_write(t / "cut.pt", (r / "checkpoints" / "last.pt").read_bytes()[:5000])), "--data", DATA],
         "truncated"),
