@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.checkpoint import KIND, load_checkpoint
+from alexnet.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 
@@ -68,18 +68,14 @@ def read_weights(path: str | Path) -> Weights:
     """Read an alexnet checkpoint / run folder or a torchvision AlexNet state_dict (no code runs)."""
     from alexnet.evaluation import TORCHVISION_MEAN, TORCHVISION_STD
 
-    path = Path(path)
-    if path.is_file():
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - load_checkpoint below gives the one-line reason
-            raw = None
-        if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
-            if "classifier.6.weight" not in raw:
-                raise UserError(f"{path} looks like a torchvision AlexNet state_dict but has no classifier.6 (fc8)")
-            return Weights(str(path), "alexnet-owt", raw, {}, (), raw["features.0.weight"].shape[1], None,
-                           InputNorm(TORCHVISION_MEAN, TORCHVISION_STD))  # fmt: skip
-    ckpt = load_checkpoint(path)
+    path = checkpoint_path(path)  # a run folder -> its last.pt
+    raw = read_raw(path)  # read once; a damaged or foreign file is a one-line error here
+    if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
+        if "classifier.6.weight" not in raw:
+            raise UserError(f"{path} looks like a torchvision AlexNet state_dict but has no classifier.6 (fc8)")
+        return Weights(str(path), "alexnet-owt", raw, {}, (), raw["features.0.weight"].shape[1], None,
+                       InputNorm(TORCHVISION_MEAN, TORCHVISION_STD))  # fmt: skip
+    ckpt = Checkpoint.from_dict(raw, str(path)).to_dict()
     data = ckpt["data"]
     return Weights(
         str(path), ckpt["model_name"], ckpt["model"], dict(ckpt["model_options"]), tuple(ckpt["classes"]),
