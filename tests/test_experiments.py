@@ -331,6 +331,13 @@ def test_pca_colour_on_grayscale_data_is_one_line_and_exit_2(tmp_path, capsys) -
     assert not (tmp_path / "pca-colour").exists()
 
 
+@pytest.mark.parametrize("data", ["nosuch:x", "cifar10"])
+def test_a_wrong_data_source_is_one_line_before_anything_is_written(tmp_path, capsys, data: str) -> None:
+    code = main(["experiment", "lrn", "--data", data, "--out", str(tmp_path / "out")])
+    assert_one_line_error((code, capsys.readouterr().err), "data source" if data == "nosuch:x" else "needs a folder")
+    assert not (tmp_path / "out").exists()
+
+
 def test_colour_experiments_take_cifar10_as_the_issue_names_it(tmp_path) -> None:
     from tests.test_prepare_fixtures import make_cifar10
 

@@ -12,6 +12,7 @@ import json
 import sys
 
 from alexnet.cli.common import add_runtime_options, positive_int, show_progress
+from alexnet.data import open_dataset
 from alexnet.errors import UserError
 from alexnet.experiments import (
     BUDGETS,
@@ -51,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    open_dataset(args.data)  # a wrong --data is one line before any plan line or run folder (~1 s)
     outputs = []
     for name in names:
         plan = make_plan(name, args.data, args.seeds, args.budget, args.out, progress=show_progress(args),
