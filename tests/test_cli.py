@@ -100,6 +100,12 @@ def test_loading_a_checkpoint_never_runs_code_from_it(tmp_path: Path, capsys: py
     assert not [w for w in caught if "pickle protocol" in str(w.message)]
 
 
+def test_demo_with_a_wrong_data_source_stops_before_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli_main(capsys, "demo", "--data", "nosuch", "--out", str(tmp_path / "demo"))
+    assert_one_line_error((code, err), "unknown data source")
+    assert "baseline" not in out and not (tmp_path / "demo").exists() and not (tmp_path / "demo-hog").exists()
+
+
 def test_run_folder_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(cli(capsys, "train", "--data", SYN, "--batch-size", "16", "--out", str(tiny_run)), "already holds a run")
     assert_one_line_error(cli(capsys, "train", "--resume", str(tiny_run), "--lr", "0.5"), "drop --lr")

@@ -29,6 +29,7 @@ from alexnet.cli.train_cmd import (
     recipe_overrides,
     run_training,
 )
+from alexnet.data import open_dataset
 from alexnet.data.fashion_mnist import DEFAULT_DIR
 from alexnet.data.idx import IDX_FILES
 from alexnet.runfolder import check_folder_path
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=show_progress(args), model_options=model_options,
                       lr_policy="auto" if lr_auto(args) else "fixed")  # Issue 11 hook: --lr auto  # fmt: skip
     check_folder_path(out)  # before the baseline's minutes, not after them
+    open_dataset(data)  # likewise a wrong --data (~1 s; the baseline and the trainer open it again)
     baseline = _run_baseline(data, out, args)
     code = run_training(cfg, resume=False)
     if code:
