@@ -68,14 +68,14 @@ def read_weights(path: str | Path) -> Weights:
     """Read an alexnet checkpoint / run folder or a torchvision AlexNet state_dict (no code runs)."""
     from alexnet.evaluation import TORCHVISION_MEAN, TORCHVISION_STD
 
-    path = checkpoint_path(path)  # a run folder -> its last.pt
-    raw = read_raw(path)  # read once; a damaged or foreign file is a one-line error here
+    file = checkpoint_path(path)  # a run folder -> its last.pt; messages name what the user gave
+    raw = read_raw(file)  # read once; a damaged or foreign file is a one-line error here
     if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
         if "classifier.6.weight" not in raw:
             raise UserError(f"{path} looks like a torchvision AlexNet state_dict but has no classifier.6 (fc8)")
         return Weights(str(path), "alexnet-owt", raw, {}, (), raw["features.0.weight"].shape[1], None,
                        InputNorm(TORCHVISION_MEAN, TORCHVISION_STD))  # fmt: skip
-    ckpt = Checkpoint.from_dict(raw, str(path)).to_dict()
+    ckpt = Checkpoint.from_dict(raw, str(file)).to_dict()
     data = ckpt["data"]
     return Weights(
         str(path), ckpt["model_name"], ckpt["model"], dict(ckpt["model_options"]), tuple(ckpt["classes"]),
