@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,12 @@ from pathlib import Path
 from alexnet.errors import UserError
 
 LOCK_NAME = ".alexnet.lock"
+BASELINE_KIND = "alexnet-baseline"  # config.json's "kind" in a baseline run folder (alexnet.baselines)
+# What a folder holds, in folder_contents' words (refusals quote them).
+TRAINED_RUN, IMPORTED_RUN = "a trained run", "an imported run"  # alexnet train; alexnet.interop.runs.write_run
+BASELINE_RUN, PREPARED_DATASET = "a baseline run", "a prepared dataset"
+# What `train --out` refuses to start in (a trained run without a checkpoint yet restarts: its own kind).
+FOREIGN_TO_TRAINING = (BASELINE_RUN, PREPARED_DATASET, IMPORTED_RUN)
 
 
 class FolderInUse(UserError):
@@ -53,6 +60,50 @@ def make_folder(folder: str | Path, flag: str = "--out") -> Path:
         check_folder_path(folder, flag)
         raise
     return folder
+
+
+def folder_contents(folder: str | Path) -> str | None:
+    """What ``folder`` already holds, in words for a refusal ("a trained run", "a baseline run",
+    "a prepared dataset", "an imported run", "other files (a.txt, b/)"), or None when it is
+    missing or holds nothing but its lock file. Recognised by the files each command writes;
+    reads at most one small ``config.json``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    names = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+    if not names:
+        return None
+    if "manifest.json" in names or ".work" in names:
+        return PREPARED_DATASET
+    config: object = None
+    if "config.json" in names:
+        try:
+            with open(folder / "config.json", "rb") as f:
+                config = json.loads(f.read(1 << 20) or b"null")  # a config is a few KB; never read a huge file
+        except (OSError, ValueError):
+            config = None
+    if isinstance(config, dict) and config.get("kind") == BASELINE_KIND:
+        return BASELINE_RUN
+    if isinstance(config, dict) and "imported" in config and not {"metrics.jsonl", "tensorboard"} & set(names):
+        return IMPORTED_RUN
+    if {"checkpoints", "metrics.jsonl", "tensorboard"} & set(names) or isinstance(config, dict) and "resolved" in config:
+        return TRAINED_RUN
+    shown = ", ".join(n + ("/" if (folder / n).is_dir() else "") for n in names[:3])
+    return f"other files ({shown}{', ...' if len(names) > 3 else ''})"
+
+
+def claim_folder(folder: str | Path, kind: str, force: bool = False, flag: str = "--out") -> None:
+    """Refuse to write ``kind`` (as :func:`folder_contents` words it) into ``folder`` unless it is
+    missing or empty, or already holds ``kind`` and ``force`` is given: a command never mixes its
+    files into another command's folder, and never replaces its own kind's without being told.
+    Call it while holding :func:`run_folder_lock`, so that nobody writes in between."""
+    held = folder_contents(folder)
+    if held is None:
+        return
+    if held != kind:
+        raise UserError(f"{flag} {folder} already holds {held}; it is left as it is: choose a new or empty folder")
+    if not force:
+        raise UserError(f"{flag} {folder} already holds {held}; pass --force to replace it, or choose a new folder")
 
 
 def _try_lock(folder: Path) -> tuple[int | None, str]:

@@ -39,9 +39,9 @@ from alexnet.data.dataset import Dataset
 from alexnet.data.presets import centre_crop
 from alexnet.errors import UserError
 from alexnet.io import atomic_write, atomic_write_json
-from alexnet.runfolder import LOCK_NAME, run_folder_lock
+from alexnet.runfolder import BASELINE_KIND, LOCK_NAME, run_folder_lock
 
-KIND = "alexnet-baseline"
+KIND = BASELINE_KIND
 FORMAT_VERSION = 1
 FEATURES = ("raw", "hog", "hog-rbf", "sift-fv")
 SYSTEMS = {  # short names for tables

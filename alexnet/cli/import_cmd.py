@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("prototxt", metavar="DEPLOY.prototxt", help="the net definition (V2 `layer` or V1 `layers`)")
     c.add_argument("caffemodel", metavar="WEIGHTS.caffemodel", help="the trained weights")
     c.add_argument("--mean", help="mean file: .binaryproto or .npy, 3xSxS or 3 values, BGR as Caffe stores it")
-    c.add_argument("--out", required=True, help="the run folder to write")
+    c.add_argument("--out", required=True, help="the run folder to write: new or empty (nothing else is overwritten)")
+    c.add_argument("--force", action="store_true", help="replace an earlier import in --out (never a trained run or other files)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.interop.caffe import import_caffe
 
-    result = import_caffe(args.prototxt, args.caffemodel, args.out, args.mean)
+    result = import_caffe(args.prototxt, args.caffemodel, args.out, args.mean, force=args.force)
     if args.json:
         print(json.dumps(asdict(result)))
         return 0

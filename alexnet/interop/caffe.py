@@ -37,7 +37,7 @@ from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.evaluation import imagenet_class_names
 from alexnet.interop.caffe_proto import V1_TYPES, messages
-from alexnet.interop.runs import write_run
+from alexnet.interop.runs import check_out, write_run
 from alexnet.models.alexnet import PAPER_SHAPE
 
 # V1 enum -> V2 type string, for the types an AlexNet deploy file holds.
@@ -226,8 +226,12 @@ def load_mean(path: str | Path) -> np.ndarray:
     raise UserError(f"{path}: a mean must be 3 x S x S (S >= {CROP}) or 3 values per channel, got shape {tuple(arr.shape)}")
 
 
-def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, mean: str | Path | None = None) -> ImportResult:
-    """Convert a Caffe AlexNet (deploy prototxt + caffemodel [+ mean]) into the run folder ``out``."""
+def import_caffe(
+    prototxt: str | Path, caffemodel: str | Path, out: str | Path, mean: str | Path | None = None, force: bool = False
+) -> ImportResult:
+    """Convert a Caffe AlexNet (deploy prototxt + caffemodel [+ mean]) into the run folder ``out``
+    (new or empty; ``force``: replace an earlier import there)."""
+    check_out(out, force)  # refuse before reading a 240 MB caffemodel; write_run checks again under the lock
     net = read_net_text(prototxt)
     layers, fmt = layers_of(net)
     if not layers:
@@ -350,5 +354,5 @@ def import_caffe(prototxt: str | Path, caffemodel: str | Path, out: str | Path, 
     classes = list(imagenet_class_names()) if num_classes == 1000 else [str(i) for i in range(num_classes)]
     provenance = {"from": "caffe", "prototxt": str(prototxt), "caffemodel": str(caffemodel),
                   "mean": str(mean) if mean else None, "format": fmt, "net_name": net.name}  # fmt: skip
-    ckpt = write_run(out, model, "alexnet", options, classes, 3, image_size, CROP, norm, f"caffe:{Path(caffemodel).name}", provenance)
+    ckpt = write_run(out, model, "alexnet", options, classes, 3, image_size, CROP, norm, f"caffe:{Path(caffemodel).name}", provenance, force)
     return ImportResult(str(out), str(ckpt), fmt, num_classes, float(lrn_k), lrn_order, mean_text, options)

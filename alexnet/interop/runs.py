@@ -16,6 +16,7 @@ from alexnet.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.io import atomic_write_json
+from alexnet.runfolder import IMPORTED_RUN, check_folder_path, claim_folder, run_folder_lock
 
 
 def write_run(
@@ -30,14 +31,34 @@ def write_run(
     norm: InputNorm,
     data_name: str,
     provenance: dict[str, Any],
+    force: bool = False,
 ) -> Path:
     """Write ``model`` as a run folder at ``out``; returns the checkpoint path.
 
     ``classes`` are label-ordered names or ids (ImageNet WNIDs display as names);
-    ``provenance`` (where the weights came from) goes into ``config.json``.
+    ``provenance`` (where the weights came from) goes into ``config.json``. Like every command
+    that writes a run folder it holds the folder's lock, and it writes only into a new or empty
+    folder, or over an imported run with ``force`` (:func:`check_out`): a trained run, a
+    baseline, a prepared dataset or anyone's files are never mixed with an import.
     """
     out = Path(out)
     ckpt = out / "checkpoints" / LAST
+    with run_folder_lock(out):
+        check_out(out, force)
+        _write(out, ckpt, model, model_name, model_options, classes, channels, image_size, crop, norm, data_name, provenance)
+    return ckpt
+
+
+def check_out(out: str | Path, force: bool = False) -> None:
+    """The one-line refusal :func:`write_run` would give for ``out``, before any long work."""
+    check_folder_path(out)
+    claim_folder(out, IMPORTED_RUN, force)
+
+
+def _write(
+    out: Path, ckpt: Path, model: nn.Module, model_name: str, model_options: dict[str, Any], classes: list[str],
+    channels: int, image_size: int, crop: int, norm: InputNorm, data_name: str, provenance: dict[str, Any],
+) -> None:
     try:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         data = DataSpec(name=data_name, channels=channels, image_size=image_size, crop=crop, synthetic=False, norm=norm)
@@ -46,4 +67,3 @@ def write_run(
         atomic_write_json(out / "config.json", {"imported": provenance, "model": model_name, "model_options": model_options})
     except OSError as e:
         raise UserError(f"cannot write the run folder {out}: {e.strerror or e}") from None
-    return ckpt

@@ -52,7 +52,7 @@ from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
-from alexnet.runfolder import run_folder_lock
+from alexnet.runfolder import FOREIGN_TO_TRAINING, folder_contents, run_folder_lock
 from alexnet.runtime import (
     OtherLoad,
     busy_cores_warning,
@@ -317,6 +317,9 @@ def _start_or_resume(run: _Run, resume_from: Path | None) -> Progress:
         return progress
     if any_rank([(run.ckpt_dir / LAST).exists()], run.ctx, run.device)[0]:
         raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
+    held = folder_contents(out) if run.ctx.is_main else None  # a run is never mixed into another command's folder
+    if any_rank([held in FOREIGN_TO_TRAINING], run.ctx, run.device)[0]:
+        raise UserError(f"--out {out} already holds {held}; it is left as it is: choose another --out")
     torch.manual_seed(derive_seed("dropout", run.cfg.seed, run.ctx.rank))  # each rank its own dropout stream
     return Progress()
 
