@@ -64,6 +64,9 @@ def _human(seconds: float) -> str:
     )
 
 
+_SHOWN_SKIPS = 5  # skipped inputs named in the summary; the manifest lists them all
+
+
 class _Stopped(Exception):
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -117,4 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if total_skipped:
         print(f"{total_skipped:,} input files were skipped; each is listed with its reason in {args.out}/manifest.json "
               f"(alexnet data show {args.out})")  # fmt: skip
+        shown = [s for split in ("train", "val") for s in m["splits"][split]["skipped"]][:_SHOWN_SKIPS]
+        for s in shown:  # name the first few here: a FIFO or a symlink loop should not need a second command
+            print(f"  skipped {s['file']}: {s['reason']}")
+        if total_skipped > len(shown):
+            print(f"  ... and {total_skipped - len(shown):,} more")
     return 0

@@ -10,7 +10,6 @@ gives every image's top-5 classes for the report. Both see the images exactly as
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from alexnet.data.dataset import Dataset
 from alexnet.data.pipeline import InputPipeline
 from alexnet.errors import UserError
 from alexnet.evaluation import LoadedModel, load_model
+from alexnet.io import atomic_path, atomic_write, reserve_space
 from alexnet.runtime import autocast, resolve_device, resolve_precision
 
 FEATURE_LAYER = "fc7"  # the paper's "last hidden layer" (section 6.1)
@@ -127,12 +127,10 @@ def extract_features(session: Session, split: str, out: str | Path, layer: str =
     if out.suffix != ".npy":
         raise UserError(f"--out must end in .npy (a NumPy array file), got {out}")
     labels_path = out.with_name(out.stem + ".labels.npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(out)
     labels = np.empty(n, dtype=np.int64)
     started = time.perf_counter()
     array = None
-    try:
+    with atomic_path(out) as tmp:
         bar = tqdm(total=n, unit="img", desc=f"{layer} {split}", disable=not progress, dynamic_ncols=True)
         pos = 0
         for x, y in _batches(session, split, batch_size):
@@ -140,6 +138,7 @@ def extract_features(session: Session, split: str, out: str | Path, layer: str =
                 feats = run(x).float().cpu().numpy()
             if array is None:  # the width is known after the first batch
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, feats.shape[1]))
+                reserve_space(tmp)  # a full disk is one error now, not SIGBUS on a page of the memmap later
             if dtype == np.float16:
                 feats = np.clip(feats, np.finfo(np.float16).min, np.finfo(np.float16).max)
             array[pos : pos + len(feats)] = feats
@@ -152,10 +151,6 @@ def extract_features(session: Session, split: str, out: str | Path, layer: str =
         shape = array.shape
         del array
         _save_atomic(labels_path, labels)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"features": str(out), "labels": str(labels_path), "shape": list(shape), "layer": layer, "split": split,
             "data": session.data, "seconds": time.perf_counter() - started}  # fmt: skip
 
@@ -189,13 +184,5 @@ def images_at(dataset: Dataset, split: str, indices: Sequence[int]) -> torch.Ten
     raise UserError(f"{dataset.info.name} cannot look up single images")
 
 
-def _temp_beside(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    from alexnet.io import atomic_write
-
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))

@@ -19,6 +19,7 @@ import torch
 from alexnet.data.prepare.convert import ConversionError, model_pixels
 from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
+from alexnet.io import MAX_IMAGE_BYTES, read_capped, read_regular_file
 from alexnet.runtime import autocast, resolve_device, resolve_precision
 
 STDIN = "-"
@@ -58,9 +59,9 @@ def expand_images(args: Sequence[str]) -> list[str]:
 def read_image_bytes(name: str, stdin: IO[bytes] | None = None) -> bytes:
     """The bytes of the image file ``name`` (``-``: all of ``stdin``, default standard input)."""
     if name == STDIN:
-        return (stdin or sys.stdin.buffer).read()
+        return read_capped(stdin or sys.stdin.buffer, MAX_IMAGE_BYTES, "standard input")
     try:
-        return Path(name).read_bytes()
+        return read_regular_file(name, MAX_IMAGE_BYTES)
     except FileNotFoundError:
         raise UserError(f"image not found: {name}") from None
     except IsADirectoryError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from alexnet.data.prepare.items import FileRef, Item, Skip, SourcePlan, SplitPlan, finish_split
@@ -24,16 +25,63 @@ VAL_NAMES = ("val", "validation", "valid")
 DEFAULT_VAL_FRACTION = 0.1
 
 
-def list_files(folder: Path) -> list[str]:
-    """Paths (POSIX, relative to ``folder``) of every non-hidden file below it, sorted."""
-    found = []
+def list_files(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[str]:
+    """Paths (POSIX, relative to ``folder``) of every non-hidden regular file below it, sorted.
+
+    Symlinked folders are followed (a class folder may live on another disk), but a folder
+    already listed is not listed again: a symlink loop (``ln -s .. cat/loop``) or a second link
+    to a folder would otherwise store the same images many times, under wrong labels too.
+    What is not a regular file (a FIFO, a device, a socket, a broken link) is never opened:
+    opening a FIFO waits forever for a writer. Both go to ``skipped`` as (path, reason).
+    """
+    found: list[str] = []
+    note = skipped.append if skipped is not None else (lambda _: None)
+    seen = {_identity(folder)}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = Path(dirpath).relative_to(folder)
+        # Real folders claim their identity before links to them, so a link is the one skipped.
+        visible = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = []
+        for d in sorted(visible, key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d)):
+            ident = _identity(Path(dirpath) / d)
+            if ident is None:
+                note(((rel / d).as_posix(), "unreadable folder"))
+            elif ident in seen:
+                note(((rel / d).as_posix(), "symlink loop or second link to a folder already listed; not followed"))
+            else:
+                seen.add(ident)
+                dirnames.append(d)
+        dirnames.sort()
         for name in filenames:
-            if not name.startswith("."):
+            if name.startswith("."):
+                continue
+            why = _not_regular(Path(dirpath) / name)
+            if why:
+                note(((rel / name).as_posix(), why))
+            else:
                 found.append((rel / name).as_posix())
     return sorted(found)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read, or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return "broken symlink" if path.is_symlink() else f"unreadable: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a file")
+    return f"not a regular file ({kind}); not read"
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -59,8 +107,8 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _scan_split(root: Path, folder: Path, label: dict[str, int]) -> SplitPlan:
-    items, skipped = [], []
-    for rel in list_files(folder):
+    items, skipped, odd = [], [], []
+    for rel in list_files(folder, odd):
         path, key = folder / rel, rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1][1:] else rel
         if "/" not in rel:
             skipped.append(Skip(key, _rel(root, path), "not inside a class folder"))
@@ -68,6 +116,7 @@ def _scan_split(root: Path, folder: Path, label: dict[str, int]) -> SplitPlan:
             skipped.append(Skip(key, _rel(root, path), f"class folder {rel.split('/', 1)[0]!r} is not in train"))
         else:
             items.append(Item(key, label[rel.split("/", 1)[0]], FileRef(str(path)), _rel(root, path)))
+    skipped += [Skip(rel, _rel(root, folder / rel), why) for rel, why in odd]
     return finish_split(items, skipped)
 
 

@@ -50,7 +50,7 @@ from alexnet.data.prepare.shards import ShardWriter, shard_name
 from alexnet.data.prepare.stats import PartialStats, finish
 from alexnet.data.prepare.tars import read_range
 from alexnet.errors import UserError
-from alexnet.io import atomic_write
+from alexnet.io import MAX_IMAGE_BYTES, atomic_write, read_regular_file
 from alexnet.runtime import default_workers as runtime_default_workers
 
 WORK = ".work"
@@ -184,8 +184,10 @@ def _read(ref: Any) -> bytes | np.ndarray:
         if len(data) < ref.size:
             raise ConversionError(f"truncated: the tar ends {ref.size - len(data)} bytes into this file")
         return data
-    with open(ref.path, "rb") as f:
-        return f.read()
+    try:  # the file may have been swapped for a FIFO or a device since the scan
+        return read_regular_file(ref.path, MAX_IMAGE_BYTES)
+    except UserError as e:
+        raise ConversionError(str(e).removeprefix(f"{ref.path} ")) from None
 
 
 def _read_order(item: Item) -> tuple[str, int]:
@@ -427,7 +429,8 @@ def _run_tasks(pending: list[ShardTask], out: Path, settings: Settings, workers:
             return total
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         counter = ctx.Value("q", 0)
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(counter,))
+        try:
             it = pool.imap_unordered(_convert_job, jobs)
             for _ in range(len(jobs)):
                 while True:
@@ -437,9 +440,33 @@ def _run_tasks(pending: list[ShardTask], out: Path, settings: Settings, workers:
                     except mp.TimeoutError:
                         bar.update(counter.value - bar.n)
                 bar.update(counter.value - bar.n)
+        except BaseException:
+            _kill_pool(pool)
+            raise
+        finally:
+            pool.terminate()
         return total
     finally:
         bar.close()
+
+
+def _kill_pool(pool: Any) -> None:
+    """Stop the workers of a run being stopped (Ctrl-C, SIGTERM, an error) so that
+    ``pool.terminate()`` cannot hang. A worker killed while it waited for a task (SIGTERM sent to
+    the whole process group) dies holding the task queue's lock, and ``terminate()`` waits for
+    that lock before anything else: forever. So kill every worker, then free the lock if a dead
+    one still holds it. (``_pool`` and ``_inqueue`` are CPython's, unchanged since 3.3.)"""
+    for p in list(getattr(pool, "_pool", [])):
+        if p.exitcode is None:
+            p.kill()
+    lock = getattr(getattr(pool, "_inqueue", None), "_rlock", None)
+    if lock is None:
+        return
+    if lock.acquire(timeout=1.0):
+        lock.release()
+    else:
+        with contextlib.suppress(ValueError):  # its holder is dead: nobody else will release it
+            lock.release()
 
 
 def _finish(
