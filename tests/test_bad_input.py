@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from alexnet.cli import main
-from tests.conftest import assert_one_line_error, run_cli
+from tests.helpers.cli import assert_one_line_error, run_cli
 
 SYN = "synthetic:classes=3,size=28,train=32,val=8,channels=1"
 TINY = ["--widths", "8,16,24,24,16", "--fc-width", "32", "--batch-size", "16", "--epochs", "1", "--no-progress"]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from alexnet.cli import main
-from tests.conftest import assert_one_line_error, cli_main, run_cli
+from tests.helpers.cli import assert_one_line_error, cli_main, run_cli
 
 DATA = "synthetic:classes=4,size=32,train=64,val=16,channels=1"
 SMALL_NET = ["--widths", "8,8,8,8,8", "--fc-width", "32"]

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_prepare_fixtures as fx
 import torch
 from scipy.ndimage import gaussian_filter
 
 from alexnet.baselines import BaselineConfig, evaluate_baseline, fit_baseline, load_baseline
 from alexnet.baselines.fisher import Gmm, fisher_vectors, fit_gmm, region_masks
 from alexnet.baselines.sift import CLIP, MAGNIF, DsiftParams, colour_descriptors, dsift
-from tests.conftest import cli_main
-from tests.test_baselines import draw_shapes, write_idx
+from tests.helpers import layouts as fx
+from tests.helpers.cli import cli_main
+from tests.helpers.shapes import draw_shapes, write_idx
 
 # ----------------------------------------------------------------------------- dense SIFT
 

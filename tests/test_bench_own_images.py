@@ -1,4 +1,4 @@
-"""Issue 11's proof datasets: the 100-class and the larger-image builders of alexnet.bench.own_images.
+"""The own-images proof datasets: the 100-class and the larger-image builders of alexnet.bench.own_images.
 
 Built at a tiny size (1-2 images per class): class counts, shapes, labels and the train/val split.
 """
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from alexnet.bench import own_images
-from tests.conftest import needs_fashion
+from tests.helpers.cli import needs_fashion
 
 pytest.importorskip("sklearn")
 

@@ -11,7 +11,7 @@ from alexnet import models
 from alexnet.bench.scaling import world_sizes
 from alexnet.bench.step import CONFIG_NAMES, CUDA_ONLY_BY_DEFAULT, build_configs
 from alexnet.cli import main
-from tests.conftest import assert_one_line_error, run_cli
+from tests.helpers.cli import assert_one_line_error, run_cli
 
 # The JSON of a one-process `alexnet bench train` (baseline, ours, lrn-function on alexnet-small)
 # is asserted in tests/test_device_check.py: scripts/device-check's dry run runs exactly that,

@@ -1,6 +1,5 @@
-"""lrn_scope's default changed for the paper net (per tower, as the paper's GPUs): checkpoints
-written before (no lrn_scope in their options) keep loading, and resuming, as trained (across
-both towers); new ones name it."""
+"""Checkpoints without ``lrn_scope`` in their options (written before the option existed, when
+the LRN crossed the towers) keep loading and resuming as trained (``all``); new ones name it."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 
 from alexnet import models
 from alexnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from tests.interop_helpers import run_main
+from tests.helpers.interop import run_main
 
 NARROW = {"widths": [8, 16, 16, 16, 8], "fc_width": 16}
 
@@ -20,7 +19,7 @@ NARROW = {"widths": [8, 16, 16, 16, 8], "fc_width": 16}
 def test_old_checkpoints_load_across_towers_new_ones_per_tower(tmp_path: Path) -> None:
     assert models.create("alexnet", 10, **NARROW).features.norm1.groups == 2  # the paper's default
     assert models.create("alexnet-small", 10).features.norm1.groups == 1  # unchanged
-    from tests.interop_helpers import make_run
+    from tests.helpers.interop import make_run
 
     run = make_run(tmp_path / "run", "alexnet", num_classes=10, options=NARROW)
     ckpt = run / "checkpoints" / "last.pt"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import models
-from tests.conftest import run_cli
+from tests.helpers.cli import run_cli
 
 # Narrow layers: tracing cost does not depend on widths, the eager reference run does.
 NARROW = {"widths": (8, 16, 16, 16, 8), "fc_width": 32}

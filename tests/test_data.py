@@ -16,7 +16,7 @@ from alexnet.data.idx import read_idx
 from alexnet.data.presets import CropParams, TrainAugment, centre_crop, crop_batch, draw_crop_params
 from alexnet.data.seeding import generator
 from alexnet.errors import UserError
-from tests.conftest import needs_fashion
+from tests.helpers.cli import needs_fashion
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
@@ -80,7 +80,7 @@ def test_idx_folder_source(tmp_path: Path) -> None:
 def test_cifar10_source_reads_the_download_as_prepare_stores_it(tmp_path: Path) -> None:
     from alexnet.data.prepare import Settings, prepare
     from alexnet.data.prepared import PreparedDataset
-    from tests.test_prepare_fixtures import CIFAR_NAMES, make_cifar10
+    from tests.helpers.layouts import CIFAR_NAMES, make_cifar10
 
     tarball, _ = make_cifar10(tmp_path / "dl" / "cifar-10-python.tar.gz", per_batch=8)
     for source in (f"cifar10:{tarball}", f"cifar10:{tarball.parent}"):  # the tarball, or a folder holding it

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 
 def test_device_check_cpu_dry_run(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli
+from tests.helpers.cli import REPO, run_cli
 
 DATA = "synthetic:classes=4,size=28,train=512,val=96,channels=1"
 COMMON = ["--data", DATA, "--model", "alexnet-small", "--dropout", "0", "--precision", "fp32", "--epochs", "2",

@@ -33,7 +33,7 @@ from alexnet.experiments import (
 from alexnet.experiments.runner import find_copy_source
 from alexnet.runfolder import run_folder_lock
 from alexnet.training.trainer import TrainConfig, train
-from tests.conftest import assert_one_line_error, run_cli
+from tests.helpers.cli import assert_one_line_error, run_cli
 
 # What each experiment is about: the only settings in which its arms may differ.
 INTENDED = {
@@ -339,7 +339,7 @@ def test_a_wrong_data_source_is_one_line_before_anything_is_written(tmp_path, ca
 
 
 def test_colour_experiments_take_cifar10_as_the_issue_names_it(tmp_path) -> None:
-    from tests.test_prepare_fixtures import make_cifar10
+    from tests.helpers.layouts import make_cifar10
 
     tarball, _ = make_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
     plan = make_plan("pca-colour", data=f"cifar10:{tmp_path}", seeds=1, out=tmp_path / "runs")

@@ -16,7 +16,7 @@ from alexnet.data import open_dataset
 from alexnet.errors import UserError
 from alexnet.evaluation.features import Session, check_split, features_of, open_session
 from alexnet.evaluation.retrieval import Index, index_paths
-from tests.conftest import assert_one_line_error, cli_main
+from tests.helpers.cli import assert_one_line_error, cli_main
 
 SYN = "synthetic:classes=4,size=28,train=64,val=32,channels=3"
 

@@ -24,8 +24,8 @@ from alexnet import models
 from alexnet.evaluation import load_image, load_model
 from alexnet.interop.caffe import import_caffe
 from alexnet.interop.preprocessing import Preprocessing
-from tests.conftest import assert_one_line_error
-from tests.interop_helpers import real_images, run_main
+from tests.helpers.cli import assert_one_line_error
+from tests.helpers.interop import real_images, run_main
 
 WIDTHS, FC, CLASSES = (8, 16, 24, 24, 16), 32, 10
 V1 = {"Convolution": 4, "ReLU": 18, "LRN": 15, "Pooling": 17, "InnerProduct": 14, "Dropout": 6, "Softmax": 20}

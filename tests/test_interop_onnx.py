@@ -15,8 +15,8 @@ import onnx
 from alexnet.evaluation import load_image, load_model, predict
 from alexnet.interop.onnx_model import OnnxModel, export_onnx
 from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing
-from tests.conftest import assert_one_line_error
-from tests.interop_helpers import make_run, real_images, run_main
+from tests.helpers.cli import assert_one_line_error
+from tests.helpers.interop import make_run, real_images, run_main
 
 
 @pytest.fixture(scope="module")

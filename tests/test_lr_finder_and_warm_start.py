@@ -1,4 +1,5 @@
-"""Issue 11: the LR range test, the chance-level warning, and training from pretrained weights.
+"""Training on your own images: the LR range test, the chance-level warning, and training from
+pretrained weights (--init-from, --freeze).
 
 Real computations on tiny problems: a narrow alexnet-small on a Fashion-MNIST subset for the
 range test and the warning, tiny synthetic runs through the real CLI for --init-from.
@@ -29,7 +30,7 @@ from alexnet.training.lr_finder import (
     step_scaled_lr,
     suggest_lr,
 )
-from tests.conftest import assert_one_line_error, cli_main, needs_fashion
+from tests.helpers.cli import assert_one_line_error, cli_main, needs_fashion
 
 TINY = {"widths": [8, 16, 24, 24, 16], "fc_width": 64, "dropout": 0.0, "init": "kaiming"}
 SYN1 = "synthetic:classes=4,size=28,train=64,val=16,channels=1"

@@ -11,7 +11,7 @@ import torchvision
 
 from alexnet import models
 from alexnet.errors import UserError
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 
 def test_paper_net_has_exactly_the_papers_parameter_count() -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_prepare_fixtures as fx
 import torch
 from torch import nn
 
@@ -30,7 +29,8 @@ from alexnet.data.presets import (
 from alexnet.data.seeding import generator
 from alexnet.errors import UserError
 from alexnet.evaluation import evaluate
-from tests.conftest import run_cli
+from tests.helpers import layouts as fx
+from tests.helpers.cli import run_cli
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_prepare_fixtures as fx
 import torch
 
 from alexnet.data.dataset import BatchPlan
@@ -17,6 +16,7 @@ from alexnet.data.prepare import Settings, prepare
 from alexnet.data.prepared import PreparedDataset
 from alexnet.data.sources import open_dataset
 from alexnet.errors import UserError
+from tests.helpers import layouts as fx
 
 RAW = Settings(size=32, encoding="raw", shard_size=4)
 JPEG = Settings(size=32, encoding="jpeg", shard_size=4)

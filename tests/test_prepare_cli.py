@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-import test_prepare_fixtures as fx
-from conftest import REPO, assert_one_line_error, run_cli
 from PIL import Image
 
 from alexnet.cli import main
 from alexnet.data.prepare import Settings, prepare
+from tests.helpers import layouts as fx
+from tests.helpers.cli import REPO, assert_one_line_error, run_cli
 
 KILL_POINTS, KILL_SEED = 3, 2012
 

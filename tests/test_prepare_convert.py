@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
-import test_prepare_fixtures as fx
 from PIL import Image, ImageFile
 
 from alexnet.data.prepare.convert import ConversionError, convert, crop_box, encode, to_pixels
 from alexnet.data.prepare.items import check_key, member_name, stem
+from tests.helpers import layouts as fx
 
 
 def png(img: Image.Image) -> bytes:
@@ -114,3 +114,12 @@ def test_keys_and_member_names() -> None:
         assert check_key(bad), bad
     assert member_name("n01440764_10026") == "n01440764_10026"
     assert member_name("cat/img.001 x") == "cat/img%2E001%20x"  # no dots: WebDataset splits at the first
+
+
+@pytest.mark.parametrize("maker", [fx.cmyk_jpeg, fx.gray_jpeg, fx.png_named_jpeg])
+def test_fixture_files_are_what_they_claim(maker: object) -> None:
+    data = maker(1)  # type: ignore[operator]
+    img = Image.open(io.BytesIO(data))
+    assert img.format == ("PNG" if maker is fx.png_named_jpeg else "JPEG")
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(fx.truncated_jpeg(1))).load()

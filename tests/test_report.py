@@ -22,7 +22,7 @@ from alexnet.evaluation.confusion import confusion_matrix, most_confused, per_cl
 from alexnet.evaluation.hierarchy import Hierarchy
 from alexnet.evaluation.kernels import chroma_share, colour_specificity, conv1_kernels
 from alexnet.reporting.report import SECTIONS, lr_drops
-from tests.conftest import assert_one_line_error, cli_main
+from tests.helpers.cli import assert_one_line_error, cli_main
 
 SYN = "synthetic:classes=4,size=28,train=64,val=32,channels=3"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -265,7 +265,7 @@ def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys
 def test_devkit_synset_tree_reaches_the_manifest_and_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from alexnet.data.prepare.devkit import parse_devkit
     from alexnet.data.prepare.run import Settings, prepare
-    from tests import test_prepare_fixtures as fx
+    from tests.helpers import layouts as fx
 
     tree = parse_devkit(fx.meta_mat(), None, "fixture").hierarchy()
     wnid = {i: w for i, w, *_ in fx.LEAVES + fx.INNER}  # meta.mat lists children by ILSVRC2012_ID

@@ -18,7 +18,7 @@ import torch
 
 from alexnet.errors import UserError
 from alexnet.runfolder import LOCK_NAME, run_folder_lock
-from tests.conftest import REPO, assert_one_line_error, cli_main, run_cli
+from tests.helpers.cli import REPO, assert_one_line_error, cli_main, run_cli
 
 SYN = "synthetic:classes=3,size=28,train=1024,val=16,channels=1"
 TINY = ["--widths", "8,16,24,24,16", "--fc-width", "32", "--batch-size", "16", "--epochs", "1", "--no-progress"]

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from alexnet.evaluation import predict
-from tests.interop_helpers import CLASSES, Server, make_run, real_images
+from tests.helpers.interop import CLASSES, Server, make_run, real_images
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -235,7 +235,7 @@ def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory
 
 def test_bench_serve_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnxruntime")
-    from tests.interop_helpers import run_main
+    from tests.helpers.interop import run_main
 
     code, out, err = run_main(capsys, "bench", "serve", "--model", "alexnet-small", "--requests", "12", "--iters", "3",
                               "--concurrency", "1,4", "--json")  # fmt: skip

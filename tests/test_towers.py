@@ -12,7 +12,7 @@ from alexnet import models
 from alexnet.cli import main
 from alexnet.errors import UserError
 from alexnet.models.towers import TwoTowerAlexNet, parse_devices, split_towers
-from tests.conftest import assert_one_line_error
+from tests.helpers.cli import assert_one_line_error
 
 # Narrow layers keep float64 (exact comparisons, slow CPU kernels) cheap.
 OPTIONS = {"in_channels": 1, "init": "kaiming", "widths": (8, 16, 16, 16, 8), "fc_width": 32}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, needs_fashion, run_cli
+from tests.helpers.cli import REPO, needs_fashion, run_cli
 
 DATA = "synthetic:classes=4,size=28,train=384,val=64,channels=1"
 ARGS = ["--data", DATA, "--epochs", "2", "--batch-size", "32", "--checkpoint-every", "4", "--no-progress", "--lr", "0.01"]

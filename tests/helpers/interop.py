@@ -11,7 +11,7 @@ from PIL import Image
 from alexnet import models
 from alexnet.data.pipeline import InputNorm
 from alexnet.interop.runs import write_run
-from tests.conftest import FASHION_DIR, HAS_FASHION
+from tests.helpers.cli import FASHION_DIR, HAS_FASHION
 
 CLASSES = ("cat", "dog", "ship", "tree")
 
@@ -74,7 +74,7 @@ class Server:
         import time
         import urllib.request
 
-        from tests.conftest import REPO
+        from tests.helpers.cli import REPO
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -1,4 +1,4 @@
-"""Small datasets in each real layout, built in the tests (shared by the test_prepare* files).
+"""Small datasets in each real layout, built in the tests (prepare, data, pipeline, report, baselines).
 
 Every fixture knows the label each of its files must get and which files must be skipped, so
 the tests can check every label, not a sample.
@@ -15,7 +15,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 W, H = 40, 30  # tiny source images; the tests prepare them at --size 32
@@ -292,12 +291,3 @@ def make_cifar10(path: Path, per_batch: int = 6) -> tuple[Path, dict[str, dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue())
     return path, expected
-
-
-@pytest.mark.parametrize("maker", [cmyk_jpeg, gray_jpeg, png_named_jpeg])
-def test_fixture_files_are_what_they_claim(maker: object) -> None:
-    data = maker(1)  # type: ignore[operator]
-    img = Image.open(io.BytesIO(data))
-    assert img.format == ("PNG" if maker is png_named_jpeg else "JPEG")
-    with pytest.raises(OSError):
-        Image.open(io.BytesIO(truncated_jpeg(1))).load()
