@@ -234,8 +234,8 @@ def test_weights_mismatch_is_one_line(source_run: Path, tmp_path: Path, capsys: 
     assert_one_line_error(cli(capsys, "train", "--data", rgb, "--init-from", str(tv), "--model", "alexnet-small",
                               "--out", out), "holds alexnet-owt weights")  # fmt: skip
     # The message names what was given (the run folder), not the last.pt inside it.
-    assert_one_line_error(cli(capsys, "train", "--data", rgb, "--init-from", str(source_run), "--out", out),
-                          f"--init-from {source_run} expects grayscale")  # fmt: skip
+    assert_one_line_error(cli(capsys, "train", "--data", rgb, "--init-from", str(source_run), "--model", "fourlayer",
+                              "--out", out), f"--init-from {source_run} holds alexnet-small weights")  # fmt: skip
     assert_one_line_error(cli(capsys, "train", "--data", rgb, "--freeze", "features", "--out", out), "needs --init-from")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")

@@ -32,6 +32,8 @@ from alexnet.runtime import default_workers, resolve_device, resolve_precision, 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 TORCHVISION_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# and its geometry: short side 256, centre 224 crop.
+TORCHVISION_IMAGE_SIZE, TORCHVISION_CROP = 256, 224
 
 
 @lru_cache(maxsize=1)
@@ -90,7 +92,8 @@ def _load_torchvision_state_dict(state: dict[str, Any], path: Path, device: torc
         raise UserError(f"{path} looks like a torchvision AlexNet state_dict but does not fit: {str(e).splitlines()[0]}") from None
     return LoadedModel(
         model=model.to(device).eval(), name="alexnet-owt", classes=_display_classes([], num_classes), channels=3,
-        image_size=256, crop=224, norm=InputNorm(TORCHVISION_MEAN, TORCHVISION_STD), source=str(path),
+        image_size=TORCHVISION_IMAGE_SIZE, crop=TORCHVISION_CROP, norm=InputNorm(TORCHVISION_MEAN, TORCHVISION_STD),
+        source=str(path),
     )  # fmt: skip
 
 

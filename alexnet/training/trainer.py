@@ -182,6 +182,7 @@ class _Run:
     steps_per_epoch: int
     flops_per_image: float  # training FLOPs (forward + backward) of one image
     watch: ChanceWatch  # the chance-level loss warning (training/health.py)
+    warm_start: dict[str, str] = field(default_factory=dict)  # what --init-from adapted (config.json)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -199,7 +200,8 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
     out, recipe = Path(cfg.out), cfg.recipe
     progress = _start_or_resume(run, resume_from)
     if ctx.is_main:
-        _write_config(out, cfg, run.dataset, run.model, run.precision, device, run.flops_per_image, ctx, run.lr)
+        _write_config(out, cfg, run.dataset, run.model, run.precision, device, run.flops_per_image, ctx, run.lr,
+                      run.warm_start)  # fmt: skip
         _log(run.dataset.describe())
         _log(f"model {recipe.model}: {models.count_parameters(run.model):,} parameters; {device}, {run.precision}, "
              f"channels_last={cfg.channels_last}; {ctx.world_size} process(es) x batch {recipe.batch_size} = "
@@ -259,14 +261,17 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     if dataset.num_samples("val") == 0:
         raise UserError(f"{cfg.data} has no validation images; training reports (and the plateau schedule "
                         "follows) the validation error: prepare it with a val split (e.g. --val-fraction 0.1)")  # fmt: skip
+    # --init-from: the data fitted to the weights' input size before the model takes its size from it.
+    warm = warmstart.prepare(cfg.init_from, recipe.model, dataset, cfg.data, resume_from, _log if ctx.is_main else None)
+    dataset = warm.dataset if warm is not None else dataset
     model_options = _model_options(recipe, dataset, cfg.model_options)
     if resume_from is not None:  # options whose default changed since (models.LEGACY_DEFAULTS): as trained
         stored = stored_model_options(resume_from)
         model_options |= {k: stored[k] for k, _ in models.LEGACY_DEFAULTS.get(recipe.model, ()) if k in stored}
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
     # Issue 11 hook: --init-from / --freeze (training/warmstart.py); the weights' input norm.
-    warm_norm = warmstart.start(model, cfg.init_from, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale, recipe.model,
-                                dataset, resume_from, _log if ctx.is_main else None)  # fmt: skip
+    warm_norm = warmstart.start(model, warm, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale,
+                                _log if ctx.is_main else None)  # fmt: skip
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, norm=warm_norm, normalize=recipe.normalize,
@@ -297,7 +302,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     flops = _training_flops_per_image(model, dataset, device)
     watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # Issue 11 hook (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
-                global_batch, steps_per_epoch, flops, watch)  # fmt: skip
+                global_batch, steps_per_epoch, flops, watch, warm_start=warm.notes if warm is not None else {})  # fmt: skip
 
 
 def _plan(cfg: TrainConfig, ctx: DistContext, epoch: int, start_step: int = 0) -> BatchPlan:
@@ -629,6 +634,7 @@ def _write_config(
     flops: float,
     ctx: DistContext,
     lr: float,
+    warm_start: dict[str, str] | None = None,
 ) -> None:
     atomic_write_json(
         out / "config.json",
@@ -641,6 +647,7 @@ def _write_config(
                 "parameters": models.count_parameters(model), "train_flops_per_image": flops,
             },
             "dataset": {**dataclasses.asdict(dataset.info), "train": dataset.num_samples("train"), "val": dataset.num_samples("val")},
+            "warm_start": warm_start or {},
             "versions": {"alexnet": __version__, "torch": torch.__version__, "torchvision": importlib.metadata.version("torchvision"),
                          "python": platform.python_version()},
             "git_commit": _git_commit(),
