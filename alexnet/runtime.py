@@ -158,8 +158,8 @@ def busy_cores_warning(other_cpus: float | None, threads: int, cpus: int) -> str
     process's ``threads`` OpenMP threads cannot all run at once (``None`` otherwise).
 
     Threads that share busy cores wait for each other at every parallel region: on 2 cores,
-    beside two busy loops, two threads trained at 26 img/s where one thread made 492 (README,
-    results log). The thread count is not changed for the user: it changes the order of float
+    beside two busy loops, two threads trained at 26 img/s where one thread made 492
+    (docs/RESULTS.md). The thread count is not changed for the user: it changes the order of float
     sums, and a run and its resume keep one count to stay bit-exact.
     """
     if other_cpus is None or threads < 2 or other_cpus + threads <= cpus + 0.5:

@@ -193,7 +193,7 @@ class SiftFisher:
 
     FIT_IMAGES = 2000  # training images whose descriptors are sampled for PCA and the GMM
     FIT_DESCRIPTORS = 200_000  # descriptors (of each type) for PCA and EM
-    COMPONENTS = 32  # default GMM vocabulary (chosen on a held-out split: see the README)
+    COMPONENTS = 32  # default GMM vocabulary (chosen on a held-out split: docs/RESULTS.md)
     PCA_DIMS = 32  # default descriptor dimensions after PCA
 
     def __init__(self, side: int, channels: int, components: int = COMPONENTS, pca_dims: int = PCA_DIMS, seed: int = 0,

@@ -50,11 +50,11 @@ SYSTEMS = {  # short names for tables
     "hog-rbf": "HOG + pixels, RBF kernel map + linear SVM",
     "sift-fv": "SIFT + Fisher vectors + linear SVM",
 }
-# SVM weight decay per pipeline, as measured on Fashion-MNIST (notes/README-baselines.md):
+# SVM weight decay per pipeline, as measured on Fashion-MNIST (docs/RESULTS.md, "2011 vs 2012"):
 # the 3,000-dim kernel map overfits at 1e-4 (train 2.1% / test 10.5% error) and does better
 # at 1e-3 (2.9% / 9.3%); the linear pipelines were measured at 1e-4. sift-fv's 10,240 Fisher-vector
 # dims separate the training set at 1e-4 (train error 0) and did better at 1e-3 on a held-out part
-# of the training set (89.08% vs 88.91%; notes/README-sift-fv.md).
+# of the training set (89.08% vs 88.91%; docs/RESULTS.md).
 DEFAULT_L2 = {"raw": 1e-4, "hog": 1e-4, "hog-rbf": 1e-3, "sift-fv": 1e-3}
 DESCRIPTIONS = {
     "raw": "pixels -> linear SVM (the floor)",

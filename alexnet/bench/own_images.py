@@ -1,4 +1,4 @@
-"""Small real image-folder datasets for the "your own images" proof (issue 11).
+"""Small real image-folder datasets for the "your own images" proof (docs/RESULTS.md).
 
 Each builder writes a class-folder tree ``ROOT/NAME/{train,val}/<class>/*.png`` from data that
 is on the machine without a download: Debian's Fashion-MNIST, and the images scikit-learn and
@@ -54,7 +54,7 @@ def _fashion_subset(root: Path, classes: tuple[int, ...], train_per_class: int, 
 
 
 def fmnist_1k5(root: Path) -> None:
-    """Ten Fashion-MNIST classes, 150 training images each (the issue's ~1,500-image case)."""
+    """Ten Fashion-MNIST classes, 150 training images each (the ~1,500-image case)."""
     _fashion_subset(root, tuple(range(10)), 150, 100)
 
 

@@ -28,7 +28,7 @@ import torch
 from alexnet import models
 from alexnet.errors import UserError
 
-GOAL_RATIO = 1.2  # server p50 at c=1 over onnxruntime's in-process p50 (issue 15)
+GOAL_RATIO = 1.2  # server p50 at c=1 over onnxruntime's in-process p50 (the goal)
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:

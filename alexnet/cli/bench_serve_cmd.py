@@ -13,7 +13,7 @@ decoded, resized and cropped, normalised, and one forward pass (batch 1):
   image as a raw body to ``/v1/predict``; ``c`` requests in flight at once.
 
 Every loop is bounded: ``--requests`` per server level (default 500), ``--iters`` in-process
-calls, and ``--max-seconds`` per level. Traffic goes to 127.0.0.1 only. The goal (issue 15):
+calls, and ``--max-seconds`` per level. Traffic goes to 127.0.0.1 only. The goal:
 server p50 at c=1 <= 1.2x onnxruntime's in-process p50, and no errors at c=16.
 """
 

@@ -41,7 +41,7 @@ from alexnet.training.trainer import TrainConfig
 CLASSICAL_BEST = ("SVC (RBF kernel, C=10), Fashion-MNIST benchmark", 0.897)
 
 
-# `alexnet demo --long`: the longer setting of the README's results log (>= 93.5% measured).
+# `alexnet demo --long`: the longer setting of docs/RESULTS.md (>= 93.5% measured).
 # Wider convolutions and fc layers (capacity is what limits the shipped widths at ~92.9%), the
 # paper's regularisers at CPU scale (2 px translations for the 227-of-256 crops, dropout 0.25
 # instead of 0.5, which costs too much progress in 40 epochs), and the section 4.1 test
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = SMALL.with_overrides(**{**long_recipe, **recipe_overrides(args), "epochs": args.epochs or long_recipe.get("epochs")})
     model_options = {**long_model, **model_overrides(args)}
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=show_progress(args), model_options=model_options,
-                      lr_policy="auto" if lr_auto(args) else "fixed")  # Issue 11 hook: --lr auto  # fmt: skip
+                      lr_policy="auto" if lr_auto(args) else "fixed")  # --lr auto  # fmt: skip
     check_folder_path(out)  # before the baseline's minutes, not after them
     open_dataset(data)  # likewise a wrong --data (~1 s; the baseline and the trainer open it again)
     baseline = _run_baseline(data, out, args)

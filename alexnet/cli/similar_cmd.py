@@ -12,7 +12,7 @@ import time
 
 from alexnet.cli.common import add_runtime_options, positive_int, show_progress
 
-TARGET_MS = 50.0  # issue 13: one query against 60,000 indexed images on 2 cores
+TARGET_MS = 50.0  # the goal: one query against 60,000 indexed images on 2 cores
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

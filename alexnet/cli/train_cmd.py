@@ -83,7 +83,7 @@ def _lr_or_auto(text: str) -> float | str:
 
 
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
-    if f.name == "lr":  # Issue 11 hook: --lr auto
+    if f.name == "lr":  # --lr auto
         return _lr_or_auto
     t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     return parse_bool if t is bool else t
@@ -109,7 +109,7 @@ def lr_auto(args: argparse.Namespace) -> bool:
 
 
 def lr_policy(args: argparse.Namespace, recipe_over: dict[str, typing.Any]) -> str:
-    """Issue 11: ``auto`` for --lr auto, ``fixed`` for a given --lr, else ``steps`` (the recipe's
+    """``auto`` for --lr auto, ``fixed`` for a given --lr, else ``steps`` (the recipe's
     rate scaled to the run's length, training/lr_finder.py)."""
     return "auto" if lr_auto(args) else "fixed" if "lr" in recipe_over else "steps"
 
@@ -117,7 +117,7 @@ def lr_policy(args: argparse.Namespace, recipe_over: dict[str, typing.Any]) -> s
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (resumable)", description=__doc__)
     p.add_argument("--data", help=f"data source: {DATA_HELP}")
-    p.add_argument("--recipe", default=None, choices=list(RECIPES), help="hyperparameter recipe (default: small; see README)")
+    p.add_argument("--recipe", default=None, choices=list(RECIPES), help="hyperparameter recipe (default: small; see docs/usage.md)")
     p.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where its last checkpoint left off "
                    "(or from RUN/checkpoints/FILE.pt when given that file)")  # fmt: skip
@@ -141,7 +141,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_init_options(p: argparse.ArgumentParser) -> None:
-    """Issue 11: fine-tuning and linear probes from existing weights (training/warmstart.py)."""
+    """Fine-tuning and linear probes from existing weights (training/warmstart.py)."""
     from alexnet.training.warmstart import FREEZE_CHOICES, INIT_NORMS
 
     group = p.add_argument_group("starting from pretrained weights")
@@ -202,7 +202,7 @@ def _overrides(args: argparse.Namespace, prefix: str) -> dict[str, typing.Any]:
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
     """The run's config, and the checkpoint it resumes from (None for a new run)."""
     recipe_over, model_over = recipe_overrides(args), model_overrides(args)
-    warm = init_config(args, recipe_over, model_over) if not args.resume else {}  # Issue 11 hook
+    warm = init_config(args, recipe_over, model_over) if not args.resume else {}  # --init-from
     # Runtime settings: given flags win; on --resume the rest come from the saved run.
     runtime: dict[str, typing.Any] = {"progress": show_progress(args)}
     for name in ("device", "precision"):

@@ -51,7 +51,7 @@ PAPER_SHAPE = AlexNetShape(
 )
 
 # CPU-sized: conv1 5x5 stride 1 keeps 28 px at 28 (then 13, 6 and 2 after the three pools).
-# Widths chosen by measurement for `alexnet demo` (README results log): the convolutions set
+# Widths chosen by measurement for `alexnet demo` (docs/RESULTS.md): the convolutions set
 # the time per epoch (32-64-96-96-64: ~25 s on 2 cores; 48-96-144-144-96 was 1.7x slower),
 # the wide fc layers are nearly free and learn faster. Every width is even (two towers).
 SMALL_SHAPE = AlexNetShape(

@@ -13,59 +13,12 @@ The window is ``torch.nn.LocalResponseNorm``'s: channels ``c - size // 2 .. c + 
 
 Why not ``torch.nn.LocalResponseNorm``: it builds the window with ``avg_pool3d`` over a padded
 copy of the squares, which on CPU costs more than all of AlexNet's convolutions together and
-has no bf16 kernel (``alexnet bench train`` prints both).
-
-How this one is made cheap. Numbers from a 2-core AMD EPYC (Zen 4) VM, torch 2.14, paper net,
-batch 64, bf16 autocast, channels_last; "conv1's LRN" is forward + backward of its
-64x96x55x55 bf16 activation, best of 7. Overall: conv1's LRN 124 -> 44-48 ms, conv2's
-(64x256x27x27) 75 -> 29-31 ms, versus the previous eager version (full-tensor passes, saved
-float32 intermediates); a whole training step went from 72-74 to 80-81 img/s (90.7 without
-LRN; ``alexnet bench train`` shows the current numbers).
-
-* **Blocked, cache-resident work** (the main win): every element-wise pass over a whole
-  activation streams it from DRAM, and an LRN needs ~25 passes. Instead the tensor is cut into
-  blocks of ~2^18 elements (1 MiB float32 buffers) and all passes run on one block in a few
-  reused float32 buffers before moving on, so DRAM is touched once to read the input and once
-  to write the output. Block size, conv1's LRN on one thread: 2^16 96 ms, 2^17 84 ms, 2^18
-  79 ms, 2^19 82 ms (per-op overhead below, cache spills above).
-* **Threads inside each op** (see ``_for_each_block``): blocks run one after the other, each op
-  on torch's intra-op threads.
-* **Padded flat layout**: a block is laid out as rows of ``C + P`` channels (``P`` zero
-  channels between rows, ``P`` = half the window), so "one channel over" is a fixed offset in
-  the flat buffer and every window add is one contiguous 1-D add with no boundary slicing
-  (row-wise strided adds ran at half the speed).
-* **The k trick**: the squares are stored as ``k/size + alpha' * a^2``; the padding then holds
-  ``k/size`` and every window sums exactly ``size`` terms, so the window sum *is* the
-  denominator: squares, scaling, ``+ k`` and the edges in one ``addcmul``.
-* **Doubling window sums**: w2 = s + s>>1, w4 = w2 + w2>>2, den = w4 + s>>4: three adds for the
-  window of 5 instead of four.
-* **No pow**: ``den ** -0.75`` as ``rsqrt(rsqrt(den)) / den``, 0.68 ns per element on one
-  thread against 2.5 for ``torch.pow`` (and ``exp(-0.75 * log(den))``: 1.9; ``torch.sqrt`` was
-  slower than ``rsqrt`` here).
-* **Recompute instead of saving**: only the input is saved (it is the ReLU's output, which
-  autograd keeps anyway); the backward pass recomputes the denominator block by block (seven
-  in-cache passes) instead of keeping full-size float32 tensors alive and streaming them back.
-* **Reused workspaces** (CPU): each thread keeps the scratch buffers and block views of the
-  last few geometries, so a call neither allocates nor zeroes ~6 MiB (see ``_workspace``).
-* **float32 inside**: bf16/fp16 inputs are widened block by block (the denominator must stay
-  float32: the ``alpha'`` term, ~0.01, is below bf16 resolution around k = 2) and the result is
-  written back in the input's dtype.
-
-How it composes with the PyTorch stack (see :func:`lrn`):
-
-* **CPU** (``impl="blocked"``, the default there): the blocked kernels are registered as the
-  ``torch.library`` custom op ``alexnet::lrn`` with a fake (shape-only) implementation and a
-  registered backward (``alexnet::lrn_backward``), so ``torch.compile`` traces models through
-  it as one opaque op and eager results are bit-for-bit those of the former
-  ``autograd.Function`` (kept as ``impl="function"`` for ``alexnet bench train``'s before/after).
-  Inductor's own fusion of the same math was slower on this CPU (one thread: fused forward
-  44 ms vs 34 ms blocked eager, backward 225 ms vs 54 ms), so the CPU keeps the blocked kernels
-  under ``torch.compile`` too.
-* **CUDA** (``impl="compiled"``): :func:`fused_lrn`, the formula as plain differentiable torch
-  ops, which Inductor fuses into one kernel per direction: inside a compiled model as part of
-  the model's graph, in an eager model as a separately compiled function. The block loop
-  (~25 element-wise passes, each a kernel launch and a trip through memory) is not used on
-  CUDA any more. Its cost there is designed, not measured: ``scripts/device-check`` measures it.
+has no bf16 kernel. This one works on cache-resident float32 blocks (input read once, output
+written once), sums the window by doubling, computes ``den ** -0.75`` from two ``rsqrt`` and
+recomputes the denominator in the backward pass instead of saving it. On CPU the kernels are
+the ``torch.library`` custom op ``alexnet::lrn`` (so ``torch.compile`` traces through it); on
+CUDA :func:`fused_lrn` is the formula as plain ops for Inductor to fuse. The measurements
+behind each choice are in docs/design.md ("LRN made cheap").
 """
 
 from __future__ import annotations
@@ -292,12 +245,8 @@ def _workspace(layout: _Layout) -> _Workspace:
 def _for_each_block(layout: _Layout, work: Callable[[_Workspace, slice, slice], None]) -> None:
     """Call ``work(workspace, rows, cols)`` for every block, one after the other.
 
-    Each block's ops use torch's intra-op threads. A pool of threads each taking whole blocks
-    with single-threaded ops was tried (one join per call instead of one per op): alone it is
-    as fast, but inside a real training step it lost on both nets (2-core EPYC, bf16,
-    channels_last, median steps): small net batch 128, 58-62 vs 48-52 ms; paper net batch 64,
-    68-72 vs 77-80 img/s, presumably because OpenMP's threads, still spinning after the
-    convolutions, compete with the pool's for the cores.
+    Each block's ops use torch's intra-op threads: a pool of threads taking whole blocks was
+    slower inside a real training step (docs/design.md, "LRN made cheap").
     """
     ws = _workspace(layout)
     for rows, cols in layout.blocks:

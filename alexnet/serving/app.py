@@ -63,7 +63,7 @@ class ServeConfig:
     source: str
     device: str = "auto"
     precision: str = "auto"
-    max_body: int = 10 * 1024 * 1024  # bytes (the default: 10 MB)
+    max_body: int = 10 * 1024 * 1024  # bytes (default: 10 MB)
     max_pixels: int = 25_000_000  # ~5000x5000; a 12 MP phone photo passes, a bomb does not
     max_files: int = 16
 

@@ -1,4 +1,4 @@
-"""Choosing the learning rate for data the recipe was not tuned on (issue 11).
+"""Choosing the learning rate for data the recipe was not tuned on (your own images).
 
 * :func:`step_scaled_lr`: the default of ``alexnet train`` without ``--lr``: the recipe's rate,
   lowered for runs shorter than the one it was tuned for (``Recipe.lr_reference_steps``).
@@ -9,7 +9,7 @@ A throw-away copy of the freshly initialised model trains for a few dozen steps 
 learning rate grows geometrically from ``min_lr`` to ``max_lr``; the smoothed loss against the
 learning rate shows where training makes progress and where it becomes unstable. The suggested
 rate is the one at the minimum of the smoothed loss (Smith's upper bound of a cycle: where the
-loss stops falling), divided by ``safety`` (1 by default: measured on the issue-11 datasets, the
+loss stops falling), divided by ``safety`` (1 by default: measured on the own-images datasets, the
 one-cycle schedule's warm-up makes even that edge a conservative peak; fastai's lr/10 reading
 was 7-55x below the best rate of a sweep), capped by the recipe's own rate, so that data on
 which the recipe's rate is safe keeps it.
@@ -244,7 +244,7 @@ def auto_lr(
     return lr
 
 
-# Exponent of the step scaling below, chosen by measurement (notes/README-own-images.md): the
+# Exponent of the step scaling below, chosen by measurement (docs/RESULTS.md, "Your own images"): the
 # rate a run tolerates grows with the length of its warm-up, which is a fixed fraction of it.
 STEP_SCALING_POWER = 0.5
 

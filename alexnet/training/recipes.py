@@ -45,7 +45,7 @@ class Recipe:
     pca_std: float = 0.1
     scale_lr: bool = False
     eval_views: str = "centre"  # validation patches per image: centre | flip | ten-crop (section 4.1)
-    # Issue 11: the number of steps ``lr`` was tuned for; `alexnet train` without --lr scales the
+    # The number of steps ``lr`` was tuned for; `alexnet train` without --lr scales the
     # rate down for shorter runs (training/lr_finder.py, step_scaled_lr). 0 = never scaled.
     lr_reference_steps: int = 0
 
@@ -104,7 +104,7 @@ PAPER = Recipe(
 )
 
 # The CPU demo: alexnet-small on Fashion-MNIST, chosen by measurement on a 2-core machine (see
-# the README results log). Same optimiser family as the paper (SGD with momentum 0.9, weight
+# docs/RESULTS.md). Same optimiser family as the paper (SGD with momentum 0.9, weight
 # decay 5e-4, batch 128); a one-cycle schedule because the demo has minutes, not 90 epochs,
 # and plateau detection needs many epochs to act.
 SMALL = Recipe(
@@ -132,7 +132,7 @@ SMALL = Recipe(
     normalize="channel",  # grayscale 28 px: per-channel standardisation
     pca_lighting="off",  # PCA colour noise needs RGB
     # lr 0.1 was tuned on 4 epochs x 468 steps of Fashion-MNIST; shorter runs (small data of one's
-    # own) are unstable at that rate (issue 11), so `alexnet train` scales it (see lr_finder.py).
+    # own) are unstable at that rate, so `alexnet train` scales it (see lr_finder.py).
     lr_reference_steps=4 * 468,
 )
 

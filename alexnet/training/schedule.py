@@ -33,8 +33,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_e
         # recipe.lr would sit world_size times too low under scale_lr and allow extra drops.
         # eps (the smallest change applied) is relative to the floor, so that once the lr sits
         # at the floor (up to rounding) a further "drop" to the floor is ignored, while a real
-        # drop (by 1 - factor of the lr) always exceeds it. (The former 0.5x margin below the
-        # floor let one more, partial drop through.)
+        # drop (by 1 - factor of the lr) always exceeds it.
         start = recipe.lr if lr is None else lr
         floor = start * recipe.lr_drop_factor**recipe.max_lr_drops
         return torch.optim.lr_scheduler.ReduceLROnPlateau(

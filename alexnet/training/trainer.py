@@ -104,7 +104,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
-    # Issue 11 (own images): the LR range test, and starting from pretrained weights.
+    # Own images: the LR range test, and starting from pretrained weights.
     # fixed: recipe.lr; auto: the LR range test's choice (at most recipe.lr); steps: recipe.lr
     # scaled to the run's step count (the `alexnet train` default; see training/lr_finder.py)
     lr_policy: str = "fixed"
@@ -269,7 +269,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
         stored = stored_model_options(resume_from)
         model_options |= {k: stored[k] for k, _ in models.LEGACY_DEFAULTS.get(recipe.model, ()) if k in stored}
     model = models.create(recipe.model, dataset.info.num_classes, **model_options)
-    # Issue 11 hook: --init-from / --freeze (training/warmstart.py); the weights' input norm.
+    # --init-from / --freeze (training/warmstart.py); the weights' input norm.
     warm_norm = warmstart.start(model, warm, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale,
                                 _log if ctx.is_main else None)  # fmt: skip
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -278,11 +278,11 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
     plan0 = _plan(cfg, ctx, 0)  # epoch 0: the step count, and the range test's batches
-    if cfg.lr_policy == "steps" and not resume:  # Issue 11 hook: the step-scaled default (training/lr_finder.py)
+    if cfg.lr_policy == "steps" and not resume:  # the step-scaled default (training/lr_finder.py)
         steps = recipe.epochs * plan0.steps(dataset.num_samples("train"))
         cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, steps, _log if ctx.is_main else None))
         recipe = cfg.recipe
-    if cfg.lr_policy == "auto" and not resume:  # Issue 11 hook: --lr auto, the LR range test (training/lr_finder.py)
+    if cfg.lr_policy == "auto" and not resume:  # --lr auto, the LR range test (training/lr_finder.py)
         found = auto_lr(model, lambda m: make_optimizer(m, recipe, recipe.lr, device), training_batches(dataset, pipeline, plan0, device),
                         lambda *a: train_step(*a, precision, recipe.label_smoothing), recipe.lr, out, ctx, _log)  # fmt: skip
         cfg = dataclasses.replace(cfg, recipe=recipe.with_overrides(lr=found))
@@ -290,7 +290,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     # Linear scaling rule (Goyal et al. 2017), off by default: lr grows with the global batch.
     lr = recipe.lr * ctx.world_size if recipe.scale_lr else recipe.lr
     optimizer = make_optimizer(model, recipe, lr, device)
-    if cfg.init_from:  # Issue 11 hook: a lower lr for the pretrained layers (before the scheduler)
+    if cfg.init_from:  # a lower lr for the pretrained layers (before the scheduler)
         warmstart.scale_pretrained_lr(optimizer, model, cfg.pretrained_lr_scale)
     steps_per_epoch = plan0.steps(dataset.num_samples("train"))
     if steps_per_epoch == 0:
@@ -300,7 +300,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     if cfg.compile:
         net = torch.compile(net)
     flops = _training_flops_per_image(model, dataset, device)
-    watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # Issue 11 hook (training/health.py)
+    watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # the chance-level warning (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
                 global_batch, steps_per_epoch, flops, watch, warm_start=warm.notes if warm is not None else {})  # fmt: skip
 
@@ -356,7 +356,7 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: Any) -> Meter:
 
     def after_step(step: int, loss: torch.Tensor) -> None:
         progress.global_step += 1
-        if (warning := run.watch.update(progress.global_step, loss)) and ctx.is_main:  # Issue 11: chance-level warning
+        if (warning := run.watch.update(progress.global_step, loss)) and ctx.is_main:  # the chance-level warning
             _log(warning)
         bar.update(run.global_batch)
         if (step + 1) % sync_every == 0:
