@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.pipeline import InputNorm, input_convention_error
 from alexnet.errors import UserError
 from alexnet.io import atomic_write
 
@@ -347,6 +347,10 @@ def _parse_fields(d: dict[str, Any], source: str) -> Checkpoint:
     if not all(isinstance(k, str) for k in options):
         raise _Bad("model_options has a key that is not a name")
     num_classes = _positive(d, "num_classes")
+    # Class names are made up when absent: a count no layer of the weights has (10^9) is refused
+    # before it costs memory.
+    if not any(t.ndim and t.shape[0] == num_classes for t in weights.values()):
+        raise _Bad(f"num_classes is {num_classes}, but no layer of the weights has that many outputs")
     classes = _get(d, "classes", (list, tuple))
     if not all(isinstance(c, str) for c in classes) or len(classes) not in (0, num_classes):
         raise _Bad(f"classes is not a list of {num_classes} names")
@@ -397,7 +401,11 @@ def _parse_data(data: dict[str, Any]) -> DataSpec:
     synthetic = data.get("synthetic", False)
     if not isinstance(name, str) or not isinstance(synthetic, bool):
         raise _Bad("data.name or data.synthetic has the wrong type")
-    return DataSpec(name, channels, image_size, crop, synthetic, InputNorm(mean, std, mean_image))
+    norm = InputNorm(mean, std, mean_image)
+    why = input_convention_error(channels, image_size, crop, norm)
+    if why:
+        raise _Bad(f"data: {why}")
+    return DataSpec(name, channels, image_size, crop, synthetic, norm)
 
 
 def _parse_meter(meter: Any) -> dict[str, float] | None:

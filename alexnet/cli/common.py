@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 
 from alexnet.runtime import DEVICES, PRECISIONS
 
@@ -36,6 +38,42 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """An int >= 0, as an argparse type."""
     return _int_at_least(text, 0)
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high`` (``--port``: 1..65535)."""
+
+    def parse(text: str) -> int:
+        value = _int_at_least(text, low)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """A finite number, as an argparse type: ``nan``, ``inf`` and words are refused, in one line."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < low or value > high or (low_open and value == low):
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {text}")
+        return value
+
+    return parse
 
 
 def int_list(text: str) -> list[int]:

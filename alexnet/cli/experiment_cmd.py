@@ -11,7 +11,7 @@ import contextlib
 import json
 import sys
 
-from alexnet.cli.common import add_runtime_options, positive_int, show_progress
+from alexnet.cli.common import add_runtime_options, float_in, positive_int, show_progress
 from alexnet.data import open_dataset
 from alexnet.errors import UserError
 from alexnet.experiments import (
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", choices=BUDGETS, default="quick",
                    help="quick: a training subset and few epochs (<= 10 min each on 2 cores); full: the reported setting")  # fmt: skip
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs and results (default {DEFAULT_OUT})")
-    p.add_argument("--threshold", type=float, default=None, metavar="X",
+    p.add_argument("--threshold", type=float_in(0, 1e9, low_open=True), default=None, metavar="X",
                    help="relu-vs-tanh: training-error threshold (fraction); dropout: training-loss threshold")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON (one object per experiment)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar inside runs")

@@ -9,18 +9,22 @@ exposes the server to the network and is the user's explicit choice. Endpoints: 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
-from alexnet.cli.common import add_runtime_options, positive_int
+from alexnet.cli.common import add_runtime_options, float_in, int_in, positive_int
+from alexnet.errors import UserError
+
+MAX_BODY_MB = 1024  # a request body is held in memory; more than this is no image upload
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (page + JSON API)", description=__doc__)
     p.add_argument("run", metavar="RUN", help="run folder, checkpoint, or torchvision AlexNet state_dict")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
-    p.add_argument("--port", type=positive_int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port (default 8000)")
     p.add_argument("--workers", type=positive_int, default=1, help="server processes, each with the model (default 1)")
-    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MB (default 10; over it: 413)")
+    p.add_argument("--max-body-mb", type=float_in(0, MAX_BODY_MB, low_open=True), default=10.0, help="largest request body in MB (default 10; over it: 413)")
     p.add_argument("--max-pixels", type=positive_int, default=25_000_000, help="largest image in pixels (default 25M; over it: 413)")
     p.add_argument("--max-files", type=positive_int, default=16, help="most files in one request (default 16)")
     add_runtime_options(p)
@@ -34,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.run, device=args.device, precision=args.precision, max_body=int(args.max_body_mb * 1e6),
         max_pixels=args.max_pixels, max_files=args.max_files,
     )  # fmt: skip
+    _check_address(args.host, args.port)  # before the model loads and before anything says "listening"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"alexnet serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -43,3 +48,18 @@ def run(args: argparse.Namespace) -> int:
 
     serve(cfg, args.host, args.port, args.workers, ready)
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """A one-line :class:`UserError` when ``host:port`` cannot be listened on (not an address of
+    this machine, a name that does not resolve, a port in use or reserved)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host} is not an address or host name this machine has ({getattr(e, 'strerror', e)})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

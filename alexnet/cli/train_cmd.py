@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import typing
 from pathlib import Path
 
 from alexnet.baselines import is_baseline_run
-from alexnet.cli.common import add_runtime_options, int_list, non_negative_int, parse_bool, positive_int, show_progress
+from alexnet.cli.common import (
+    add_runtime_options,
+    finite_float,
+    int_list,
+    non_negative_int,
+    parse_bool,
+    positive_int,
+    show_progress,
+)
 from alexnet.data.presets import PCA_MODES
 from alexnet.errors import UserError
 from alexnet.models import available
@@ -78,15 +87,23 @@ RECIPE_HELP = {
 
 
 def _lr_or_auto(text: str) -> float | str:
-    """``--lr``: a number, or ``auto`` (the range test of training/lr_finder.py)."""
-    return "auto" if text == "auto" else float(text)
+    """``--lr``: a positive finite number, or ``auto`` (the range test of training/lr_finder.py)."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = finite_float(text)
+    except argparse.ArgumentTypeError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return value
 
 
 def _field_type(f: typing.Any) -> typing.Callable[[str], typing.Any]:
     if f.name == "lr":  # --lr auto
         return _lr_or_auto
     t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
-    return parse_bool if t is bool else t
+    return parse_bool if t is bool else finite_float if t is float else t
 
 
 def add_recipe_overrides(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

@@ -10,6 +10,7 @@ at test time exactly the preprocessing it was trained with. The batch transforms
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,6 +50,28 @@ class InputNorm:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> InputNorm:
         return cls(tuple(d["mean"]), tuple(d["std"]), d.get("mean_image"))  # type: ignore[arg-type]
+
+
+# The largest image side (and crop) a checkpoint or an exported model may ask inputs to be
+# resized to; the paper's is 256. Checked before any image is resized: a damaged or hostile
+# file's 10^6 would make every prediction allocate terabytes.
+MAX_IMAGE_SIDE = 1024
+
+
+def input_convention_error(channels: int, image_size: int, crop: int, norm: InputNorm) -> str | None:
+    """Why a stored input convention (a checkpoint's ``data``, an ONNX file's metadata) cannot be
+    used, in a few words naming the field; None when it can."""
+    if not 1 <= image_size <= MAX_IMAGE_SIDE:
+        return f"image_size is {image_size}, outside 1..{MAX_IMAGE_SIDE}"
+    if not 1 <= crop <= image_size:
+        return f"crop is {crop}, outside 1..image_size ({image_size})"
+    if len(norm.mean) != channels or len(norm.std) != channels:
+        return f"the normalisation has {len(norm.mean)} means and {len(norm.std)} stds for {channels} channels"
+    if not all(math.isfinite(v) for v in (*norm.mean, *norm.std)) or not all(s > 0 for s in norm.std):
+        return "the normalisation has a mean or std that is not finite, or a std <= 0"
+    if norm.mean_image is not None and tuple(norm.mean_image.shape) != (channels, image_size, image_size):
+        return f"the mean image is not {channels}x{image_size}x{image_size}"
+    return None
 
 
 class InputPipeline:

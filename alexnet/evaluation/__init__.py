@@ -76,11 +76,25 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     ckpt = Checkpoint.from_dict(raw, str(path))
     model = ckpt.build_model().to(device).eval()
     data_source = ckpt.config.get("data")
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model, name=ckpt.model_name, classes=_display_classes(list(ckpt.classes), ckpt.num_classes),
         channels=ckpt.data.channels, image_size=ckpt.data.image_size, crop=ckpt.data.crop,
         norm=ckpt.data.norm, source=str(given), data_source=data_source if isinstance(data_source, str) else None,
     )  # fmt: skip
+    _check_takes_own_input(loaded)
+    return loaded
+
+
+def _check_takes_own_input(m: LoadedModel) -> None:
+    """One line, not a traceback at the first image, when a checkpoint's input convention (its
+    channels, its crop) does not fit its own network: a damaged or hand-edited file."""
+    x = torch.zeros(1, m.channels, m.crop, m.crop, device=next(m.model.parameters()).device)
+    try:
+        with torch.inference_mode():
+            m.model(x)
+    except RuntimeError:
+        raise UserError(f"{m.source} is a damaged checkpoint: its network does not take the {m.channels}-channel "
+                        f"{m.crop}x{m.crop} images its data settings describe") from None  # fmt: skip
 
 
 def _load_torchvision_state_dict(state: dict[str, Any], path: Path, device: torch.device) -> LoadedModel:

@@ -96,6 +96,8 @@ class Experiment:
         if not self.threshold:
             return None
         if override is not None:
+            if self.kind == "speed" and not 0 < override < 1:  # an error fraction: 0 and 1 are never crossed / always
+                raise UserError(f"{self.name}: --threshold is a training-error fraction in (0, 1), got {override:g}")
             return override
         dataset = data.split(SEPARATOR)[0].split(":")[0]
         for key in (f"{dataset}/{budget}", dataset):
@@ -317,6 +319,7 @@ def make_plan(
         raise UserError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
+    exp.threshold_for(data, budget, threshold)  # a --threshold this experiment cannot use: refused before any run
     b = exp.budgets[budget]
     recipe = exp.recipe.with_overrides(epochs=b.epochs)
     source = b.data(data)

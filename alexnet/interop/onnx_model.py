@@ -192,9 +192,15 @@ class OnnxModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise UserError(f"{path} has no alexnet preprocessing metadata; export it with `alexnet export`")
-        self.preprocessing = Preprocessing.from_json(meta[METADATA_KEY])
+        try:
+            self.preprocessing = Preprocessing.from_json(meta[METADATA_KEY])
+            classes = json.loads(meta.get("alexnet.classes", "[]"))
+        except (UserError, ValueError) as e:  # name the file: the message alone does not say which
+            raise UserError(f"{path}: {e}") from None
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise UserError(f"{path}: its alexnet.classes metadata is not a list of names")
         self.name = meta.get("alexnet.model", "onnx")
-        self.classes: tuple[str, ...] = tuple(json.loads(meta.get("alexnet.classes", "[]")))
+        self.classes: tuple[str, ...] = tuple(classes)
         self.source = str(path)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.pipeline import InputNorm, input_convention_error
 from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
 from alexnet.evaluation import LoadedModel
@@ -73,12 +73,16 @@ class Preprocessing:
         """Inverse of :meth:`to_json`; a :class:`UserError` if the text is not one."""
         try:
             d = json.loads(text)
-            mean_image = None
-            if d.get("mean_image"):
+            channels, image_size, crop = int(d["channels"]), int(d["image_size"]), int(d["crop"])
+            norm = InputNorm(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+            why = input_convention_error(channels, image_size, crop, norm)  # bounded before any allocation
+            if d.get("mean_image") and not why:
                 m = d["mean_image"]
                 raw = np.frombuffer(base64.b64decode(m["base64"]), dtype="<f4").reshape(m["shape"])
-                mean_image = torch.from_numpy(raw.astype(np.float32))
-            norm = InputNorm(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]), mean_image)
-            return cls(int(d["channels"]), int(d["image_size"]), int(d["crop"]), norm)
-        except (ValueError, KeyError, TypeError) as e:
+                norm = InputNorm(norm.mean, norm.std, torch.from_numpy(raw.astype(np.float32)))
+                why = input_convention_error(channels, image_size, crop, norm)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"unreadable preprocessing metadata ({type(e).__name__}: {e})") from None
+        if why:
+            raise UserError(f"unusable preprocessing metadata: {why}")
+        return cls(channels, image_size, crop, norm)

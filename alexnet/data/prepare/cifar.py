@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from alexnet.data.prepare.items import ArrayRef, Item, SourcePlan, SplitPlan, finish_split
 from alexnet.errors import UserError
+from alexnet.io import read_regular_file
 
 TARBALLS = ("cifar-10-python.tar.gz", "cifar-100-python.tar.gz")
 FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
@@ -31,10 +35,44 @@ _ALLOWED = {
 }  # fmt: skip
 
 
+# The largest batch file read (CIFAR-100's train is 158 MB): every other member of the tarball
+# is skipped unread, and a bigger batch is refused before a byte of it is read.
+MAX_BATCH_BYTES = 256 << 20
+_BATCH_NAME = re.compile(r"^(batches\.meta|meta|data_batch_\d+|test_batch|train|test)$")
+
+
+def _bytes_only_bytearray(real: Callable[..., Any]) -> Callable[..., Any]:
+    """``bytearray`` as a numpy pickle calls it (a copy of bytes), never ``bytearray(10**9)``:
+    a 32-byte pickle must not allocate gigabytes."""
+
+    def call(data: object = b"") -> Any:
+        if not isinstance(data, (bytes, bytearray)):
+            raise pickle.UnpicklingError(f"refusing bytearray({type(data).__name__}) in a CIFAR batch")
+        return real(data)
+
+    return call
+
+
+def _empty_reconstruct(real: Callable[..., Any]) -> Callable[..., Any]:
+    """numpy's ``_reconstruct`` as pickles call it: an empty array that ``__setstate__`` then fills
+    from the pickle's own bytes (whose length numpy checks); never an allocation by shape alone."""
+
+    def call(subtype: object, shape: object, dtype: object) -> Any:
+        if not isinstance(shape, tuple) or any(not isinstance(n, int) or n != 0 for n in shape):
+            raise pickle.UnpicklingError(f"refusing an array of shape {shape!r} made without data in a CIFAR batch")
+        return real(subtype, shape, dtype)
+
+    return call
+
+
+_GUARDED = {"bytearray": _bytes_only_bytearray, "_reconstruct": _empty_reconstruct}
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
         if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            return _GUARDED[name](found) if name in _GUARDED else found
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
 
 
@@ -81,16 +119,25 @@ def _read_files(found: Path) -> dict[str, bytes]:
         try:
             with tarfile.open(found, mode="r:*") as tar:
                 for info in tar:
-                    if info.isreg():
+                    base = info.name.rsplit("/", 1)[-1]
+                    if info.isreg() and _BATCH_NAME.match(base):
+                        _check_size(found, info.name, info.size)
                         f = tar.extractfile(info)
-                        files[info.name.rsplit("/", 1)[-1]] = f.read() if f else b""
+                        files[base] = f.read(MAX_BATCH_BYTES) if f else b""
         except (tarfile.TarError, OSError, EOFError) as e:
             raise UserError(f"{found}: cannot read the CIFAR tarball ({e}); download it again") from None
     else:
         for p in sorted(found.iterdir()):
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith((".html", ".txt")):
-                files[p.name] = p.read_bytes()
+            if _BATCH_NAME.match(p.name) and p.is_file():
+                _check_size(found, p.name, p.stat().st_size)
+                files[p.name] = read_regular_file(p, MAX_BATCH_BYTES)
     return files
+
+
+def _check_size(found: Path, name: str, size: int) -> None:
+    if size > MAX_BATCH_BYTES:
+        raise UserError(f"{found}: {name} is {size >> 20} MB, more than any CIFAR batch ({MAX_BATCH_BYTES >> 20} MB); "
+                        "not read: download the dataset again")  # fmt: skip
 
 
 def _strings(values: object) -> list[str]:
