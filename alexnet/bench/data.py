@@ -139,7 +139,8 @@ def float_copy_floor(raw: list[bytes], ds: PreparedDataset, repeat: int = 5) -> 
     from alexnet.data.presets import single_threaded_ops
 
     # The loader's own decode: an N,H,W,C uint8 batch, as the augmentation step receives it.
-    images = decode_images([bytearray(b) for b in raw[:BATCH]], ds.encoding, ds.size).permute(0, 2, 3, 1)
+    images = decode_images([bytearray(b) for b in raw[:BATCH]], ds.encoding, ds.size, channels=ds.channels)
+    images = images.permute(0, 2, 3, 1)
     size = ds.train_augment.crop
     out = torch.empty((len(images), size, size, images.shape[-1]), dtype=torch.float32)
     best = float("inf")

@@ -63,7 +63,8 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         quality = f" quality {m['quality']}" if m.get("quality") else ""
         print(f"{args.root}: {m['name']} from {m['source']['layout']} layout ({m['source']['path']})")
-        print(f"images {m['image_size']}x{m['image_size']} RGB, {m['encoding']}{quality}, {m['shard_size']} per shard")
+        colour = "RGB" if ds.channels == 3 else "grey"
+        print(f"images {m['image_size']}x{m['image_size']} {colour}, {m['encoding']}{quality}, {m['shard_size']} per shard")
         for split in SPLITS:
             s = m["splits"][split]
             counts = f"{s['count']:,} images of {s['inputs']:,} input files ({len(s['skipped']):,} skipped)"
@@ -87,10 +88,11 @@ def run_show(args: argparse.Namespace) -> int:
         if st:
             print(f"statistics of train ({st['images']:,} images, {st['units']}):")
             print(f"  mean {_fmt(st['mean'])}  std {_fmt(st['std'])}")
-            print(f"  RGB covariance eigenvalues {_fmt(st['eigenvalues'])}")
-            vectors = np.array(st["eigenvectors"])
-            for k in range(3):
-                print(f"  eigenvector {k}: {_fmt(vectors[:, k].tolist())}")
+            if "eigenvalues" in st:  # RGB only (grey datasets have no colour covariance to decompose)
+                print(f"  RGB covariance eigenvalues {_fmt(st['eigenvalues'])}")
+                vectors = np.array(st["eigenvectors"])
+                for k in range(3):
+                    print(f"  eigenvector {k}: {_fmt(vectors[:, k].tolist())}")
             print(f"  mean image: {st['mean_image']}")
         else:
             print("statistics: none (no training images)")
@@ -124,7 +126,9 @@ def write_grid(ds: PreparedDataset, split: str, path: str, count: int = 64) -> i
     font = ImageFont.load_default()
     for i, (img, y) in enumerate(zip(images, labels.tolist())):
         r, c = divmod(i, cols)
-        pic = Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").resize((tile, tile), Image.Resampling.BICUBIC)
+        pixels = img.permute(1, 2, 0).numpy()
+        pic = Image.fromarray(pixels[:, :, 0], "L") if pixels.shape[2] == 1 else Image.fromarray(pixels, "RGB")
+        pic = pic.resize((tile, tile), Image.Resampling.BICUBIC)
         sheet.paste(pic, (c * tile, r * (tile + caption)))
         name = ds.info.classes[y]
         while name and draw.textlength(name, font=font) > tile - 2:

@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--encoding", choices=("jpeg", "raw"), default="jpeg", help="jpeg (default) or raw uint8 pixels (.npy)"
     )
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3,
+        help="3: RGB (default; grey images replicated), 1: grey (ITU-R 601 luma), for grayscale models",
+    )  # fmt: skip
     p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -90,7 +94,8 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings(size=args.size, encoding=args.encoding, quality=args.quality, shard_size=args.shard_size)
+    settings = Settings(size=args.size, encoding=args.encoding, quality=args.quality, shard_size=args.shard_size,
+                        channels=args.channels)  # fmt: skip
     try:
         with _stop_on_sigterm():
             result = prepare(

@@ -65,11 +65,11 @@ def crop_for(size: int) -> int:
 DECODE_DEVICES = ("cpu", "cuda")
 
 
-def _jpeg():
-    """torchvision's decoder (imported late: the raw encoding does not need it)."""
+def _jpeg(channels: int = 3):
+    """torchvision's decoder and the read mode of ``channels`` (imported late: the raw encoding does not need it)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    return decode_jpeg, ImageReadMode.RGB
+    return decode_jpeg, ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
 
 
 def decode_images(
@@ -78,31 +78,33 @@ def decode_images(
     size: int,
     device: str | torch.device = "cpu",
     out: torch.Tensor | None = None,
+    channels: int = 3,
 ) -> torch.Tensor:
-    """uint8 ``N,3,size,size`` tensor (channels_last storage) from the stored bytes of ``N`` samples.
+    """uint8 ``N,C,size,size`` tensor (channels_last storage) from the stored bytes of ``N`` samples
+    (``C = channels``: 3, or 1 for grey datasets).
 
     JPEGs are decoded with ``torchvision.io.decode_jpeg`` (libjpeg-turbo; nvJPEG, batched, when
     ``device`` is CUDA). Its CPU output is already ``H,W,C`` in memory, so the batch is kept in
     that layout (a plain copy per image; the NCHW-contiguous stack cost 40% of the decode time).
-    ``out`` (CPU, ``N,size,size,3``) receives the images when given (e.g. pinned memory).
+    ``out`` (CPU, ``N,size,size,C``) receives the images when given (e.g. pinned memory).
     """
     device = torch.device(device)
     if out is None and (device.type == "cpu" or encoding == "raw"):
-        out = torch.empty((len(blobs), size, size, 3), dtype=torch.uint8)
+        out = torch.empty((len(blobs), size, size, channels), dtype=torch.uint8)
     if not blobs:
-        return torch.empty((0, size, size, 3), dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
+        return torch.empty((0, size, size, channels), dtype=torch.uint8, device=device).permute(0, 3, 1, 2)
     if encoding == "raw":
-        count = size * size * 3
+        count = size * size * channels
         with single_threaded_ops():
             for i, b in enumerate(blobs):
                 out[i].view(-1).copy_(torch.frombuffer(b, dtype=torch.uint8, count=count, offset=len(b) - count))
         return out.to(device).permute(0, 3, 1, 2)
-    decode_jpeg, rgb = _jpeg()
+    decode_jpeg, mode = _jpeg(channels)
     tensors = [torch.frombuffer(b, dtype=torch.uint8) for b in blobs]
     with warnings.catch_warnings():  # torchvision 0.29 announces a move to TorchCodec; the decoder works
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            images = decode_jpeg(tensors, mode=rgb, device=device)
+            images = decode_jpeg(tensors, mode=mode, device=device)
         except RuntimeError as e:
             reason = str(e).splitlines()[0]
             raise UserError(f"a stored image cannot be decoded ({reason}); prepare the dataset again") from None
@@ -282,6 +284,7 @@ class PreparedDataset(Dataset):
         self.decode_device = decode_device
         m = self.manifest
         self.size = int(m["image_size"])
+        self.channels = mf.channels(m)
         self.encoding = str(m["encoding"])
         self._index: dict[str, np.ndarray] = {}
         self._files: dict[str, _ShardFiles] = {}
@@ -300,19 +303,21 @@ class PreparedDataset(Dataset):
         stats = m.get("statistics")
         if stats:
             mean, std = tuple(stats["mean"]), tuple(stats["std"])
-            self.eigenvalues = torch.tensor(stats["eigenvalues"], dtype=torch.float64)
-            self.eigenvectors = torch.tensor(stats["eigenvectors"], dtype=torch.float64)
+            rgb = self.channels == 3  # grey datasets have no colour eigenpairs (no PCA colour noise)
+            self.eigenvalues = torch.tensor(stats["eigenvalues"], dtype=torch.float64) if rgb else None
+            self.eigenvectors = torch.tensor(stats["eigenvectors"], dtype=torch.float64) if rgb else None
             image = _load_array(self.root / stats["mean_image"])
-            if image.shape != (self.size, self.size, 3) or image.dtype.kind != "f":
-                raise UserError(f"{self.root}: {stats['mean_image']} is not a {self.size}x{self.size}x3 mean image; "
-                                "prepare the dataset again")  # fmt: skip
+            if image.shape != (self.size, self.size, self.channels) or image.dtype.kind != "f":
+                raise UserError(f"{self.root}: {stats['mean_image']} is not a {self.size}x{self.size}x{self.channels} "
+                                "mean image; prepare the dataset again")  # fmt: skip
             self.mean_image: torch.Tensor | None = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         else:  # no training split: neutral normalisation, no PCA statistics
-            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+            mean, std = (0.0,) * self.channels, (1.0,) * self.channels
             self.eigenvalues = self.eigenvectors = self.mean_image = None
         classes = tuple(c["name"] for c in m["classes"])
         self.class_ids = tuple(c["id"] for c in m["classes"])
-        self.info = DatasetInfo(name=m["name"], classes=classes, channels=3, image_size=self.size, mean=mean, std=std)
+        self.info = DatasetInfo(name=m["name"], classes=classes, channels=self.channels, image_size=self.size,
+                                mean=mean, std=std)  # fmt: skip
         crop = crop_for(self.size)
         self.train_augment = TrainAugment(crop=crop, pad=0, flip=True)
         self.eval_crop = crop
@@ -333,6 +338,8 @@ class PreparedDataset(Dataset):
         """The manifest's mean image and RGB eigenpairs (computed by ``alexnet prepare``)."""
         if self.mean_image is None:
             return None
+        if self.eigenvalues is None:
+            return ColourStats(self.mean_image.float())
         return ColourStats(self.mean_image.float(), self.eigenvalues.float(), self.eigenvectors.float())
 
     def labels(self, split: str) -> torch.Tensor:
@@ -352,13 +359,13 @@ class PreparedDataset(Dataset):
     def read(
         self, split: str, indices: torch.Tensor | Sequence[int], fds: dict[int, int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 ``N,3,S,S`` images (channels_last storage) and int64 labels of the samples
+        """uint8 ``N,C,S,S`` images (channels_last storage) and int64 labels of the samples
         ``indices``, decoded on ``decode_device``."""
         rows, blobs = self._read_blobs(split, indices, fds)
         out = None
         if self.pin_memory and torch.device(self.decode_device).type == "cpu":
-            out = torch.empty((len(blobs), self.size, self.size, 3), dtype=torch.uint8, pin_memory=True)
-        images = decode_images(blobs, self.encoding, self.size, self.decode_device, out)
+            out = torch.empty((len(blobs), self.size, self.size, self.channels), dtype=torch.uint8, pin_memory=True)
+        images = decode_images(blobs, self.encoding, self.size, self.decode_device, out, self.channels)
         return images, torch.from_numpy(rows[:, 3].copy())
 
     def _read_blobs(
@@ -392,5 +399,5 @@ class PreparedDataset(Dataset):
         # (on its current CUDA stream), so that batch and training stay ordered on one stream.
         for rows, blobs in ordered_parallel_map(lambda idx, fds: self._read_blobs(split, idx, fds), items,
                                                 self.workers, self.prefetch):  # fmt: skip
-            images = decode_images(blobs, self.encoding, self.size, self.decode_device)
+            images = decode_images(blobs, self.encoding, self.size, self.decode_device, channels=self.channels)
             yield images, torch.from_numpy(rows[:, 3].copy())

@@ -11,6 +11,8 @@ Decisions, and why:
   Photoshop writes, and converted with ``(255 - C)(255 - K) / 255``; ICC profiles are ignored,
   as by torchvision, Caffe and OpenCV.
 * Grayscale (8- and 16-bit) is replicated to three channels; 16-bit values are scaled to 8 bits.
+  With ``channels=1`` (``alexnet prepare --channels 1``) the RGB result becomes grey by
+  ITU-R 601 luma (Pillow's ``L``), as :func:`model_pixels` gives one-channel models in ``predict``.
 * Palette, grey+alpha and RGBA images are composited on **white** (transparent areas of
   product photos and icons are meant to be seen on a white page); the result is RGB.
 * EXIF orientation is **ignored**: the labels, boxes and every reference pipeline
@@ -143,7 +145,7 @@ def to_pixels(source: bytes | np.ndarray, size: int, draft: bool = True) -> np.n
     return np.asarray(resize_crop(img, size, full, scale), dtype=np.uint8)
 
 
-def model_pixels(source: bytes, channels: int, size: int) -> np.ndarray:
+def model_pixels(source: bytes | np.ndarray, channels: int, size: int) -> np.ndarray:
     """``size x size x channels`` uint8 pixels of an encoded image as a model sees them: the
     stored image :func:`to_pixels` makes for ``alexnet prepare`` (same decode, same alpha on
     white, same rescale and centre square), grey (ITU-R 601 luma, Pillow's ``L``) for
@@ -157,10 +159,11 @@ def model_pixels(source: bytes, channels: int, size: int) -> np.ndarray:
 
 
 def encode(pixels: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> bytes:
-    """Encode ``H,W,3`` uint8 pixels as JPEG or as a ``.npy`` array (``raw``)."""
+    """Encode ``H,W,3`` (RGB) or ``H,W,1`` (grey) uint8 pixels as JPEG or as a ``.npy`` array (``raw``)."""
     if encoding == "jpeg":
         buf = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(buf, "JPEG", quality=quality)
+        grey = pixels.shape[2] == 1
+        Image.fromarray(pixels[:, :, 0] if grey else pixels, "L" if grey else "RGB").save(buf, "JPEG", quality=quality)
         return buf.getvalue()
     if encoding == "raw":
         buf = io.BytesIO()
@@ -170,8 +173,9 @@ def encode(pixels: np.ndarray, encoding: str = "jpeg", quality: int = 90) -> byt
 
 
 def convert(
-    source: bytes | np.ndarray, size: int, encoding: str = "jpeg", quality: int = 90
+    source: bytes | np.ndarray, size: int, encoding: str = "jpeg", quality: int = 90, channels: int = 3
 ) -> tuple[bytes, np.ndarray]:
-    """Encoded bytes and pixels of one prepared image; raises :class:`ConversionError`."""
-    pixels = to_pixels(source, size)
+    """Encoded bytes and pixels (``size x size x channels``: RGB, or grey as :func:`model_pixels`
+    makes it) of one prepared image; raises :class:`ConversionError`."""
+    pixels = model_pixels(source, channels, size)
     return encode(pixels, encoding, quality), pixels

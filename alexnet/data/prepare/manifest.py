@@ -8,10 +8,10 @@ Layout of OUT::
     train.index.npy            int64 (N, 4): shard, byte offset of the image data, length, label
     train.keys.txt             the N sample keys, one a line, same order
     val-000000.tar, val.index.npy, val.keys.txt
-    mean_image.npy             float32 (size, size, 3) mean training image, 0-255 units
+    mean_image.npy             float32 (size, size, channels) mean training image, 0-255 units
 
 Manifest fields: ``format`` and ``version``; ``name``; ``source`` (``layout``, ``path``);
-``image_size``; ``encoding`` (``jpeg`` or ``raw``), ``quality``, ``extension``; ``shard_size``;
+``image_size``; ``channels`` (3: RGB, 1: grey; absent before ``--channels``: 3); ``encoding`` (``jpeg`` or ``raw``), ``quality``, ``extension``; ``shard_size``;
 ``classes`` (``{"id", "name"}`` in label order); ``splits.<split>`` with ``count`` (stored
 samples), ``inputs`` (input files found), ``shards``, ``index``, ``keys`` and ``skipped`` (every
 input that was not used: ``key``, ``file``, ``reason``), so that ``count + len(skipped) ==
@@ -69,6 +69,11 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def channels(manifest: dict[str, Any]) -> int:
+    """Channels of the stored images (manifests written before ``--channels`` hold RGB)."""
+    return manifest.get("channels", 3)
+
+
 def _is_int(v: Any, low: int = 0) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -109,12 +114,17 @@ def _problem(m: dict[str, Any]) -> str | None:
             isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("key", "file", "reason")) for x in s["skipped"]
         ):
             return f"splits.{split}.skipped is not a list of {{key, file, reason}}"
+    c = channels(m)
+    if not _is_int(c) or c not in (1, 3):
+        return "channels is not 1 or 3"
     st = m.get("statistics")
     if st is not None:
-        if not isinstance(st, dict) or not all(_is_numbers(st.get(k), 3) for k in ("mean", "std", "eigenvalues")):
-            return "statistics has no mean, std and eigenvalues"
+        if not isinstance(st, dict) or not all(_is_numbers(st.get(k), c) for k in ("mean", "std")):
+            return "statistics has no mean and std"
+        if c == 3 and not _is_numbers(st.get("eigenvalues"), 3):
+            return "statistics has no eigenvalues"
         vectors = st.get("eigenvectors")
-        if not isinstance(vectors, list) or len(vectors) != 3 or not all(_is_numbers(r, 3) for r in vectors):
+        if c == 3 and (not isinstance(vectors, list) or len(vectors) != 3 or not all(_is_numbers(r, 3) for r in vectors)):
             return "statistics.eigenvectors is not 3x3"
         if not _is_file_name(st.get("mean_image")) or not _is_int(st.get("images")):
             return "statistics names no mean image"

@@ -64,6 +64,15 @@ class Settings:
     encoding: str = "jpeg"
     quality: int = 90
     shard_size: int = 1000
+    channels: int = 3  # 3: RGB (grey sources replicated), 1: grey (``--channels 1``)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings as digests see them; the default channels are left out, so datasets
+        prepared before ``--channels`` existed are still up to date."""
+        fields = asdict(self)
+        if fields["channels"] == 3:
+            del fields["channels"]
+        return fields
 
     def check(self) -> None:
         if not 8 <= self.size <= 4096:
@@ -72,6 +81,8 @@ class Settings:
             raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         if not 1 <= self.quality <= 100:
             raise UserError(f"--quality must be between 1 and 100, got {self.quality}")
+        if self.channels not in (1, 3):
+            raise UserError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if not 1 <= self.shard_size <= 1_000_000:
             raise UserError(f"--shard-size must be between 1 and 1000000 samples, got {self.shard_size}")
 
@@ -132,7 +143,7 @@ def plan_shards(plan: SourcePlan, settings: Settings) -> list[ShardTask]:
         items = plan.splits[split].items
         for index, start in enumerate(range(0, len(items), settings.shard_size)):
             chunk = tuple(items[start : start + settings.shard_size])
-            h = hashlib.blake2b(repr((mf.VERSION, asdict(settings), split, index)).encode(), digest_size=16)
+            h = hashlib.blake2b(repr((mf.VERSION, settings.identity(), split, index)).encode(), digest_size=16)
             for it in chunk:
                 h.update(repr((it.key, it.label, it.origin, _ref_digest(it.ref))).encode())
             tasks.append(ShardTask(split, index, chunk, h.hexdigest()))
@@ -141,7 +152,7 @@ def plan_shards(plan: SourcePlan, settings: Settings) -> list[ShardTask]:
 
 def settings_digest(plan: SourcePlan, settings: Settings, tasks: list[ShardTask]) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((plan.layout, plan.name, plan.classes, asdict(settings))).encode())
+    h.update(repr((plan.layout, plan.name, plan.classes, settings.identity())).encode())
     for split in SPLITS:
         h.update(repr([tuple(s) for s in plan.splits[split].skipped]).encode())
     for t in tasks:
@@ -203,11 +214,12 @@ def convert_items(
     """Convert ``items`` (read in storage order: sequential within a tar); for each, the
     encoded image or the reason it was skipped, and the integer statistics of the images."""
     results: list[bytes | str] = [""] * len(items)
-    stats = PartialStats(settings.size) if with_stats else None
+    stats = PartialStats(settings.size, channels=settings.channels) if with_stats else None
     for i in sorted(range(len(items)), key=lambda i: _read_order(items[i])):
         item = items[i]
         try:
-            encoded, pixels = convert(_read(item.ref), settings.size, settings.encoding, settings.quality)
+            encoded, pixels = convert(_read(item.ref), settings.size, settings.encoding, settings.quality,
+                                      settings.channels)  # fmt: skip
         except ConversionError as e:
             results[i] = str(e)
         except OSError as e:
@@ -407,7 +419,7 @@ def _run_tasks(pending: list[ShardTask], out: Path, settings: Settings, workers:
         task = pending[n]
         if n not in results:
             results[n] = [""] * len(task.items)
-            stats[n] = PartialStats(settings.size) if task.split == "train" else None
+            stats[n] = PartialStats(settings.size, channels=settings.channels) if task.split == "train" else None
         results[n][start : start + len(res)] = res
         if arrays is not None:
             stats[n].merge(PartialStats.from_arrays(settings.size, arrays))  # type: ignore[union-attr]
@@ -474,7 +486,7 @@ def _finish(
 ) -> dict[str, Any]:
     """Merge the sidecars in shard order and write indexes, mean image and manifest (last)."""
     splits: dict[str, Any] = {}
-    total = PartialStats(settings.size)
+    total = PartialStats(settings.size, channels=settings.channels)
     for split in SPLITS:
         split_tasks = [t for t in tasks if t.split == split]
         rows, keys, skipped = [], [], [tuple(s) for s in plan.splits[split].skipped]
@@ -522,6 +534,7 @@ def _finish(
         "name": plan.name,
         "source": {"layout": plan.layout, "path": str(source.resolve())},
         "image_size": settings.size,
+        "channels": settings.channels,
         "encoding": settings.encoding,
         "quality": settings.quality if settings.encoding == "jpeg" else None,
         "extension": EXTENSIONS[settings.encoding],
