@@ -243,7 +243,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         raise UserError("--resume-from-valid goes with --resume RUN")
     if args.resume:
         if is_baseline_run(args.resume):
-            raise UserError(f"{args.resume} is a baseline run (alexnet baseline), not a network; re-run alexnet baseline --out {args.resume}")
+            raise UserError(f"{args.resume} is a baseline run (alexnet baseline), not a network; resume it with its settings: "
+                            f"alexnet baseline --data DATA --features FEATURES --out {args.resume}")  # fmt: skip
         changed = [k for k in ("data", "recipe", "out") if getattr(args, k)] + [k for k in recipe_over if k != "epochs"]
         changed += list(model_over) + (["seed"] if args.seed is not None else [])
         changed += [k for k in ("init_from", "freeze", "pretrained_lr_scale", "init_norm") if getattr(args, k)]
