@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from alexnet.errors import UserError
+from alexnet.precision import choose
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 # Loader threads beyond this rarely help: one training step consumes the batches of a few
 # decoding threads (docs/pipeline.md), and each thread holds a batch in memory.
@@ -67,23 +67,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast and supported on ``device``."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:  # oneDNN's own check for native bf16 (avx512_bf16 / AMX); slow emulation otherwise
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the hardware runs it fast, else ``fp32``."""
-    if name not in PRECISIONS:
-        raise UserError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
-    if name == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
-    return name
+def resolve_precision(name: str, device: torch.device, model: str | None = None) -> str:
+    """``auto`` -> what runs ``model`` fastest on ``device``: :func:`alexnet.precision.choose`
+    (bf16 only where the hardware runs it natively and, where the flags cannot tell, faster).
+    A precision given by name is returned as it is, with nothing measured."""
+    if name in ("fp32", "bf16"):
+        return name
+    return choose(name, None, device, model).precision
 
 
 @contextlib.contextmanager

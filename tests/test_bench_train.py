@@ -19,17 +19,21 @@ from tests.helpers.cli import assert_one_line_error, run_cli
 
 
 def test_bench_configs() -> None:
-    assert [c.name for c in build_configs("alexnet", "bf16", "cuda")] == list(CONFIG_NAMES)
+    # ours in auto's precision, and ours in the other one (never both ours-fp32 and ours-bf16).
+    assert [c.name for c in build_configs("alexnet", "bf16", "cuda")] == [n for n in CONFIG_NAMES if n != "ours-bf16"]
     cpu = build_configs("alexnet", "bf16", "cpu")  # compiling takes minutes on a CPU: only when named
-    assert [c.name for c in cpu] == [n for n in CONFIG_NAMES if n not in CUDA_ONLY_BY_DEFAULT]
+    assert [c.name for c in cpu] == [n for n in CONFIG_NAMES if n not in (*CUDA_ONLY_BY_DEFAULT, "ours-bf16")]
+    fp32 = {c.name: c for c in build_configs("alexnet", "fp32", "cpu", channels_last=False)}
+    assert "ours-fp32" not in fp32 and fp32["ours-bf16"].precision == "bf16" and fp32["ours"].precision == "fp32"
+    assert not fp32["ours"].channels_last and not fp32["ours-bf16"].channels_last  # auto's layout throughout
     by_name = {c.name: c for c in cpu}
     # The fair comparison: torchvision's alexnet with exactly ours' settings, precision included.
     ours, tv = by_name["ours"], by_name["torchvision"]
     assert tv.model == "torchvision" and (tv.precision, tv.channels_last, tv.tuned, tv.optimizer) == (
         ours.precision, ours.channels_last, ours.tuned, ours.optimizer)
     assert by_name["baseline"].precision == "fp32" and by_name["torch-lrn"].lrn == "torch"
-    owt = build_configs("alexnet-owt", "fp32", "cpu")  # no LRN to swap, fp32 only
-    assert [c.name for c in owt] == ["baseline", "ours", "torchvision"] and owt[0].model == "torchvision"
+    owt = build_configs("alexnet-owt", "fp32", "cpu")  # no LRN to swap
+    assert [c.name for c in owt] == ["baseline", "ours", "torchvision", "ours-bf16"] and owt[0].model == "torchvision"
     small = build_configs("alexnet-small", "bf16", "cpu")
     assert small[0].model == "alexnet-small"  # torchvision's alexnet cannot take 28 px
     assert "torchvision" not in {c.name for c in small}

@@ -11,13 +11,15 @@ Configurations (``CONFIG_NAMES``):
 * ``baseline``: ``torchvision.models.alexnet()`` in the usual fp32 loop with PyTorch's defaults
   (NCHW, default allocator, per-parameter SGD). For models whose input is smaller than
   torchvision's 224 px, the same model in that usual loop instead.
-* ``ours``: the requested model as the trainer runs it: the machine's native precision (bf16
-  autocast where the hardware has native bf16, else fp32), channels_last,
+* ``ours``: the requested model as the trainer runs it: the precision and layout ``auto``
+  picks on this machine (:mod:`alexnet.precision`; bf16 autocast only where the hardware runs
+  it natively and faster, channels_last unless measured slower),
   :func:`alexnet.runtime.tune_cpu_allocator` (CPU) or cuDNN autotuning (CUDA), and the trainer's
   optimizer (:func:`alexnet.training.trainer.make_optimizer`, fused SGD, paper recipe).
 * ``torchvision``: torchvision's alexnet with exactly ``ours``' settings, precision included
   (the fair comparison; 224 px models only).
-* ``ours-fp32``: ``ours`` in fp32 (when ``ours`` is bf16).
+* ``ours-fp32`` / ``ours-bf16``: ``ours`` in the precision ``auto`` did not pick (``alexnet
+  bench train`` shows both beside auto's choice, and ``--check`` fails when auto's is slower).
 * ``torch-lrn``: the naive faithful net: ``ours`` with ``torch.nn.LocalResponseNorm``.
 * ``lrn-function``: ``ours`` with the LRN's former implementation (the same blocked kernels as
   an autograd.Function instead of the ``alexnet::lrn`` custom op): the before/after of the op.
@@ -46,7 +48,7 @@ from typing import Any
 # take well under a second per call on a 2-core CPU.
 PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}
 
-CONFIG_NAMES = ("baseline", "ours", "torchvision", "ours-fp32", "torch-lrn", "lrn-function", "no-lrn",
+CONFIG_NAMES = ("baseline", "ours", "torchvision", "ours-fp32", "ours-bf16", "torch-lrn", "lrn-function", "no-lrn",
                 "ours-compiled", "torchvision-compiled")  # fmt: skip
 # Measured only when asked for (--configs) on a CPU: Inductor's C++ compile takes minutes there.
 CUDA_ONLY_BY_DEFAULT = ("ours-compiled", "torchvision-compiled")
@@ -67,8 +69,9 @@ class Config:
     compiled: bool = False
 
 
-def build_configs(model: str, precision: str, device_type: str) -> list[Config]:
-    """Every configuration that applies to ``model`` (see the module docstring), in table order."""
+def build_configs(model: str, precision: str, device_type: str, channels_last: bool = True) -> list[Config]:
+    """Every configuration that applies to ``model`` (see the module docstring), in table order:
+    ``ours`` in ``precision`` and layout ``channels_last`` (what ``auto`` picked)."""
     from alexnet import models
 
     info = models.info(model)  # UserError for an unknown name
@@ -76,8 +79,9 @@ def build_configs(model: str, precision: str, device_type: str) -> list[Config]:
     # torchvision's alexnet needs >= ~63 px input; for the 28 px model the usual loop runs it.
     usual = "torchvision" if info.image_size >= 224 else model
     dtype = f"{precision} autocast" if precision != "fp32" else "fp32"
-    ours = Config("ours", f"{model}, {dtype}, channels_last, tuned runtime, trainer's SGD",
-                  model, precision, True, True, "trainer")  # fmt: skip
+    layout = "channels_last" if channels_last else "NCHW"
+    ours = Config("ours", f"{model}, {dtype}, {layout}, tuned runtime, trainer's SGD",
+                  model, precision, channels_last, True, "trainer")  # fmt: skip
     configs = [
         Config("baseline", f"{'torchvision alexnet' if usual == 'torchvision' else model}, fp32, PyTorch defaults",
                usual, "fp32", False, False, "default"),
@@ -86,8 +90,9 @@ def build_configs(model: str, precision: str, device_type: str) -> list[Config]:
     tv = replace(ours, name="torchvision", label=f"torchvision alexnet, same settings as ours ({dtype})", model="torchvision")
     if usual == "torchvision":
         configs.append(tv)
-    if precision != "fp32":
-        configs.append(replace(ours, name="ours-fp32", label=ours.label.replace(dtype, "fp32"), precision="fp32"))
+    other = "bf16" if precision == "fp32" else "fp32"
+    other_dtype = "bf16 autocast" if other == "bf16" else "fp32"
+    configs.append(replace(ours, name=f"ours-{other}", label=ours.label.replace(dtype, other_dtype), precision=other))
     if has_lrn:
         configs += [
             replace(ours, name="torch-lrn", label="naive faithful net: ours with torch.nn.LocalResponseNorm", lrn="torch"),
@@ -303,21 +308,22 @@ def native_precision(device_type: str) -> str:
     """What this machine runs natively, in words (for the report)."""
     import torch
 
-    from alexnet.runtime import bf16_supported
+    from alexnet.precision import CLASS_WORDS, cpu_flags
 
     if device_type == "cuda":
-        return "bf16 (CUDA)" if bf16_supported(torch.device("cuda")) else "fp32 only (this GPU has no bf16)"
-    if bf16_supported(torch.device("cpu")):
-        return f"bf16 (oneDNN: native bf16 instructions, {torch.backends.cpu.get_cpu_capability()})"
-    return (f"fp32 only ({torch.backends.cpu.get_cpu_capability()}: no native bf16, which would be emulated "
-            "slowly; ours runs fp32 here)")  # fmt: skip
+        return "bf16 (CUDA)" if torch.cuda.is_bf16_supported() else "fp32 only (this GPU has no bf16)"
+    flags = cpu_flags()
+    words = CLASS_WORDS[flags.cpu_class] + (f", {flags.isa_limit}" if flags.isa_limit else "")
+    if flags.native_bf16:
+        return f"bf16 (native bf16 instructions: {words})"
+    return f"fp32 only ({words}: no native bf16; oneDNN would emulate it, slower than fp32)"
 
 
 def hardware() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    from alexnet.runtime import bf16_supported
+    from alexnet.precision import cpu_flags
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -331,7 +337,8 @@ def hardware() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": bf16_supported(torch.device("cpu")),
+        "cpu_native_bf16": cpu_flags().native_bf16,
+        "cpu_class": cpu_flags().cpu_class,
         "python": platform.python_version(),
     }
     if torch.cuda.is_available():

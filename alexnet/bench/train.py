@@ -15,8 +15,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from alexnet.bench.step import hardware, in_fresh_process, native_precision
+from alexnet.bench.step import Config, hardware, in_fresh_process, native_precision
+from alexnet.precision import MARGIN, Choice
 from alexnet.runtime import OtherLoad
+
+# The models whose fp32 and bf16 throughput `alexnet bench train` always shows beside auto's
+# choice: the paper net and the demo's.
+PRECISION_MODELS = ("alexnet", "alexnet-small")
 
 # Ratios reported under the table: (key, numerator config, denominator config, what it says).
 COMPARISONS = (
@@ -25,6 +30,7 @@ COMPARISONS = (
     ("vs_naive_faithful", "ours", "torch-lrn", "ours vs the naive faithful net (torch.nn.LocalResponseNorm)"),
     ("lrn_op_vs_former", "ours", "lrn-function", "LRN custom op vs its former autograd.Function (same kernels)"),
     ("fp32_vs_fp32_baseline", "ours-fp32", "baseline", "ours in fp32 vs the plain fp32 baseline"),
+    ("bf16_vs_fp32_baseline", "ours-bf16", "baseline", "ours in bf16 vs the plain fp32 baseline"),
     ("compiled_vs_torchvision_compiled", "ours-compiled", "torchvision-compiled",
      "ours vs torchvision alexnet, both torch.compile"),
     ("compiled_vs_eager", "ours-compiled", "ours", "ours compiled vs ours eager"),
@@ -77,3 +83,34 @@ def measure(configs: list[Any], model: str, batch_size: int, steps: int, warmup:
         "seconds": time.perf_counter() - started,
         "other_processes_cpus": other_load.cpus(),
     }
+
+
+def measure_precisions(choices: dict[str, Choice], summary: dict[str, Any], batch_size: int, steps: int,
+                       warmup: int, device: str) -> list[dict[str, Any]]:  # fmt: skip
+    """fp32 and bf16 training throughput of each model in ``choices`` (in the layout auto chose
+    for it), beside auto's choice: whether it picked the faster, within :data:`MARGIN`.
+
+    Rows of the main table (``summary``) with the same model and settings are reused.
+    """
+    done = {(r["model"], r["precision"], r["channels_last"]): r for r in summary.get("configs", [])
+            if r["name"] in ("ours", "ours-fp32", "ours-bf16")}  # fmt: skip
+    rows = []
+    for model, choice in choices.items():
+        img_s = {}
+        for precision in ("fp32", "bf16"):
+            key = (model, precision, choice.channels_last)
+            if key not in done:
+                cfg = Config(f"{model} {precision}", f"{model}, {precision}, as the trainer runs it", model, precision,
+                             choice.channels_last, True, "trainer")  # fmt: skip
+                print(f"measuring {cfg.label} ...", file=sys.stderr, flush=True)
+                done[key] = in_fresh_process({"kind": "config", "config": asdict(cfg), "batch_size": batch_size,
+                                              "steps": steps, "warmup": warmup, "device": device})  # fmt: skip
+            img_s[precision] = done[key]["img_s"]
+        picked, other = img_s[choice.precision], img_s["bf16" if choice.precision == "fp32" else "fp32"]
+        rows.append({
+            "model": model, "fp32_img_s": img_s["fp32"], "bf16_img_s": img_s["bf16"],
+            "bf16_vs_fp32": img_s["bf16"] / img_s["fp32"], "auto": choice.precision,
+            "channels_last": choice.channels_last, "why": choice.describe(),
+            "picked_vs_other": picked / other, "right": other <= picked * (1 + MARGIN),
+        })  # fmt: skip
+    return rows

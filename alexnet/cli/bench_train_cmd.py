@@ -1,5 +1,7 @@
 """``alexnet bench train``: training-step throughput, ours vs torchvision's alexnet in the same
-precision, the plain fp32 baseline and the naive faithful net, measured in one run.
+precision, the plain fp32 baseline and the naive faithful net, measured in one run; then fp32
+and bf16 of the paper net and of alexnet-small beside the precision ``auto`` picks for each
+(``--check``: exit 1 if it picked the slower by more than 5%).
 
 Configurations and timing: alexnet/bench/step.py; the comparisons: alexnet/bench/train.py;
 ``--nproc``: alexnet/bench/scaling.py.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -20,7 +23,7 @@ from alexnet.bench.step import (
     compile_configs,
     hardware,
 )
-from alexnet.bench.train import COMPARISONS, measure
+from alexnet.bench.train import COMPARISONS, PRECISION_MODELS, measure, measure_precisions
 from alexnet.errors import UserError
 from alexnet.runtime import DEVICES
 
@@ -42,13 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="instead of the table: data-parallel scaling of 'ours' under torchrun + DDP for 1, 2, "
                         "4, ... N processes (per-process and total img/s, efficiency; --batch-size is per "
                         "process); see alexnet/bench/scaling.py")  # fmt: skip
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if the precision auto picks (fp32 or bf16) trained more than 5%% slower than the "
+                        "other, for the paper net or alexnet-small (both are measured in fp32 and bf16 after the "
+                        "table; without --check, only when --configs is not given)")  # fmt: skip
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure auto's choice again and replace the cached one (alexnet/precision.py)")
     p.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure every configuration and print the table (or JSON)."""
-    from alexnet.runtime import resolve_device, resolve_precision
+    from alexnet.precision import choose
+    from alexnet.runtime import resolve_device
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -59,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     device = resolve_device(args.device)
-    precision = resolve_precision("auto", device)
-    configs = build_configs(args.model, precision, device.type)
+    # What `auto` picks for each model (as `alexnet train` would: from the cache, or measured now).
+    models = dict.fromkeys((args.model, *PRECISION_MODELS))
+    choices = {m: choose("auto", None, device, m, refresh=args.remeasure) for m in models}
+    choice = choices[args.model]
+    precision = choice.precision
+    configs = build_configs(args.model, precision, device.type, choice.channels_last)
     if args.nproc is not None:
         return _run_scaling(args, configs, device.type)
     if args.configs:
@@ -72,11 +86,37 @@ def run(args: argparse.Namespace) -> int:
             configs += [c for c in compile_configs(args.model, precision) if c.name in wanted]
         configs = [c for c in configs if c.name in wanted | {"baseline", "ours"}]
     summary = measure(configs, args.model, args.batch_size, args.steps, args.warmup, str(device), precision)
+    summary["auto"] = {m: c.to_dict() for m, c in choices.items()}
+    rows = []
+    if args.check or not args.configs:  # a table cut down with --configs skips it, unless --check asks
+        rows = measure_precisions(choices, summary, args.batch_size, args.steps, args.warmup, str(device))
+        summary["precision_check"] = rows
+    wrong = [r["model"] for r in rows if not r["right"]]
     if args.json:
         print(json.dumps(summary))
-        return 0
-    _print_table(summary)
+    else:
+        _print_table(summary)
+        if rows:
+            _print_precision_check(rows, args.batch_size)
+    if args.check and wrong:
+        print(f"bench train --check: auto picked the slower precision by more than 5% for {', '.join(wrong)} "
+              "(see the table above)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
+
+
+def _print_precision_check(rows: list[dict[str, Any]], batch_size: int) -> None:
+    print()
+    print(f"precision auto picks (alexnet/precision.py), and what each trains at (batch {batch_size}, same run):")
+    width = max(len(r["model"]) for r in rows) + 2
+    print(f"{'model':<{width}} {'fp32 img/s':>10} {'bf16 img/s':>10} {'bf16/fp32':>9}  {'auto':<5} {'verdict'}")
+    for r in rows:
+        verdict = ("the faster" if r["picked_vs_other"] >= 1 else "within 5% of the faster") if r["right"] else (
+            f"WRONG: {1 / r['picked_vs_other']:.2f}x slower than the other")  # fmt: skip
+        print(f"{r['model']:<{width}} {r['fp32_img_s']:>10.1f} {r['bf16_img_s']:>10.1f} {r['bf16_vs_fp32']:>8.2f}x  "
+              f"{r['auto']:<5} {verdict}")  # fmt: skip
+    for r in rows:
+        print(f"  {r['model']}: {r['why']}")
 
 
 def _run_scaling(args: argparse.Namespace, configs: list[Any], device_type: str) -> int:

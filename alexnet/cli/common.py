@@ -7,7 +7,8 @@ import math
 import sys
 from collections.abc import Callable
 
-from alexnet.runtime import DEVICES, PRECISIONS
+from alexnet.precision import PRECISIONS
+from alexnet.runtime import DEVICES
 
 
 def parse_bool(text: str) -> bool:
@@ -89,7 +90,8 @@ def add_runtime_options(p: argparse.ArgumentParser, default: str | None = "auto"
     p.add_argument("--device", choices=DEVICES, default=default, help="auto: CUDA if available, else CPU")
     p.add_argument(
         "--precision", choices=PRECISIONS, default=default,
-        help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32",
+        help="auto: bf16 autocast where the hardware runs it natively and faster (CUDA, AMX CPUs; measured once "
+             "on avx512_bf16 CPUs without AMX), else fp32 (see docs/performance.md)",
     )  # fmt: skip
 
 

@@ -133,8 +133,8 @@ def evaluate_checkpoints(
     """
     tune_cpu_allocator()
     device = resolve_device(device_name)
-    precision = resolve_precision(precision_name, device)
     loaded = [load_model(p, device) for p in paths]
+    precision = resolve_precision(precision_name, device, loaded[0].name)  # its model's fastest
     data = data or loaded[0].data_source
     if not data:
         raise UserError(f"{paths[0]} does not say what data it was trained on; pass --data")

@@ -61,7 +61,7 @@ def open_session(run: str | Path, data: str | None = None, device_name: str = "a
         raise UserError(f"{loaded.source} was trained on {loaded.crop}x{loaded.crop} crops but {data} gives "
                         f"{dataset.eval_crop}x{dataset.eval_crop}; pass the --data it was trained on")  # fmt: skip
     pipeline = InputPipeline(dataset, device, channels_last=False, seed=0, norm=loaded.norm)
-    return Session(loaded, dataset, data, device, resolve_precision(precision_name, device), pipeline)
+    return Session(loaded, dataset, data, device, resolve_precision(precision_name, device, loaded.name), pipeline)
 
 
 def check_split(session: Session, split: str) -> int:

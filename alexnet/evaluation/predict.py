@@ -99,8 +99,8 @@ def predict(
 
     names = expand_images(images)
     device = resolve_device(device_name)
-    precision = resolve_precision(precision_name, device)
     m = load_model(checkpoint, device)
+    precision = resolve_precision(precision_name, device, m.name)
     norm = None if m.norm.mean_image is not None else Normalizer(m.norm.mean, m.norm.std)
     results: list[dict[str, Any]] = []
     for start in range(0, len(names), BATCH):

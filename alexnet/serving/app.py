@@ -82,8 +82,8 @@ class Predictor:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
         self.loaded = load_model(cfg.source, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device, self.loaded.name)
         self.pre = Preprocessing.of(self.loaded)
         self._lock = threading.Lock()
         with torch.inference_mode():  # first call allocates; do it before the first request

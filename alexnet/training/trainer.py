@@ -52,6 +52,7 @@ from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
+from alexnet.precision import Choice, choose
 from alexnet.runfolder import FOREIGN_TO_TRAINING, folder_contents, run_folder_lock
 from alexnet.runtime import (
     OtherLoad,
@@ -59,7 +60,6 @@ from alexnet.runtime import (
     cpu_name,
     fast_sgd_options,
     resolve_device,
-    resolve_precision,
     tune_cpu_allocator,
 )
 from alexnet.training import warmstart
@@ -95,7 +95,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: this machine's faster layout (alexnet/precision.py)
     compile: bool = False
     workers: int = 0  # decoding threads for prepared datasets; 0 = in the training thread
     gpu_decode: bool = False  # prepared JPEGs decoded on the GPU (CUDA only)
@@ -183,6 +183,7 @@ class _Run:
     flops_per_image: float  # training FLOPs (forward + backward) of one image
     watch: ChanceWatch  # the chance-level loss warning (training/health.py)
     warm_start: dict[str, str] = field(default_factory=dict)  # what --init-from adapted (config.json)
+    choice: Choice | None = None  # why this precision and layout (config.json, the log)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -201,10 +202,11 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
     progress = _start_or_resume(run, resume_from)
     if ctx.is_main:
         _write_config(out, cfg, run.dataset, run.model, run.precision, device, run.flops_per_image, ctx, run.lr,
-                      run.warm_start)  # fmt: skip
+                      run.warm_start, run.choice)  # fmt: skip
         _log(run.dataset.describe())
+        _log(f"precision {run.choice.describe()}" if run.choice else f"precision {run.precision}")
         _log(f"model {recipe.model}: {models.count_parameters(run.model):,} parameters; {device}, {run.precision}, "
-             f"channels_last={cfg.channels_last}; {ctx.world_size} process(es) x batch {recipe.batch_size} = "
+             f"channels_last={run.pipeline.channels_last}; {ctx.world_size} process(es) x batch {recipe.batch_size} = "
              f"global batch {run.global_batch}, lr {run.lr:g}, {run.steps_per_epoch} steps/epoch")  # fmt: skip
     from torch.utils.tensorboard import SummaryWriter  # slow to import; only needed here
 
@@ -247,7 +249,8 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     """Data, model, optimizer, schedule and input pipeline of ``cfg`` on this process (``resume_from``:
     the checkpoint a resumed run continues from, whose weights and recipe win over the warm-start hooks)."""
     recipe, out, resume = cfg.recipe, Path(cfg.out), resume_from is not None
-    precision = resolve_precision(cfg.precision, device)
+    choice = _runtime_choice(cfg, ctx, device, resume_from)
+    precision = choice.precision
     torch.manual_seed(cfg.seed)  # model init, identical on every rank; data randomness is keyed
     dataset = open_dataset(cfg.data, workers=cfg.workers)
     if dataset.info.num_classes < MIN_CLASSES:  # one class: a classifier with nothing to tell apart
@@ -272,9 +275,9 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     # --init-from / --freeze (training/warmstart.py); the weights' input norm.
     warm_norm = warmstart.start(model, warm, cfg.freeze, cfg.init_norm, cfg.pretrained_lr_scale,
                                 _log if ctx.is_main else None)  # fmt: skip
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if choice.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    pipeline = InputPipeline(dataset, device, cfg.channels_last, cfg.seed, norm=warm_norm, normalize=recipe.normalize,
+    pipeline = InputPipeline(dataset, device, choice.channels_last, cfg.seed, norm=warm_norm, normalize=recipe.normalize,
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
     plan0 = _plan(cfg, ctx, 0)  # epoch 0: the step count, and the range test's batches
@@ -302,7 +305,26 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     flops = _training_flops_per_image(model, dataset, device)
     watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # the chance-level warning (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
-                global_batch, steps_per_epoch, flops, watch, warm_start=warm.notes if warm is not None else {})  # fmt: skip
+                global_batch, steps_per_epoch, flops, watch, warm_start=warm.notes if warm is not None else {}, choice=choice)  # fmt: skip
+
+
+def _runtime_choice(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from: Path | None) -> Choice:
+    """The run's precision and memory layout (alexnet/precision.py): what ``cfg`` forces, else this
+    machine's fastest. A resumed run keeps what it started with (another precision would break
+    bit-exact resume), and under torchrun every rank takes rank 0's choice (each measures for
+    itself, and a close call could fall either way)."""
+    precision, channels_last = cfg.precision, cfg.channels_last
+    if resume_from is not None:
+        try:
+            resolved = json.loads((Path(cfg.out) / "config.json").read_text()).get("resolved", {})
+        except (OSError, ValueError):
+            resolved = {}
+        if precision == "auto" and resolved.get("precision") in ("fp32", "bf16"):
+            precision = resolved["precision"]
+        if channels_last is None and isinstance(resolved.get("channels_last"), bool):
+            channels_last = resolved["channels_last"]
+    choice = choose(precision, channels_last, device, cfg.recipe.model)
+    return gather_objects(choice, ctx)[0]
 
 
 def _plan(cfg: TrainConfig, ctx: DistContext, epoch: int, start_step: int = 0) -> BatchPlan:
@@ -635,6 +657,7 @@ def _write_config(
     ctx: DistContext,
     lr: float,
     warm_start: dict[str, str] | None = None,
+    choice: Choice | None = None,
 ) -> None:
     atomic_write_json(
         out / "config.json",
@@ -645,6 +668,8 @@ def _write_config(
                 "backend": ctx.backend, "global_batch": cfg.recipe.batch_size * ctx.world_size,
                 "per_process_batch": cfg.recipe.batch_size, "lr": lr,
                 "parameters": models.count_parameters(model), "train_flops_per_image": flops,
+                "channels_last": choice.channels_last if choice else cfg.channels_last,
+                "precision_choice": choice.to_dict() if choice else None,
             },
             "dataset": {**dataclasses.asdict(dataset.info), "train": dataset.num_samples("train"), "val": dataset.num_samples("val")},
             "warm_start": warm_start or {},
