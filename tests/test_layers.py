@@ -56,3 +56,28 @@ def test_every_import_goes_down() -> None:
             if RANK[target] >= RANK[own]:
                 upward.append(f"{rel} -> alexnet.{target}")
     assert not upward, "imports that go up or sideways:\n" + "\n".join(upward)
+
+
+def test_tests_share_helpers_through_tests_helpers_not_each_other() -> None:
+    """A test module imports shared code from ``tests.helpers``, never from conftest or another test module."""
+    tests = Path(__file__).parent
+    bad = []
+    for path in sorted(tests.rglob("*.py")):
+        for name in _imports_anywhere(path):
+            leaf = name.split(".")[-1] if name.startswith("tests.") else name
+            if name.startswith("tests.") and not name.startswith("tests.helpers") or leaf == "conftest" \
+                    or (leaf.startswith("test_") and (tests / f"{leaf}.py").exists()):  # fmt: skip
+                bad.append(f"{path.relative_to(tests)} imports {name}")
+    assert not bad, bad
+
+
+def _imports_anywhere(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            if node.module == "tests":
+                names |= {f"tests.{a.name}" for a in node.names}
+    return names
