@@ -146,7 +146,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"keep the newest N step checkpoints, delete older ones (default {DEFAULT_KEEP_CHECKPOINTS}; "
                    "each is a full copy of the model and optimizer)")  # fmt: skip
     add_runtime_options(p, default=None)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC memory layout (default on)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (default: whichever trains faster on this machine, measured once and "
+                        "cached; docs/performance.md)")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slower to start)")
     p.add_argument("--workers", type=int, default=None, help="JPEG decoding threads for prepared datasets (default: cores, at most 8)")
     p.add_argument("--gpu-decode", action="store_true", help="decode prepared JPEGs on the GPU (CUDA, torchvision's batched decode)")
