@@ -1,7 +1,7 @@
 """A run folder has one writer: an exclusive lock that every writing command takes.
 
-Two ``alexnet train --out X`` started side by side used to both run and both exit 0, the second
-silently overwriting the first run's metrics and checkpoints. Every command that writes a run
+Without it, two ``alexnet train --out X`` started side by side would both run and both exit 0,
+the second silently overwriting the first run's metrics and checkpoints. Every command that writes a run
 folder (train, resume, demo, baselines, experiments, reports) holds :func:`run_folder_lock` while
 it writes. The lock is ``flock`` on ``RUN/.alexnet.lock``: the kernel drops it when the process
 ends in any way (SIGKILL included), so a killed run never leaves a stale lock behind and
