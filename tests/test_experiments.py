@@ -45,6 +45,7 @@ INTENDED = {
     "pca-colour": {"recipe.pca_lighting"},
     "ten-crop": set(),  # one net per seed, seen two ways
     "depth": {"model.remove"},
+    "paper-recipe": {"recipe.warmup_epochs"},
 }
 TINY = "synthetic:classes=4,size=28,train=128,val=32,channels=1"  # one step per epoch
 
@@ -83,7 +84,8 @@ def test_plan_arms_times_seeds_and_each_arm_changes_only_its_options(name: str, 
         # seeds differ in the seed (and folder) alone
         assert _diff(by[(arm, 0)], by[(arm, 2)]) == {"seed", "out"}
     quick, full = plan.runs[0].config, make_plan(name, seeds=1, budget="full", out=tmp_path).runs[0].config
-    assert "@train=" in quick.data and quick.recipe.epochs <= full.recipe.epochs
+    subset = "train5000" if exp.prepared_size else "@train="  # prepared data names its subset in the folder
+    assert subset in quick.data and quick.recipe.epochs <= full.recipe.epochs
     assert _diff(_flat(quick), _flat(full)) <= {"data", "recipe.epochs"}
 
 
@@ -92,7 +94,8 @@ def test_every_arm_builds_its_model(name: str, tmp_path) -> None:
     plan = make_plan(name, seeds=1, out=tmp_path)
     for run in plan.runs:
         recipe = run.config.recipe
-        net = models.create(recipe.model, 10, in_channels=1, image_size=28, init=recipe.init, dropout=recipe.dropout,
+        size = 227 if plan.experiment.prepared_size else 28  # the paper's crop of 256 px images
+        net = models.create(recipe.model, 10, in_channels=1, image_size=size, init=recipe.init, dropout=recipe.dropout,
                             **run.config.model_options)  # fmt: skip
         assert models.count_parameters(net) > 0
 

@@ -24,6 +24,7 @@ from alexnet.experiments import (
     RunEvent,
     analyse,
     make_plan,
+    prepare_data,
     require_colour,
     run_plan,
     run_status,
@@ -35,7 +36,8 @@ from alexnet.experiments.runner import find_copy_source
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="re-measure one of the paper's claims (resumable)", description=__doc__)
-    p.add_argument("name", metavar="NAME", choices=[*EXPERIMENTS, "all"], help=f"{' | '.join(EXPERIMENTS)} | all")
+    p.add_argument("name", metavar="NAME", choices=[*EXPERIMENTS, "all"], help=f"{' | '.join(EXPERIMENTS)} | all (every one but "
+                   f"{', '.join(n for n, e in EXPERIMENTS.items() if not e.in_all)})")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"data source as for `alexnet train` (default {DEFAULT_DATA})")
     p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS, help=f"seeds per arm (default {DEFAULT_SEEDS})")
     p.add_argument("--budget", choices=BUDGETS, default="quick",
@@ -43,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs and results (default {DEFAULT_OUT})")
     p.add_argument("--threshold", type=float_in(0, 1e9, low_open=True), default=None, metavar="X",
                    help="relu-vs-tanh: training-error threshold (fraction); dropout: training-loss threshold")  # fmt: skip
+    p.add_argument("--arms", type=lambda text: tuple(a for a in text.split(",") if a), default=None, metavar="A,B",
+                   help="train only these arms (the baseline arm among them; default all)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON (one object per experiment)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar inside runs")
     p.add_argument("--plan", action="store_true", help="print the runs and their settings; train nothing")
@@ -51,12 +55,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    names = [n for n, e in EXPERIMENTS.items() if e.in_all] if args.name == "all" else [args.name]
+    if args.arms and args.name == "all":
+        raise UserError("--arms picks arms of one experiment; name it instead of all")
     open_dataset(args.data)  # a wrong --data is one line before any plan line or run folder (~1 s)
     outputs = []
     for name in names:
         plan = make_plan(name, args.data, args.seeds, args.budget, args.out, progress=show_progress(args),
-                         device=args.device, precision=args.precision, threshold=args.threshold)  # fmt: skip
+                         device=args.device, precision=args.precision, threshold=args.threshold,
+                         arms=args.arms)  # fmt: skip
         if plan.experiment.needs_colour:
             try:
                 require_colour(plan)
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
              f"({plan.budget_name}: {plan.budget.describe()}) in {plan.out}")  # fmt: skip
         # The trainer narrates on stdout; here stdout carries only the results (Markdown or JSON).
         with contextlib.redirect_stdout(sys.stderr):
+            prepare_data(plan, lambda text, n=name: _say(f"[{n}] {text}"))
             run_plan(plan, on_event=lambda e, n=name: _say(_describe(n, e)))
         result = analyse(plan)
         written = write_outputs(result, plan.out)

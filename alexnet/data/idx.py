@@ -1,4 +1,4 @@
-"""Reader for the IDX format of MNIST and Fashion-MNIST (gzip-compressed or not)."""
+"""The IDX format of MNIST and Fashion-MNIST (gzip-compressed or not): reader and writer."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.errors import UserError
+from alexnet.io import atomic_write
 
 # The file names of an MNIST-format folder per split (each gzipped or not): images, labels.
 # The 10,000-image "t10k" test set is the val split.
@@ -61,3 +62,10 @@ def find_idx_file(folder: Path, stem: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise UserError(f"{folder} has no {stem}[.gz]; is this an MNIST-format folder?")
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8, any shape) as an uncompressed IDX file, atomically."""
+    data = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, data.ndim]) + struct.pack(f">{data.ndim}I", *data.shape)
+    atomic_write(path, lambda f: f.write(header + data.tobytes()))

@@ -18,10 +18,10 @@ from alexnet.experiments.plans import (
     make_plan,
 )
 from alexnet.experiments.report import to_markdown, write_outputs
-from alexnet.experiments.runner import RunEvent, read_metrics, require_colour, run_plan, run_status
+from alexnet.experiments.runner import RunEvent, prepare_data, read_metrics, require_colour, run_plan, run_status
 
 __all__ = [
     "BUDGETS", "DEFAULT_DATA", "DEFAULT_OUT", "DEFAULT_SEEDS", "EXPERIMENTS", "Arm", "Budget", "Experiment", "Plan",
     "PlannedRun", "RunEvent", "analyse", "compare", "crossing", "get_experiment", "make_plan", "read_metrics",
-    "require_colour", "run_plan", "run_status", "summarize", "to_markdown", "verdict", "write_outputs",
+    "prepare_data", "require_colour", "run_plan", "run_status", "summarize", "to_markdown", "verdict", "write_outputs",
 ]  # fmt: skip

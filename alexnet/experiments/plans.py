@@ -12,13 +12,15 @@ defaults), so a later change of a default cannot move an experiment's arms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from alexnet.data.subset import SEPARATOR
 from alexnet.errors import UserError
-from alexnet.training.recipes import SMALL, Recipe
+from alexnet.experiments.paper_size import is_prepared, prepared_folder
+from alexnet.runtime import default_workers
+from alexnet.training.recipes import PAPER, SMALL, Recipe
 from alexnet.training.trainer import TrainConfig
 
 BUDGETS = ("quick", "full")
@@ -86,6 +88,8 @@ class Experiment:
     views: tuple[str, ...] = ()
     note: str = ""
     threshold: dict[str, float] = field(default_factory=dict)
+    prepared_size: int | None = None  # the runs train on the data prepared at this size (paper_size.py)
+    in_all: bool = True  # part of `alexnet experiment all` (the paper net's hour-long CPU runs are not)
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -244,6 +248,22 @@ EXPERIMENTS: dict[str, Experiment] = {
             paper={"centre": "no number in the paper", "ten-crop": "lower error (no number in the paper)"},
         ),
         _final(
+            "paper-recipe",
+            "5",
+            "the paper's net learns real pictures at 227 px with the paper's recipe (SGD, lr 0.01, init N(0, 0.01) "
+            "with biases of 1)",
+            (Arm("paper"), Arm("as-printed", recipe=(("warmup_epochs", 0.0),))),
+            {"paper": "the recipe as shipped (section 5 plus a one-epoch warm-up)",
+             "as-printed": "section 5 to the letter: dies at chance on 10 classes (docs/RESULTS.md)"},  # fmt: skip
+            recipe=PAPER,
+            # quick: 4 epochs of 5,000 images (156 steps of 128) at 227 px; full: all of
+            # Fashion-MNIST for 12 epochs (Dive into Deep Learning's AlexNet: ~88% in 10).
+            budgets={"quick": Budget(epochs=4, train=5_000, val=1_000), "full": Budget(epochs=12)},
+            prepared_size=256,
+            in_all=False,
+            note="Fashion-MNIST's 28 px images resized to 256 px by `alexnet prepare --size 256`, 227 px crops.",
+        ),
+        _final(
             "depth",
             "7",
             "removing any middle convolutional layer costs about 2% top-1",
@@ -283,6 +303,7 @@ class Plan:
     out: Path
     runs: tuple[PlannedRun, ...]
     threshold_override: float | None = None
+    to_prepare: str | None = None  # the source the runs' data folder is prepared from (prepared_size)
 
     @property
     def threshold(self) -> float | None:
@@ -308,13 +329,22 @@ def make_plan(
     device: str = "auto",
     precision: str = "auto",
     threshold: float | None = None,
+    arms: tuple[str, ...] | None = None,
 ) -> Plan:
     """The runs of experiment ``name``: one per arm (views: one per seed) and seed 0..seeds-1.
 
     Runs live in ``out/NAME/ARM/seed-S``; the ``views`` experiment trains one net per seed in
-    ``out/NAME/net/seed-S`` and evaluates it once per view.
+    ``out/NAME/net/seed-S`` and evaluates it once per view. ``arms``: only these (the baseline
+    arm among them, since every other arm is compared with it).
     """
     exp = get_experiment(name)
+    if arms:
+        known = [a.name for a in exp.arms]
+        if unknown := [a for a in arms if a not in known]:
+            raise UserError(f"{name} has no arm {', '.join(unknown)}; its arms: {', '.join(known)}")
+        if exp.baseline not in arms:
+            raise UserError(f"--arms must include {exp.baseline}, the arm {name} compares the others with")
+        exp = replace(exp, arms=tuple(a for a in exp.arms if a.name in arms))
     if budget not in exp.budgets:
         raise UserError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
     if seeds < 1:
@@ -324,14 +354,18 @@ def make_plan(
     recipe = exp.recipe.with_overrides(epochs=b.epochs)
     source = b.data(data)
     root = Path(out) / exp.name
+    to_prepare = None
+    if exp.prepared_size and not is_prepared(data):  # the budget's subset, prepared once at the paper's size
+        to_prepare, source = source, str(prepared_folder(root, source, exp.prepared_size))
     trained = (Arm("net"),) if exp.kind == "views" else exp.arms
     runs = []
     for arm in trained:
         for seed in range(seeds):
             cfg = TrainConfig(
                 data=source, recipe=recipe.with_overrides(**dict(arm.recipe)), out=str(root / arm.name / f"seed-{seed}"),
-                seed=seed, device=device, precision=precision, workers=0, progress=progress,
+                seed=seed, device=device, precision=precision, progress=progress,
+                workers=default_workers() if exp.prepared_size else 0,  # JPEG decoding threads; none in memory
                 model_options=dict(arm.model_options),
             )  # fmt: skip
             runs.append(PlannedRun(arm.name, seed, cfg))
-    return Plan(exp, data, tuple(range(seeds)), budget, b, root, tuple(runs), threshold)
+    return Plan(exp, data, tuple(range(seeds)), budget, b, root, tuple(runs), threshold, to_prepare)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.errors import UserError
+from alexnet.experiments.paper_size import ensure_prepared
 from alexnet.experiments.plans import Plan, PlannedRun
 from alexnet.io import atomic_write_json
 from alexnet.models import canonical
@@ -195,6 +196,12 @@ def require_colour(plan: Plan) -> None:
             f"{plan.experiment.name} needs colour images and {plan.data} has {info.channels} channel(s); "
             "use colour data, e.g. CIFAR-10 prepared with `alexnet prepare` (--data FOLDER)"
         )
+
+
+def prepare_data(plan: Plan, log: Callable[[str], None]) -> None:
+    """Prepare the plan's data at the experiment's size first, if it trains on prepared data."""
+    if plan.to_prepare is not None and plan.experiment.prepared_size is not None:
+        ensure_prepared(plan.to_prepare, Path(plan.runs[0].config.data), plan.experiment.prepared_size, log)
 
 
 def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Early warning for a run that is not learning: the training loss still at chance level.
+"""Early warnings for a run that is not learning: dead units in its first steps, a loss at chance.
 
 A classifier that has learned nothing predicts the uniform distribution, whose cross-entropy is
 ln(num_classes) whatever the labels (label smoothing included). A run whose training loss is
@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+from alexnet.runtime import autocast
 
 
 @dataclass
@@ -70,4 +73,87 @@ class ChanceWatch:
             f"learning rate {self.lr:g} is wrong for this data, usually too high for a small dataset (units die and the "
             f"loss settles at chance), more rarely too low. The run goes on; to fix it, run again with --lr auto "
             f"(a range test picks the rate) or a lower --lr such as {self.lr / 10:g}"
+        )
+
+
+@dataclass(frozen=True)
+class LayerActivity:
+    """What one ReLU layer outputs on a batch: its scale and how many of its units are dead.
+
+    A unit is a channel of a convolution or a neuron of a fully-connected layer; it is *dead* on
+    the batch when it outputs zero at every position of every image (its gradient is zero too,
+    so SGD cannot bring it back from that batch).
+    """
+
+    std: float  # standard deviation of the layer's output values (after the ReLU)
+    rms: float  # root mean square of the same values (the scale the next layer sees)
+    dead_fraction: float  # units that are zero for the whole batch / all units
+
+
+def activation_report(model: nn.Module, images: torch.Tensor, precision: str = "fp32") -> dict[str, LayerActivity]:
+    """Per ReLU layer (named after the weight layer before it: ``conv1`` .. ``fc7``), its
+    :class:`LayerActivity` on ``images``, in eval mode (no dropout) and without gradients.
+
+    The model's train/eval mode is restored afterwards. ``precision``: as the run computes.
+    """
+    names: dict[nn.Module, str] = {}
+    last = "input"
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            last = name.rsplit(".", 1)[-1]
+        elif isinstance(module, nn.ReLU) and module not in names:
+            names[module] = last
+    report: dict[str, LayerActivity] = {}
+
+    def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        values = output.detach().float()
+        per_unit = values.transpose(0, 1).reshape(values.shape[1], -1)  # units x (images * positions)
+        dead = (per_unit.amax(dim=1) <= 0).float().mean()
+        report[names[module]] = LayerActivity(float(values.std()), float(values.square().mean().sqrt()), float(dead))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), autocast(images.device, precision):
+            model(images)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return report
+
+
+@dataclass
+class DeadStartWatch:
+    """Watches the first hundred steps of a run for dead ReLU layers; :meth:`verdict` warns once.
+
+    A net that blows up in its first steps (too large a step for its initial scale: the paper's
+    biases of 1 with few classes, docs/RESULTS.md "The paper's recipe on real pictures") ends with
+    whole layers whose units output zero for every image; from then on no gradient reaches them
+    and the loss sits at chance for good. Seen on the step's own batch (:func:`activation_report`)
+    at :attr:`check_steps`, it can be said long before the loss-based :class:`ChanceWatch` fires.
+    """
+
+    lr: float
+    check_steps: tuple[int, ...] = (10, 30, 100)
+    threshold: float = 0.9  # a layer is dead when this fraction of its units is
+    fired: bool = False
+
+    def due(self, step: int) -> bool:
+        """Whether global step ``step`` (1-based) is one to check."""
+        return not self.fired and step in self.check_steps
+
+    def verdict(self, step: int, report: dict[str, LayerActivity]) -> str | None:
+        """The warning if some layer of ``report`` (measured after ``step``) is dead."""
+        dead = {name: a.dead_fraction for name, a in report.items() if a.dead_fraction >= self.threshold}
+        if self.fired or not dead:
+            return None
+        self.fired = True
+        layers = ", ".join(f"{name} {fraction:.0%}" for name, fraction in dead.items())
+        return (
+            f"warning: after {step} steps whole layers output zero for every image of the batch (dead units: "
+            f"{layers}); no gradient reaches them, so the run will stay at chance. Likely cause: the first steps "
+            f"were too large for the initial weights (learning rate {self.lr:g}). The run goes on; to fix it, run "
+            f"again with --warmup-epochs 1, --init caffe or --lr {self.lr / 10:g} (ten times lower)"
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from alexnet.data.presets import EVAL_VIEWS, PCA_MODES
 from alexnet.errors import UserError
 
-SCHEDULES = ("plateau", "onecycle", "cosine", "constant")
+SCHEDULES = ("plateau", "onecycle", "cosine", "constant", "step")
 NORMALIZATIONS = ("mean-image", "channel")
 EVAL_VIEW_NAMES = tuple(EVAL_VIEWS)
 
@@ -48,6 +48,7 @@ class Recipe:
     # The number of steps ``lr`` was tuned for; `alexnet train` without --lr scales the
     # rate down for shorter runs (training/lr_finder.py, step_scaled_lr). 0 = never scaled.
     lr_reference_steps: int = 0
+    step_epochs: int = 30  # the ``step`` schedule: multiply the lr by lr_drop_factor every this many epochs
 
     def __post_init__(self) -> None:
         checks = [
@@ -68,6 +69,7 @@ class Recipe:
             (self.eval_views in EVAL_VIEW_NAMES, f"eval-views must be one of {', '.join(EVAL_VIEW_NAMES)}"),
             (self.crop_pad >= -1, "crop-pad must be >= 0 (or -1 for the dataset's default)"),
             (self.lr_reference_steps >= 0, "lr-reference-steps must be >= 0"),
+            (self.step_epochs >= 1, "step-epochs must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -136,7 +138,34 @@ SMALL = Recipe(
     lr_reference_steps=4 * 468,
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, SMALL)}
+# torchvision's references/classification for its alexnet: `--model alexnet --lr 0.01 --wd 1e-4
+# -b 32` on 8 GPUs, SGD with momentum 0.9, StepLR(step_size=30, gamma=0.1), 90 epochs, PyTorch's
+# default layer init, ImageNet's per-channel mean/std. Batch 256 here is its global batch on one
+# process; under torchrun on 8 processes, --batch-size 32 is the same recipe.
+TORCHVISION = Recipe(
+    name="torchvision",
+    model="alexnet-owt",
+    epochs=90,
+    batch_size=256,
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=1e-4,
+    nesterov=False,
+    schedule="step",
+    lr_drop_factor=0.1,
+    max_lr_drops=3,
+    plateau_patience=0,
+    warmup_epochs=0.0,
+    label_smoothing=0.0,
+    decay_biases=True,  # torchvision's weight decay covers every parameter (no norm-layer exemptions in AlexNet)
+    init="torchvision",
+    dropout=0.5,
+    normalize="channel",
+    pca_lighting="off",
+    step_epochs=30,
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (PAPER, SMALL, TORCHVISION)}
 
 
 def get_recipe(name: str) -> Recipe:

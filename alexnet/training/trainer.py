@@ -72,11 +72,11 @@ from alexnet.training.distributed import (
     init_from_env,
     shutdown,
 )
-from alexnet.training.health import ChanceWatch
+from alexnet.training.health import ChanceWatch, DeadStartWatch, activation_report
 from alexnet.training.loop import train_one_epoch, train_step
 from alexnet.training.lr_finder import auto_lr, step_scaled_recipe, training_batches
 from alexnet.training.recipes import Recipe, get_recipe
-from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch
+from alexnet.training.schedule import make_scheduler, scheduler_steps_per_batch, scheduler_steps_per_epoch
 
 DEFAULT_KEEP_CHECKPOINTS = 2  # step checkpoints kept (each is a full copy once last.pt moves on)
 
@@ -157,6 +157,11 @@ def train(
                 start = Path(resume_from) if resume_from is not None else Path(cfg.out) / "checkpoints" / LAST
             else:
                 start = None
+                # A run is never mixed into another command's folder; said before the data loads.
+                held = folder_contents(cfg.out) if ctx.is_main else None
+                if any_rank([held in FOREIGN_TO_TRAINING], ctx, device)[0]:
+                    what = held or "another command's files"  # ranks other than 0 learn only that it failed
+                    raise UserError(f"--out {cfg.out} already holds {what}; it is left as it is: choose another --out")
             return _train(cfg, start, ctx, device)
     finally:
         shutdown(ctx)
@@ -182,6 +187,7 @@ class _Run:
     steps_per_epoch: int
     flops_per_image: float  # training FLOPs (forward + backward) of one image
     watch: ChanceWatch  # the chance-level loss warning (training/health.py)
+    dead_watch: DeadStartWatch  # dead layers in the first hundred steps (training/health.py)
     warm_start: dict[str, str] = field(default_factory=dict)  # what --init-from adapted (config.json)
     choice: Choice | None = None  # why this precision and layout (config.json, the log)
 
@@ -217,7 +223,7 @@ def _train(cfg: TrainConfig, resume_from: Path | None, ctx: DistContext, device:
             for epoch in range(progress.epoch, recipe.epochs):
                 train_meter = _train_epoch(run, progress, epoch, stop)
                 val = _validate(run)
-                if not scheduler_steps_per_batch(recipe):
+                if scheduler_steps_per_epoch(recipe):
                     run.scheduler.step(val["top1_err"])
                 record = _epoch_record(run, progress, epoch, train_meter, val)
                 progress.history.append(record)
@@ -305,7 +311,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     flops = _training_flops_per_image(model, dataset, device)
     watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # the chance-level warning (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
-                global_batch, steps_per_epoch, flops, watch, warm_start=warm.notes if warm is not None else {}, choice=choice)  # fmt: skip
+                global_batch, steps_per_epoch, flops, watch, DeadStartWatch(lr), warm_start=warm.notes if warm is not None else {}, choice=choice)  # fmt: skip
 
 
 def _runtime_choice(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from: Path | None) -> Choice:
@@ -344,9 +350,6 @@ def _start_or_resume(run: _Run, resume_from: Path | None) -> Progress:
         return progress
     if any_rank([(run.ckpt_dir / LAST).exists()], run.ctx, run.device)[0]:
         raise UserError(f"{out} already holds a run; resume it with --resume {out} or choose another --out")
-    held = folder_contents(out) if run.ctx.is_main else None  # a run is never mixed into another command's folder
-    if any_rank([held in FOREIGN_TO_TRAINING], run.ctx, run.device)[0]:
-        raise UserError(f"--out {out} already holds {held}; it is left as it is: choose another --out")
     torch.manual_seed(derive_seed("dropout", run.cfg.seed, run.ctx.rank))  # each rank its own dropout stream
     return Progress()
 
@@ -371,15 +374,23 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: Any) -> Meter:
                unit_scale=True, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, dynamic_ncols=True,
                disable=not (cfg.progress and ctx.is_main and sys.stderr.isatty()))  # fmt: skip
 
+    inputs: list[torch.Tensor] = []  # the step's input, kept only on the steps the dead-unit check looks at
+
     def prepare(step: int, images: torch.Tensor) -> torch.Tensor:
         # Crops/flips drawn for the global batch; this rank applies its own slice.
         params = run.pipeline.crop_params(epoch, step, run.global_batch).slice(*shard)
-        return run.pipeline.train(images, params)
+        x = run.pipeline.train(images, params)
+        inputs[:] = [x] if run.dead_watch.due(progress.global_step + 1) else []
+        return x
 
     def after_step(step: int, loss: torch.Tensor) -> None:
         progress.global_step += 1
         if (warning := run.watch.update(progress.global_step, loss)) and ctx.is_main:  # the chance-level warning
             _log(warning)
+        if inputs:  # dead layers, on this step's batch after its update
+            report = activation_report(run.model, inputs.pop(), run.precision)
+            if (warning := run.dead_watch.verdict(progress.global_step, report)) and ctx.is_main:
+                _log(warning)
         bar.update(run.global_batch)
         if (step + 1) % sync_every == 0:
             stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, run.device)

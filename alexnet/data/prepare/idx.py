@@ -41,8 +41,9 @@ def scan(root: Path) -> SourcePlan:
         ]
         top = max(top, int(labels.max(initial=0)) + 1)
         splits[split] = finish_split(items, [])
+    # Fashion-MNIST's or the digits' names for the labels the files hold (a subset with fewer
+    # classes keeps the first ones' names), numbers past them.
     names = FASHION_CLASSES if fashion else DIGIT_CLASSES
-    if top > len(names):
-        names = tuple(str(i) for i in range(top))
+    names = names[:top] if top <= len(names) else tuple(str(i) for i in range(top))
     classes = [(str(i), n) for i, n in enumerate(names)]
     return SourcePlan("idx", "fashion-mnist" if fashion else "mnist", classes, splits, [f"IDX files in {root}"])
