@@ -17,6 +17,7 @@ from alexnet.data.pipeline import InputNorm, InputPipeline
 from alexnet.data.presets import TrainAugment
 from alexnet.data.resize import ResizedDataset, fit_input_size, resize_batch
 from alexnet.errors import UserError
+from alexnet.evaluation import evaluate_checkpoints
 from alexnet.training import warmstart
 
 TINY = {"widths": [8, 16, 24, 24, 16], "fc_width": 32, "dropout": 0.0}
@@ -223,3 +224,7 @@ def test_rgb_run_onto_grey_data_resized(tmp_path: Path) -> None:
     assert new["model"]["features.conv1.weight"].shape[1] == 1 and len(new["data"]["mean"]) == 1
     notes = json.loads((run / "config.json").read_text())["warm_start"]
     assert "RGB to grayscale" in notes["conv1"] and "resized from 16 to 28 px" in notes["input_size"]
+    # `alexnet eval` fits its data the same way (the run's data gives 16 px crops, the model takes 28)
+    result = evaluate_checkpoints([str(run)], precision_name="fp32", workers=0)
+    assert result["n"] == 16 and "resized to 28 px" in result["input_size"]
+    assert result["top1_err"] == pytest.approx(_last(run)["progress"]["history"][-1]["val_top1_err"], abs=1e-6)

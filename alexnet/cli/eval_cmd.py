@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tag = "  (SYNTHETIC data)" if result["synthetic"] else ""
     models = ", ".join(result["models"])
+    if result.get("input_size"):
+        print(result["input_size"])
     print(f"{result['data']} [{result['split']}], {result['n']:,} images, {result['crops']} crop(s), models: {models}{tag}")
     print(f"top-1 error {result['top1_err']:.2%}   top-5 error {result['top5_err']:.2%}   loss {result['loss']:.4f}")
     if result.get("per_class_file"):

@@ -22,6 +22,10 @@ import torch.nn.functional as F
 from alexnet.data.dataset import BatchPlan, Dataset
 from alexnet.data.presets import ColourStats, is_nhwc
 
+# Enlarging images more than this to reach a model's input side invents the detail its filters
+# look for (and multiplies the cost by its square): past it there is no sensible mapping.
+MAX_ENLARGEMENT = 8.0
+
 
 def resize_batch(images: torch.Tensor, side: int) -> torch.Tensor:
     """uint8 ``N,C,H,W`` images resized to ``side x side`` (bilinear, antialiased when shrinking),

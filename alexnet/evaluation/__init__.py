@@ -24,6 +24,7 @@ from alexnet.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 from alexnet.data import BatchPlan, Dataset, open_dataset
 from alexnet.data.dataset import SPLITS
 from alexnet.data.pipeline import InputNorm, InputPipeline
+from alexnet.data.resize import MAX_ENLARGEMENT, fit_input_size
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_text
@@ -58,6 +59,9 @@ class LoadedModel:
     norm: InputNorm
     source: str
     data_source: str | None = None  # the --data the model was trained on, if known
+    # Started from other weights (--init-from): its data was fitted to their input size, so
+    # evaluation fits data the same way (alexnet.data.resize).
+    fits_input: bool = False
 
 
 def _display_classes(classes: list[str], num_classes: int) -> tuple[str, ...]:
@@ -80,6 +84,7 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
         model=model, name=ckpt.model_name, classes=_display_classes(list(ckpt.classes), ckpt.num_classes),
         channels=ckpt.data.channels, image_size=ckpt.data.image_size, crop=ckpt.data.crop,
         norm=ckpt.data.norm, source=str(given), data_source=data_source if isinstance(data_source, str) else None,
+        fits_input=bool(ckpt.config.get("init_from")),
     )  # fmt: skip
     _check_takes_own_input(loaded)
     return loaded
@@ -144,6 +149,7 @@ def evaluate_checkpoints(
     if dataset.num_samples(split) == 0:
         raise UserError(f"{data} has no {split} images: there is nothing to evaluate")
     first = loaded[0]
+    dataset, fitted = _fit_input_size(first, dataset, data)
     for m in loaded:
         if len(m.classes) != dataset.info.num_classes or m.channels != dataset.info.channels:
             raise UserError(
@@ -166,11 +172,28 @@ def evaluate_checkpoints(
         "n": meter.count, "crops": crops, "models": [m.source for m in loaded], "data": data, "split": split,
         "synthetic": dataset.info.synthetic,
     }  # fmt: skip
+    if fitted:
+        result["input_size"] = fitted
     if per_class_file and counts is not None:
         ids = getattr(dataset, "class_ids", dataset.info.classes)
         write_per_class(per_class_file, counts.cpu(), dataset.info.classes, ids)
         result["per_class_file"] = per_class_file
     return result
+
+
+def _fit_input_size(m: LoadedModel, dataset: Dataset, data: str) -> tuple[Dataset, str | None]:
+    """``dataset`` cropped or resized to the crop (and mean image side) of a model started from
+    other weights, as its training fitted its data to them (``alexnet.data.resize``), with the
+    line that says so; unchanged for other models, when the crops already fit, or when the
+    images would have to be enlarged past sense."""
+    side, crop = dataset.info.image_size, dataset.eval_crop
+    if not m.fits_input or (crop == m.crop and (m.norm.mean_image is None or side == m.image_size)):
+        return dataset, None
+    if m.image_size / side > MAX_ENLARGEMENT:
+        return dataset, None  # _check_input_size says what does not fit
+    how = "cropped" if side == m.image_size else f"resized to {m.image_size} px and cropped"
+    note = f"input size: {m.source} takes {m.crop} px crops; the {side} px images of {data} are {how} to fit"
+    return fit_input_size(dataset, m.image_size, m.crop), note
 
 
 def _check_input_size(m: LoadedModel, dataset: Dataset, data: str) -> None:

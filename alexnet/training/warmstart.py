@@ -39,7 +39,7 @@ from torch import nn
 from alexnet.checkpoint import KIND, Checkpoint, checkpoint_path, read_raw
 from alexnet.data.dataset import Dataset
 from alexnet.data.pipeline import InputNorm
-from alexnet.data.resize import fit_input_size
+from alexnet.data.resize import MAX_ENLARGEMENT, fit_input_size
 from alexnet.errors import UserError
 
 FREEZE_CHOICES = ("none", "conv", "features")
@@ -106,9 +106,6 @@ def check_model(weights: Weights, model_name: str) -> None:
 
 
 _KIND = {1: "grayscale", 3: "RGB"}
-# Enlarging images more than this to reach the weights' crop invents the detail the pretrained
-# filters look for (and multiplies the cost by its square): no sensible mapping.
-MAX_ENLARGEMENT = 8.0
 # Cropping (rather than resizing) to the weights' crop while the crop keeps at least this
 # fraction of the image side: the paper's 227 of 256 and torchvision's 224 of 256 are 0.89 and
 # 0.875, so such a crop still frames the whole object as the weights saw it.
