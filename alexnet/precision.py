@@ -20,11 +20,12 @@ The flags are PyTorch's own native checks (``torch.cpu._is_avx512_bf16_supported
 emulated on one machine) is treated as that class.
 
 The memory layout (channels_last or not) is measured on every class, alongside the precision
-where the flags leave it open. A measurement times forward + backward of the run's own model
-(its conv and matmul shapes) in each candidate setting, alternating, for about a second; it is
-cached per CPU model, torch version, ISA limit, thread count and model in the user's cache
-folder (``$ALEXNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/alexnet``, else ``~/.cache/alexnet``).
-``alexnet bench train`` measures again and replaces the cached entry.
+where the flags leave it open. A measurement times forward + backward of the run's own model's
+convolutions (their real shapes, :func:`measure` says why only those) in each candidate
+setting, alternating, for about a second; it is cached per CPU model, torch version, ISA limit,
+thread count and model in the user's cache folder (``$ALEXNET_CACHE_DIR``, else
+``$XDG_CACHE_HOME/alexnet``, else ``~/.cache/alexnet``). ``alexnet bench train --remeasure``
+measures again and replaces the cached entry. docs/performance.md has the figures.
 
 :func:`decide` is the decision: a pure function of the flags and the measurement, so each
 class can be tested without its hardware. :func:`choose` gathers both (reading this machine,

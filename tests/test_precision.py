@@ -192,3 +192,26 @@ def test_a_run_records_its_choice_and_keeps_it_on_resume(monkeypatch: pytest.Mon
     train(dataclasses.replace(cfg, recipe=recipe.with_overrides(epochs=2)), resume=True)
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
     assert (resolved["precision"], resolved["channels_last"]) == ("fp32", False)
+
+
+@pytest.mark.parametrize(("bf16_img_s", "code"), [(100.0, 0), (104.0, 0), (110.0, 1)])
+def test_bench_train_check_fails_when_auto_picked_the_slower(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                             capsys: pytest.CaptureFixture[str], bf16_img_s: float,
+                                                             code: int) -> None:  # fmt: skip
+    # auto picks fp32 here (no native bf16); the workers are faked: fp32 trains at 100 img/s.
+    import alexnet.bench.train as bench_train
+    import alexnet.cli.bench_train_cmd as cmd
+    from alexnet.cli import main
+
+    monkeypatch.setenv("ALEXNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(P, "cpu_flags", lambda: AVX512)
+    monkeypatch.setattr(P, "measure", lambda model, settings: measured(fp32_cl=0.1, fp32_nchw=0.2))
+    monkeypatch.setattr(cmd, "measure", lambda *a, **k: {"configs": []})
+    monkeypatch.setattr(bench_train, "in_fresh_process",
+                        lambda spec: {"img_s": 100.0 if spec["config"]["precision"] == "fp32" else bf16_img_s})
+    assert main(["bench", "train", "--device", "cpu", "--check", "--json"]) == code
+    out, err = capsys.readouterr()
+    rows = json.loads(out)["precision_check"]
+    assert [(r["model"], r["auto"]) for r in rows] == [("alexnet", "fp32"), ("alexnet-small", "fp32")]
+    assert rows[0]["bf16_vs_fp32"] == pytest.approx(bf16_img_s / 100)
+    assert ("picked the slower precision" in err) == bool(code)
