@@ -157,8 +157,8 @@ def fit_data(weights: Weights, dataset: Dataset, data: str) -> tuple[Dataset, st
     if target is None:
         return dataset, None
     side, crop = target
-    how = (f"cropped to {crop} px" if side == info.image_size
-           else f"resized from {info.image_size} to {side} px and cropped to {crop} px")  # fmt: skip
+    resized = f"resized from {info.image_size} to {side} px" + (f" and cropped to {crop} px" if crop != side else "")
+    how = f"cropped to {crop} px" if side == info.image_size else resized
     note = (f"input size: {weights.source} was trained on {crop} px crops; the data's {info.image_size} px images "
             f"are {how} in the input pipeline")  # fmt: skip
     return fit_input_size(dataset, side, crop), note
