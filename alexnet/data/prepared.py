@@ -5,18 +5,9 @@ that shard, and its label; reading a sample is one ``pread`` and one decode.
 
 **Shuffling.** A training epoch visits the samples in a uniformly random permutation keyed by
 (seed, epoch) (:class:`~alexnet.data.dataset.BatchPlan`): the paper's full shuffle, not the
-"shuffle the shards, then a shuffle buffer" approximation of streaming loaders. Its quality
-is exact: every order is equally likely, consecutive samples are no more likely to share a
-shard (or a class, since ``prepare`` writes shards class by class) than any other pair, and
-no buffer size has to be tuned. A shuffle buffer of B samples over shards of S samples would
-instead hold only the last ~B / S shards read at any time, so each batch draws from about
-B / S + 1 shards (a sample also leaves at most ~B positions from its shard's place in the
-shard order); with class-ordered shards that is only a few classes per batch unless B is a
-sizable fraction of the dataset. The price of
-the full shuffle is random reads of ~25 KiB, which SSDs and the page cache serve at far more
-than the decode rate; it also gives exact mid-epoch resume (from a step number) and exact
-splits over ranks for free. (A network file system without a page cache would want sequential
-shard streaming; not needed so far.)
+"shuffle the shards, then a shuffle buffer" approximation of streaming loaders, which with
+class-ordered shards mixes only a few classes per batch. It costs random reads of ~25 KiB and
+gives exact mid-epoch resume and exact splits over ranks (``docs/pipeline.md``, "Shuffling").
 
 **Ranks and workers.** Each rank reads its own share of every global batch (contiguous shares
 in training, which drops the last incomplete global batch: fewer than one global batch of
