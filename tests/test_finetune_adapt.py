@@ -228,3 +228,15 @@ def test_rgb_run_onto_grey_data_resized(tmp_path: Path) -> None:
     result = evaluate_checkpoints([str(run)], precision_name="fp32", workers=0)
     assert result["n"] == 16 and "resized to 28 px" in result["input_size"]
     assert result["top1_err"] == pytest.approx(_last(run)["progress"]["history"][-1]["val_top1_err"], abs=1e-6)
+
+
+def test_linear_probe_keeps_the_recipe_lr(grey_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --lr a linear probe trains at its recipe's rate: the step-scaled default is for whole networks."""
+    from alexnet.training.recipes import get_recipe
+
+    run = tmp_path / "probe"
+    capsys.readouterr()
+    assert main(["train", "--data", GREY_SOURCE, *TINY_FLAGS, "--epochs", "1", "--init-from", str(grey_run),
+                 "--freeze", "features", "--out", str(run)]) == 0  # fmt: skip
+    assert _last(run)["config"]["recipe"]["lr"] == get_recipe("small").lr
+    assert "--freeze features trains a linear classifier" in capsys.readouterr().out

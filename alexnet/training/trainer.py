@@ -287,7 +287,10 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
     plan0 = _plan(cfg, ctx, 0)  # epoch 0: the step count, and the range test's batches
-    if cfg.lr_policy == "steps" and not resume:  # the step-scaled default (training/lr_finder.py)
+    if cfg.lr_policy == "steps" and not resume and warm is not None and warmstart.linear_probe(cfg.freeze):
+        if ctx.is_main:
+            _log(warmstart.probe_lr_note(recipe))
+    elif cfg.lr_policy == "steps" and not resume:  # the step-scaled default (training/lr_finder.py)
         steps = recipe.epochs * plan0.steps(dataset.num_samples("train"))
         cfg = dataclasses.replace(cfg, recipe=step_scaled_recipe(recipe, steps, _log if ctx.is_main else None))
         recipe = cfg.recipe

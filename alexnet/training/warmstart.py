@@ -279,6 +279,20 @@ def freeze(model: nn.Module, choice: str) -> list[str]:
     return list(FROZEN_LAYERS[choice])
 
 
+def linear_probe(freeze_choice: str) -> bool:
+    """Whether only fc8 trains. A linear classifier on fixed features is a convex problem that the
+    step-scaled default rate (``lr_finder.step_scaled_lr``, measured on whole networks trained
+    from scratch, where a high rate kills units) was not made for: such a run keeps its recipe's
+    rate (measured in docs/RESULTS.md, fine-tuning across what differs)."""
+    return freeze_choice == "features"
+
+
+def probe_lr_note(recipe: Any) -> str:
+    """The log line of a linear probe's default rate."""
+    return (f"--freeze features trains a linear classifier on fixed features: lr {recipe.lr:g} of recipe "
+            f"{recipe.name!r}, not scaled to the run's steps; give --lr to set it")  # fmt: skip
+
+
 def scale_pretrained_lr(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
     """Split every parameter group into the last layer (lr unchanged) and the pretrained layers
     (lr x ``scale``), before any scheduler records the groups' initial rates. Schedulers scale
