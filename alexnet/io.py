@@ -104,7 +104,7 @@ def _temporary(path: Path) -> Iterator[Path]:
 
 # An input image file (or standard input) larger than this is refused before it is read: the
 # biggest ImageNet JPEG is under 16 MB, and Pillow refuses more than ~179 M pixels anyway.
-MAX_IMAGE_BYTES = 256 << 20
+MAX_IMAGE_BYTES = 64 << 20
 
 
 def read_capped(f: IO[bytes], limit: int, name: str) -> bytes:

@@ -17,10 +17,13 @@ A re-run with the same ``--out`` and the same settings skips every finished stag
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -36,9 +39,10 @@ from alexnet.baselines.hog import HogParams
 from alexnet.baselines.svm import LinearSVM, SvmParams
 from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
+from alexnet.data.pipeline import MAX_IMAGE_SIDE
 from alexnet.data.presets import centre_crop
 from alexnet.errors import UserError
-from alexnet.io import atomic_write, atomic_write_json
+from alexnet.io import atomic_write, atomic_write_json, read_regular_file
 from alexnet.runfolder import BASELINE_KIND, LOCK_NAME, run_folder_lock
 
 KIND = BASELINE_KIND
@@ -126,12 +130,55 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
+# The largest array a baseline file may hold (sift-fv's SVM on ImageNet: 1000 x 10,240 floats,
+# 41 MB): an .npz member's header is checked against it before numpy allocates what it claims.
+MAX_ARRAY_BYTES = 1 << 30
+# A run folder's small files (config, stages, extractor settings) are a few KB.
+MAX_JSON_BYTES = 16 << 20
+_REDO = "delete it to recompute that stage, or the folder to start over"
+_RESTART = "fit the baseline again into a new --out (or delete the folder)"
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
+            for name in z.zip.namelist():
+                with z.zip.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(f)
+                if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+                    raise ValueError(f"{name} claims a {'x'.join(map(str, shape))} array, more than {MAX_ARRAY_BYTES >> 20} MB")
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable .npz file ({e}); delete it to recompute that stage") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as e:
+        raise UserError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_REDO}") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from one of the run folder's small files, or a one-line :class:`UserError`."""
+    try:
+        value = json.loads(read_regular_file(path, MAX_JSON_BYTES))
+    except ValueError as e:  # UserError (too big, not a file) included
+        raise UserError(f"{path} is damaged ({e}); {_RESTART}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); {_RESTART}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Whatever a damaged (truncated, hand-edited, hostile) stored file makes the code that reads it
+    raise becomes one line naming the file."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, ZeroDivisionError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); {_REDO}") from None
 
 
 def _check_dataset(ds: Dataset, source: str) -> None:
@@ -196,8 +243,9 @@ def write_features(path: Path, ds: Dataset, split: str, extractor: Extractor, cf
 
 
 def _load_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    x = np.load(path, mmap_mode="r", allow_pickle=False)
-    y = np.load(path.with_name(path.stem + "-labels.npy"), allow_pickle=False)
+    with _reading(path):  # a truncated features file: one line, not numpy's traceback
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+        y = np.load(path.with_name(path.stem + "-labels.npy"), allow_pickle=False)
     return x, y
 
 
@@ -239,9 +287,11 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
     if config_path.exists():
         if not is_baseline_run(out):
             raise UserError(f"{out} already holds something else (a network run?); choose another --out")
-        saved = json.loads(config_path.read_text())
+        saved = _read_json(config_path)
         # Settings added since the folder was written count as their defaults.
         defaults = {f.name: f.default for f in fields(BaselineConfig) if f.default is not MISSING}
+        if not isinstance(saved.get("settings", {}), dict):
+            raise UserError(f"{config_path} is damaged (its settings are not an object); {_RESTART}")
         if {**defaults, **saved.get("settings", {})} != run_config["settings"]:
             raise UserError(f"{out} holds a baseline with other settings; choose another --out or repeat its own")
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
@@ -249,7 +299,7 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
     else:
         atomic_write_json(config_path, run_config)
     stages_path = out / "stages.json"
-    stages: dict[str, Any] = json.loads(stages_path.read_text()) if stages_path.exists() else {}
+    stages: dict[str, Any] = _read_json(stages_path) if stages_path.exists() else {}
 
     def finished(stage: str, **info: Any) -> None:
         stages[stage] = info
@@ -268,7 +318,7 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         atomic_write_json(out / "extractor.json", extractor.config())
         _save_npz(out / "extractor.npz", extractor.arrays())
         finished("extractor", seconds=time.perf_counter() - start)
-    extractor = load_extractor(cfg.features, json.loads((out / "extractor.json").read_text()), _load_npz(out / "extractor.npz"))
+    extractor = _load_extractor(out, cfg.features)
 
     # 2-3. features of both splits, streamed to disk
     for split in ("train", "val"):
@@ -289,14 +339,19 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         svm = LinearSVM(SvmParams(l2=cfg.l2, max_iter=cfg.max_iter)).fit(x_train, y_train, ds.info.num_classes, progress)
         _save_npz(out / "classifier.npz", svm.arrays())
         finished("classifier", seconds=time.perf_counter() - start, lbfgs_iterations=svm.iterations)
-    svm = LinearSVM.from_arrays(_load_npz(out / "classifier.npz"))
+    svm = _load_svm(out)
 
     # 5. metrics, and the validation predictions that `alexnet report` draws (per-class errors,
     # confusion, Figure 4 left)
-    train_top1, _ = topk_errors(svm.decision_function(x_train), torch.from_numpy(y_train))
-    val_scores = svm.decision_function(x_val)
+    with _reading(out / "classifier.npz"):  # a classifier that does not fit the features: one line
+        train_top1, _ = topk_errors(svm.decision_function(x_train), torch.from_numpy(y_train))
+        val_scores = svm.decision_function(x_val)
     val_top1, val_top5 = topk_errors(val_scores, torch.from_numpy(y_val))
     _save_predictions(out / PREDICTIONS, val_scores, y_val)
+    needed = {"extractor": ("seconds",), "features_train": ("seconds", "images_per_sec"),
+              "classifier": ("seconds", "lbfgs_iterations")}  # fmt: skip
+    if not all(isinstance(stages.get(k), dict) and all(_is_number(stages[k].get(v)) for v in vs) for k, vs in needed.items()):
+        raise UserError(f"{stages_path} is damaged (a stage's timings are missing); {_RESTART}")
     extract = stages["features_train"]
     metrics = {
         "features": cfg.features, "description": DESCRIPTIONS[cfg.features], "data": cfg.data, "seed": cfg.seed,
@@ -336,15 +391,37 @@ def load_baseline(run: str | Path) -> LoadedBaseline:
     run = Path(run)
     if not is_baseline_run(run):
         raise UserError(f"{run} is not a baseline run folder (no config.json of kind {KIND})")
-    config = json.loads((run / "config.json").read_text())
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{run} was written by a newer alexnet (format {config['format_version']}); upgrade alexnet")
+    config = _read_json(run / "config.json")
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{run} was written by a newer alexnet (format {version}); upgrade alexnet")
     missing = [f for f in ("extractor.json", "extractor.npz", "classifier.npz") if not (run / f).is_file()]
     if missing:
         raise UserError(f"{run} is an unfinished baseline (no {', '.join(missing)}); finish it with alexnet baseline --out {run} ...")
-    features = config["settings"]["features"]
-    extractor = load_extractor(features, json.loads((run / "extractor.json").read_text()), _load_npz(run / "extractor.npz"))
-    return LoadedBaseline(run, config, extractor, LinearSVM.from_arrays(_load_npz(run / "classifier.npz")))
+    settings = config.get("settings")
+    if (
+        not isinstance(settings, dict) or settings.get("features") not in FEATURES or not isinstance(settings.get("data"), str)
+        or not isinstance(config.get("classes"), list) or not all(isinstance(c, str) for c in config["classes"])
+        or not all(isinstance(config.get(k), int) and 1 <= config[k] <= MAX_IMAGE_SIDE for k in ("channels", "crop"))
+    ):  # fmt: skip
+        raise UserError(f"{run / 'config.json'} is damaged (its settings, classes, channels or crop); {_RESTART}")
+    loaded = LoadedBaseline(run, config, _load_extractor(run, settings["features"]), _load_svm(run))
+    with _reading(run / "classifier.npz"):  # the parts must fit each other: one image through them all
+        scores = loaded.scores(torch.zeros(1, config["channels"], config["crop"], config["crop"], dtype=torch.uint8))
+        if tuple(scores.shape) != (1, len(loaded.classes)):
+            raise ValueError(f"{scores.shape[1]} scores per image for {len(loaded.classes)} classes")
+    return loaded
+
+
+def _load_extractor(run: Path, features: str) -> Extractor:
+    config = _read_json(run / "extractor.json")
+    with _reading(run / "extractor.json"):
+        return load_extractor(features, config, _load_npz(run / "extractor.npz"))
+
+
+def _load_svm(run: Path) -> LinearSVM:
+    with _reading(run / "classifier.npz"):
+        return LinearSVM.from_arrays(_load_npz(run / "classifier.npz"))
 
 
 def evaluate_baseline(run: str | Path, data: str | None = None, split: str = "val", batch_size: int = 1000) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from alexnet.errors import UserError
 from alexnet.evaluation import imagenet_class_names
 from alexnet.interop.caffe_proto import V1_TYPES, messages
 from alexnet.interop.runs import check_out, write_run
+from alexnet.io import read_regular_file
 from alexnet.models.alexnet import PAPER_SHAPE
 
 # V1 enum -> V2 type string, for the types an AlexNet deploy file holds.
@@ -86,9 +87,18 @@ class ImportResult:
     options: dict[str, Any]
 
 
+# bvlc_alexnet's caffemodel is 233 MB; a larger file (or a FIFO, a device) is refused unread.
+MAX_CAFFE_BYTES = 2 << 30
+# A deploy prototxt nests 3 deep (net > layer > param); protobuf's text parser recurses once per
+# level, so a file nested thousands deep is refused before it is parsed.
+MAX_PROTOTXT_DEPTH = 64
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular_file(path, MAX_CAFFE_BYTES)
+    except UserError as e:
+        raise UserError(f"{what} {e}") from None
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except OSError as e:
@@ -102,10 +112,40 @@ def read_net_text(path: str | Path) -> Any:
     path = Path(path)
     net = messages()["NetParameter"]()
     try:
-        text_format.Parse(_read(path, "prototxt").decode("utf-8"), net, allow_unknown_field=True)
+        text = _read(path, "prototxt").decode("utf-8")
+        if _nesting(text) > MAX_PROTOTXT_DEPTH:
+            raise UserError(f"{path} nests messages more than {MAX_PROTOTXT_DEPTH} deep; no Caffe net does: not a deploy prototxt")
+        text_format.Parse(text, net, allow_unknown_field=True)
     except (text_format.ParseError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a Caffe prototxt: {str(e).splitlines()[0][:200]}") from None
     return net
+
+
+def _nesting(text: str) -> int:
+    """The deepest ``{``/``<`` nesting of protobuf text, not counting brackets in strings or comments."""
+    depth = deepest = 0
+    quote = ""
+    comment = escaped = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote or ch == "\n":
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "{<":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}>":
+            depth -= 1
+    return deepest
 
 
 def read_net_binary(path: str | Path) -> Any:

@@ -464,21 +464,34 @@ def _run_tasks(pending: list[ShardTask], out: Path, settings: Settings, workers:
 
 def _kill_pool(pool: Any) -> None:
     """Stop the workers of a run being stopped (Ctrl-C, SIGTERM, an error) so that
-    ``pool.terminate()`` cannot hang. A worker killed while it waited for a task (SIGTERM sent to
-    the whole process group) dies holding the task queue's lock, and ``terminate()`` waits for
-    that lock before anything else: forever. So kill every worker, then free the lock if a dead
-    one still holds it. (``_pool`` and ``_inqueue`` are CPython's, unchanged since 3.3.)"""
-    for p in list(getattr(pool, "_pool", [])):
+    ``pool.terminate()`` cannot hang. A worker killed (SIGTERM sent to the whole process group)
+    while it waited for a task, or while it sent a result, dies holding the task queue's read
+    lock or the result queue's write lock, and ``terminate()`` takes both: it would wait forever.
+    So stop the thread that replaces dead workers, kill every worker, wait for it, then free a
+    lock a dead one still holds. (``_worker_handler``, ``_change_notifier``, ``_pool``,
+    ``_inqueue._rlock`` and ``_outqueue._wlock`` are CPython's, unchanged since 3.8.)"""
+    from multiprocessing.pool import TERMINATE
+
+    handler = getattr(pool, "_worker_handler", None)
+    if handler is not None:  # as terminate() starts; else a fresh worker takes the lock freed below
+        handler._state = TERMINATE
+        pool._change_notifier.put(None)
+        handler.join(timeout=5.0)
+    workers = list(getattr(pool, "_pool", []))
+    for p in workers:
         if p.exitcode is None:
             p.kill()
-    lock = getattr(getattr(pool, "_inqueue", None), "_rlock", None)
-    if lock is None:
-        return
-    if lock.acquire(timeout=1.0):
-        lock.release()
-    else:
-        with contextlib.suppress(ValueError):  # its holder is dead: nobody else will release it
+    for p in workers:
+        p.join(timeout=5.0)
+    locks = (getattr(getattr(pool, "_inqueue", None), "_rlock", None), getattr(getattr(pool, "_outqueue", None), "_wlock", None))
+    for lock in locks:
+        if lock is None:
+            continue
+        if lock.acquire(timeout=0.5):
             lock.release()
+        else:
+            with contextlib.suppress(ValueError):  # its holder is dead: nobody else will release it
+                lock.release()
 
 
 def _finish(
