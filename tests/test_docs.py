@@ -1,6 +1,7 @@
 """The documentation points at things that exist: every relative link in README.md and docs/
-reaches a file (and its #anchor a heading), and every ``alexnet ...`` command shown there names a
-real subcommand and only flags that subcommand's parser knows.
+reaches a file (and its #anchor a heading), every repository path in inline code exists, and
+every ``alexnet ...`` command shown there names a real subcommand and only flags that
+subcommand's parser knows.
 
 Commands are checked against the argparse parser built in-process, not run.
 """
@@ -22,6 +23,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 LINK = re.compile(r"(?<!`)!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+REPO_PATH = re.compile(r"^((?:alexnet|tests|scripts|docs|examples)/[\w/.\-]*[\w/])")  # `alexnet/io.py`, `docs/x.md`
 WRAPPERS = {"sudo", "nice", "time", "/usr/bin/time", "-v", "exec"}
 
 
@@ -58,6 +60,13 @@ def test_every_relative_link_reaches_a_file_and_its_anchor(doc: Path) -> None:
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{target}: no heading #{anchor} in {dest.name}")
     assert not broken, broken
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_id)
+def test_every_repository_path_shown_exists(doc: Path) -> None:
+    spans = INLINE.findall(FENCE.sub("", doc.read_text()))
+    paths = {m.group(1) for span in spans for w in span.split() if (m := REPO_PATH.match(w))}
+    assert not [p for p in sorted(paths) if not (REPO / p).exists()]
 
 
 def _commands(text: str) -> list[str]:
@@ -130,3 +139,5 @@ def test_the_checker_sees_commands_and_rejects_unknown_ones(parser: argparse.Arg
     assert _problems("frobnicate", parser) == ["alexnet frobnicate: no such command"]
     assert _problems("train --lrn-order/--lrn-scope", parser) == [] and _problems("...", parser) == []
     assert _slug("Serving (`alexnet serve`)") == "serving-alexnet-serve"
+    assert REPO_PATH.match("alexnet/models/lrn.py,").group(1) == "alexnet/models/lrn.py"  # type: ignore[union-attr]
+    assert REPO_PATH.match("alexnet-small") is None
