@@ -58,10 +58,13 @@ MARGIN = 0.05
 # The measurement: untimed first calls of every candidate (oneDNN creates its kernels), then
 # alternating timed rounds until this many seconds have passed (at least MIN_ROUNDS rounds), and
 # the fastest round of each (on a shared machine a round can only be slowed down). It runs on
-# one thread: what is compared is the settings' cost per core, and on a machine whose cores
-# other processes keep busy, several threads wait for each other at every layer, which buries
-# the difference (alexnet.runtime.busy_cores_warning); on a 2-core EPYC under load, two threads
-# measured bf16 at 1.02x fp32 where one thread measured 1.7-1.8x, as training there shows.
+# one thread and counts that thread's CPU time, not wall time: what is compared is the
+# settings' cost per core, and on a machine whose cores other processes keep busy, wall time
+# mostly measures waiting: several threads wait for each other at every layer
+# (alexnet.runtime.busy_cores_warning), and one thread waits for its turn on a core. On the
+# 2-core EPYC at load average 10, where alexnet-small trains 1.37x faster in bf16 than in fp32,
+# bf16 measured 1.02x by two threads' wall time, 1.00-1.70x by one thread's, 1.30-1.61x by one
+# thread's CPU time (three runs each).
 MEASURE_SECONDS = 1.0
 MIN_ROUNDS, MAX_ROUNDS = 2, 6
 # Forward FLOPs of the convolutions per measured step: enough for the layers' real GEMM shapes
@@ -314,7 +317,7 @@ def write_cached(key: dict[str, Any], m: Measurement) -> None:
 
 def measure(model: str, settings: tuple[tuple[str, bool], ...], seconds: float = MEASURE_SECONDS) -> Measurement:
     """Time forward + backward of ``model``'s convolutional layers (its default options) in each
-    (precision, channels_last) setting on the CPU, on one thread: first calls untimed, then
+    (precision, channels_last) setting on the CPU, in one thread's CPU time: first calls untimed, then
     alternating rounds for about ``seconds``.
 
     The convolutions (with their LRN and pooling) are 89-92% of both nets' FLOPs. The fully
@@ -352,11 +355,11 @@ def _measure(model: str, info: Any, settings: tuple[tuple[str, bool], ...], seco
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             layers.to(memory_format=fmt)
             xs = x.contiguous(memory_format=fmt)
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = layers(xs)
             out.float().square().mean().backward()
-            elapsed = time.perf_counter() - t0
+            elapsed = time.thread_time() - t0
             layers.zero_grad(set_to_none=True)
             return elapsed
 
