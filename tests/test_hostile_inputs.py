@@ -36,7 +36,7 @@ from alexnet.runfolder import run_folder_lock
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY_LIMIT = 6 << 30  # address space of a child: torch maps ~3 GB of it before any work
-BOUNDED_RSS = 1 << 30  # what a hostile file may cost (the target: under 1 GB)
+BOUNDED_RSS = 1 << 30  # what a hostile file may cost (the target: under 1 GB)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
