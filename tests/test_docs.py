@@ -141,3 +141,12 @@ def test_the_checker_sees_commands_and_rejects_unknown_ones(parser: argparse.Arg
     assert _slug("Serving (`alexnet serve`)") == "serving-alexnet-serve"
     assert REPO_PATH.match("alexnet/models/lrn.py,").group(1) == "alexnet/models/lrn.py"  # type: ignore[union-attr]
     assert REPO_PATH.match("alexnet-small") is None
+
+
+def test_code_says_why_without_issue_numbers_or_missing_notes() -> None:
+    """History belongs in docs/: no source file names an issue number or a notes/ file."""
+    history = re.compile(r"\bissue[ #-]?\d+|\bissue's\b|\bnotes/README", re.IGNORECASE)
+    files = [p for d in ("alexnet", "scripts", "tests") for p in sorted((REPO / d).rglob("*")) if p.suffix in (".py", "")]
+    found = [f"{_id(p)}:{n}: {line.strip()}" for p in files if p.is_file() and p.name != Path(__file__).name
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if history.search(line)]  # fmt: skip
+    assert not found, "\n".join(found)
