@@ -228,6 +228,9 @@ def test_rgb_run_onto_grey_data_resized(tmp_path: Path) -> None:
     result = evaluate_checkpoints([str(run)], precision_name="fp32", workers=0)
     assert result["n"] == 16 and "resized to 28 px" in result["input_size"]
     assert result["top1_err"] == pytest.approx(_last(run)["progress"]["history"][-1]["val_top1_err"], abs=1e-6)
+    from alexnet.evaluation.features import open_session  # and so do `features` and `similar`
+
+    assert open_session(str(run), precision_name="fp32").dataset.eval_crop == 28
 
 
 def test_linear_probe_keeps_the_recipe_lr(grey_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,7 +149,7 @@ def evaluate_checkpoints(
     if dataset.num_samples(split) == 0:
         raise UserError(f"{data} has no {split} images: there is nothing to evaluate")
     first = loaded[0]
-    dataset, fitted = _fit_input_size(first, dataset, data)
+    dataset, fitted = fit_input_to_model(first, dataset, data)
     for m in loaded:
         if len(m.classes) != dataset.info.num_classes or m.channels != dataset.info.channels:
             raise UserError(
@@ -181,7 +181,7 @@ def evaluate_checkpoints(
     return result
 
 
-def _fit_input_size(m: LoadedModel, dataset: Dataset, data: str) -> tuple[Dataset, str | None]:
+def fit_input_to_model(m: LoadedModel, dataset: Dataset, data: str) -> tuple[Dataset, str | None]:
     """``dataset`` cropped or resized to the crop (and mean image side) of a model started from
     other weights, as its training fitted its data to them (``alexnet.data.resize``), with the
     line that says so; unchanged for other models, when the crops already fit, or when the

@@ -23,7 +23,7 @@ from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
 from alexnet.data.pipeline import InputPipeline
 from alexnet.errors import UserError
-from alexnet.evaluation import LoadedModel, load_model
+from alexnet.evaluation import LoadedModel, fit_input_to_model, load_model
 from alexnet.io import atomic_path, atomic_write, reserve_space
 from alexnet.runtime import autocast, resolve_device, resolve_precision
 
@@ -51,7 +51,7 @@ def open_session(run: str | Path, data: str | None = None, device_name: str = "a
     data = data or loaded.data_source
     if not data:
         raise UserError(f"{run} does not say what data it was trained on; pass --data")
-    dataset = open_dataset(data, workers=min(os.cpu_count() or 1, 8))
+    dataset, _ = fit_input_to_model(loaded, open_dataset(data, workers=min(os.cpu_count() or 1, 8)), data)
     if len(loaded.classes) != dataset.info.num_classes or loaded.channels != dataset.info.channels:
         raise UserError(
             f"{loaded.source} expects {len(loaded.classes)} classes of {loaded.channels}-channel images but {data} has "
