@@ -36,6 +36,7 @@ from torch import nn
 from alexnet.data.pipeline import InputNorm, input_convention_error
 from alexnet.errors import UserError
 from alexnet.io import atomic_write
+from alexnet.runfolder import BASELINE_RUN, folder_contents
 
 KIND = "alexnet-checkpoint"
 FORMAT_VERSION = 1
@@ -220,6 +221,9 @@ def checkpoint_path(path: str | Path) -> Path:
     if path.is_dir():
         candidate = path / "checkpoints" / LAST
         if not candidate.exists():
+            if folder_contents(path) == BASELINE_RUN:  # features + SVM: no network to export, serve or embed
+                raise UserError(f"{path} is a baseline run (no network): only eval and predict use it; "
+                                "pass a network's run folder or a .pt file")  # fmt: skip
             raise UserError(f"{path} is a folder without checkpoints/{LAST}; pass a run folder or a .pt file")
         return candidate
     if not path.exists():

@@ -85,6 +85,9 @@ def reserve_space(path: str | Path) -> None:
 def _temporary(path: Path) -> Iterator[Path]:
     """``.<name>.tmp.<random>`` beside ``path`` (mode as open() would give), renamed over ``path``
     when the block succeeds, removed when it fails; then the folder is fsynced."""
+    blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would only say "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp.", dir=path.parent)
     try:

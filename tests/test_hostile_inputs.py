@@ -531,3 +531,58 @@ def test_endless_stdin_costs_bounded_memory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-2] == "2" and "standard input is larger than 64 MB" in proc.stderr, proc.stderr
     assert peak_rss(proc) < BOUNDED_RSS
+
+
+# ============================================================ messages that used to mislead
+
+
+def test_features_on_a_read_only_disk_names_the_file_asked_for(tiny_disk: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    run = make_run(tmp_path / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    line = one_line_error(cli(capsys, "features", str(run), "--data", "synthetic:classes=4,size=28,train=8,val=8,channels=3",
+                              "--out", str(tiny_disk / "f.npy"), "--no-progress"), "read-only")  # fmt: skip
+    assert f"{tiny_disk / 'f.npy'}:" in line and ".tmp" not in line
+
+
+def test_misleading_messages_now_say_what_is_wrong(baseline_run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    (tmp_path / "afile.txt").write_text("not a folder")
+    (tmp_path / "demo" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "demo" / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "pruned" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "pruned" / "checkpoints" / "step-00000200.pt").write_bytes(b"")
+    (tmp_path / "unfinished" / ".work").mkdir(parents=True)
+    run, b = str(make_run(tmp_path / "run")), str(baseline_run)
+    cases = [
+        (["export", run, "--out", str(tmp_path / "afile.txt" / "model.onnx")], "afile.txt is a file, not a folder"),
+        (["export", b, "--out", str(tmp_path / "m.onnx")], "is a baseline run (no network)"),
+        (["features", b, "--out", str(tmp_path / "f.npy")], "is a baseline run (no network)"),
+        (["similar", b, str(tmp_path / "afile.txt")], "is a baseline run (no network)"),
+        (["eval", b, "--ten-crop"], "drop --ten-crop"),
+        (["baseline", "--features", "hog-rbf", "--landmarks", "100000", "--data", BASELINE_DATA,
+          "--out", str(tmp_path / "rbf")], "--landmarks 100000 is more than the 64 training images"),
+        (["demo", "--out", str(tmp_path / "demo")], "already holds a demo run; choose another --out"),
+        (["train", "--resume", str(tmp_path / "pruned" / "checkpoints" / "step-00000100.pt")],
+         "step checkpoints kept: step-00000200.pt"),
+        (["train", "--data", str(tmp_path / "unfinished"), "--out", str(tmp_path / "t")],
+         "unfinished `alexnet prepare` output"),
+    ]  # fmt: skip
+    for args, message in cases:
+        line = one_line_error(cli(capsys, *args), message)
+        assert "--resume" not in line or args[0] == "train"
+    assert not (tmp_path / "rbf").exists() and not (tmp_path / "t").exists()
+
+
+def test_predict_on_a_folder_names_each_bad_image_and_answers_the_others(tmp_path: Path, image: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        (folder / name).write_bytes(image.read_bytes())
+    (folder / "b.png").write_text("not an image")
+    code, out, err = cli(capsys, "predict", str(make_run(tmp_path / "run")), str(folder), "--topk", "1")
+    assert code == 2
+    assert [line for line in out.splitlines() if not line.startswith(" ")] == [str(folder / "a.png"), str(folder / "c.png")]
+    assert err.strip().splitlines() == [f"alexnet: error: cannot read image {folder / 'b.png'}: "
+                                        "cannot decode: not an image file in a format Pillow reads"]  # fmt: skip

@@ -283,6 +283,9 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         "crop": crop, "synthetic": ds.info.synthetic,
     }  # fmt: skip
     make_extractor(cfg.features, crop, cfg, ds.info.channels)  # unknown names fail before anything is written
+    train_n = ds.num_samples("train")
+    if cfg.features == "hog-rbf" and cfg.landmarks > train_n:  # the config would record more than were used
+        raise UserError(f"--landmarks {cfg.landmarks} is more than the {train_n:,} training images; use at most {train_n:,}")
     config_path = out / "config.json"
     if config_path.exists():
         if not is_baseline_run(out):

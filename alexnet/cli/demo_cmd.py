@@ -32,6 +32,7 @@ from alexnet.cli.train_cmd import (
 from alexnet.data import open_dataset
 from alexnet.data.fashion_mnist import DEFAULT_DIR
 from alexnet.data.idx import IDX_FILES
+from alexnet.errors import UserError
 from alexnet.runfolder import check_folder_path
 from alexnet.training.recipes import SMALL
 from alexnet.training.trainer import TrainConfig
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=show_progress(args), model_options=model_options,
                       lr_policy="auto" if lr_auto(args) else "fixed")  # --lr auto  # fmt: skip
     check_folder_path(out)  # before the baseline's minutes, not after them
+    if (Path(out) / "checkpoints" / "last.pt").exists():  # demo has no --resume to suggest
+        raise UserError(f"{out} already holds a demo run; choose another --out (without --out each demo gets a new folder)")
     open_dataset(data)  # likewise a wrong --data (~1 s; the baseline and the trainer open it again)
     baseline = _run_baseline(data, out, args)
     code = run_training(cfg, resume=False)

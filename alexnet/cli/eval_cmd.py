@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if any(map(baselines.is_baseline_run, args.checkpoints)):  # a 2011 baseline: SVM scores, one view
         if len(args.checkpoints) > 1:
             raise UserError("a baseline run is evaluated on its own, not in an ensemble")
+        if args.ten_crop or args.flip:  # its features are of the centre crop; saying nothing would mislead
+            raise UserError(f"{args.checkpoints[0]} is a baseline run: it is evaluated on the centre crop only; drop "
+                            f"{'--ten-crop' if args.ten_crop else '--flip'}")  # fmt: skip
         result = baselines.evaluate_baseline(args.checkpoints[0], args.data, args.split, args.batch_size)
     else:
         result = evaluate_checkpoints(

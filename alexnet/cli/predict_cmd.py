@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from alexnet import baselines
+from alexnet.cli import EXIT_USAGE
 from alexnet.cli.common import add_runtime_options, positive_int
 from alexnet.evaluation import predict
 
@@ -30,11 +32,15 @@ def run(args: argparse.Namespace) -> int:
         results = OnnxModel(args.checkpoint).predict(args.images, args.topk)
     else:
         results = predict(args.checkpoint, args.images, args.topk, args.device, args.precision)
+    failed = [r for r in results if "error" in r]  # each unreadable image is named; the others are answered
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        print(r["image"])
-        for pred in r["predictions"]:
-            print(f"  {pred['prob']:7.2%}  {pred['class']}")
-    return 0
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"alexnet: error: {r['error']}", file=sys.stderr)
+                continue
+            print(r["image"])
+            for pred in r["predictions"]:
+                print(f"  {pred['prob']:7.2%}  {pred['class']}")
+    return EXIT_USAGE if failed else 0

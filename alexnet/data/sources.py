@@ -72,10 +72,14 @@ def open_dataset(source: str, workers: int = 0) -> Dataset:
         return subset(open_dataset(base, workers), parse_subset(spec))
     if os.path.isdir(source):
         from alexnet.data.prepare.manifest import MANIFEST
+        from alexnet.data.prepare.run import WORK
         from alexnet.data.prepared import PreparedDataset
 
         if os.path.isfile(os.path.join(source, MANIFEST)):
             return PreparedDataset(source, workers=workers)
+        if os.path.isdir(os.path.join(source, WORK)):  # `prepare` writes its manifest last
+            raise UserError(f"{source} is an unfinished `alexnet prepare` output (no {MANIFEST} yet); "
+                            "finish it by running the same prepare command again")  # fmt: skip
         if source not in SOURCES:  # a folder that happens to be called "synthetic" means the source
             raise UserError(
                 f"{source} is a folder but not a prepared dataset (no {MANIFEST}); "

@@ -94,7 +94,8 @@ def predict(
     stdin: IO[bytes] | None = None,
 ) -> list[dict[str, Any]]:
     """Top-``topk`` classes and probabilities for each image (files, folders, ``-``; see
-    :func:`expand_images`), in the order given."""
+    :func:`expand_images`), in the order given; an image that cannot be read gets ``error`` (its
+    one-line message) instead of ``predictions``."""
     from alexnet.evaluation import load_model
 
     names = expand_images(images)
@@ -104,8 +105,15 @@ def predict(
     norm = None if m.norm.mean_image is not None else Normalizer(m.norm.mean, m.norm.std)
     results: list[dict[str, Any]] = []
     for start in range(0, len(names), BATCH):
-        chunk = names[start : start + BATCH]
-        loaded = [load_image(n, m.channels, m.image_size, m.crop, read_image_bytes(n, stdin)) for n in chunk]
+        chunk, loaded = [], []
+        for name in names[start : start + BATCH]:
+            try:  # one unreadable file in a folder of thousands: say so and go on with the others
+                loaded.append(load_image(name, m.channels, m.image_size, m.crop, read_image_bytes(name, stdin)))
+                chunk.append(name)
+            except UserError as e:
+                results.append({"image": "<stdin>" if name == STDIN else name, "error": str(e)})
+        if not chunk:
+            continue
         batch = torch.stack(loaded).to(device)
         if norm is None:
             x = batch.float() - centre_crop(m.norm.mean_image.to(device), m.crop)

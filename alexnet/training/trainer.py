@@ -42,6 +42,7 @@ from alexnet.checkpoint import (
     prune_step_checkpoints,
     read_checkpoint,
     save_checkpoint,
+    step_checkpoints,
     step_file_name,
     stored_model_options,
 )
@@ -564,6 +565,10 @@ def find_resume_point(target: str | Path, fall_back: bool = False) -> ResumePoin
         ckpt.require_training_state()
         return ResumePoint(target.parent.parent, target, _saved_config(ckpt))
     if not target.is_dir():
+        if target.parent.name == "checkpoints" and target.parent.is_dir():  # a step checkpoint pruned since
+            kept = ", ".join(p.name for _, p in step_checkpoints(target.parent)) or "none"
+            raise UserError(f"checkpoint not found: {target} (step checkpoints kept: {kept}); "
+                            f"give one of those or the run folder {target.parent.parent}")  # fmt: skip
         raise UserError(f"run folder not found: {target}")
     last = target / "checkpoints" / LAST
     if not last.exists():
