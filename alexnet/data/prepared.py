@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import tokenize
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -88,6 +89,8 @@ def decode_images(
         count = size * size * channels
         with single_threaded_ops():
             for i, b in enumerate(blobs):
+                if len(b) < count:  # a damaged index: fewer bytes than one image
+                    raise UserError(f"a stored image has {len(b)} bytes, not {count}; prepare the dataset again")
                 out[i].view(-1).copy_(torch.frombuffer(b, dtype=torch.uint8, count=count, offset=len(b) - count))
         return out.to(device).permute(0, 3, 1, 2)
     decode_jpeg, mode = _jpeg(channels)
@@ -220,7 +223,7 @@ def _load_array(path: Path) -> np.ndarray:
     """One ``.npy`` array (never pickled objects); a one-line :class:`UserError` otherwise."""
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError) as e:  # numpy tokenizes the header
         raise UserError(f"{path.parent}: cannot read {path.name} ({e}); prepare the dataset again") from None
     if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
         raise UserError(f"{path.parent}: {path.name} is not one array; prepare the dataset again")
@@ -234,7 +237,7 @@ def _index_in_range(index: np.ndarray, shard_sizes: np.ndarray, classes: int) ->
     shard, offset, length, label = (index[:, k] for k in range(4))
     if not ((shard >= 0).all() and (shard < len(shard_sizes)).all() and (label >= 0).all() and (label < classes).all()):
         return False
-    return bool((offset >= 0).all() and (length >= 0).all() and (offset + length <= shard_sizes[shard]).all())
+    return bool((offset >= 0).all() and (length > 0).all() and (offset + length <= shard_sizes[shard]).all())
 
 
 class PreparedDataset(Dataset):
