@@ -45,7 +45,7 @@ INTENDED = {
     "pca-colour": {"recipe.pca_lighting"},
     "ten-crop": set(),  # one net per seed, seen two ways
     "depth": {"model.remove"},
-    "paper-recipe": {"recipe.warmup_epochs"},
+    "paper-recipe": {"recipe.init"},
 }
 TINY = "synthetic:classes=4,size=28,train=128,val=32,channels=1"  # one step per epoch
 

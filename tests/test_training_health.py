@@ -73,7 +73,7 @@ def test_dead_start_watch_names_the_dead_layer_of_a_net_built_to_die() -> None:
     model = models.create("alexnet-small", 10, in_channels=1, init="kaiming", widths=(8, 16, 24, 24, 16), fc_width=32)
     x = torch.randn(16, 1, 28, 28)
     healthy = activation_report(model, x)
-    watch = DeadStartWatch(lr=0.01)
+    watch = DeadStartWatch(lr=0.01, init="paper", schedule="plateau")
     assert max(a.dead_fraction for a in healthy.values()) < watch.threshold
     assert watch.verdict(10, healthy) is None and not watch.fired
     with torch.no_grad():
@@ -85,6 +85,9 @@ def test_dead_start_watch_names_the_dead_layer_of_a_net_built_to_die() -> None:
     for flag in ("--warmup-epochs", "--init caffe", "--lr 0.001"):
         assert flag in message
     assert watch.verdict(30, dying) is None  # once per run
+    # Only fixes that apply: one-cycle warms up already; --init caffe replaces the paper's init.
+    other = DeadStartWatch(lr=0.1, init="kaiming", schedule="onecycle").verdict(10, dying)
+    assert other is not None and "--warmup-epochs" not in other and "--init" not in other and "--lr 0.01" in other
     assert [s for s in range(1, 200) if DeadStartWatch(lr=0.01).due(s)] == [10, 30, 100]  # the first hundred steps
 
 
@@ -95,3 +98,17 @@ def test_activation_report_leaves_the_model_as_it_found_it() -> None:
     activation_report(model, torch.randn(4, 1, 28, 28))
     assert model.training and all(not m._forward_hooks for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_run_that_dies_is_told_so_once_within_its_first_hundred_steps(tmp_path, capsys) -> None:
+    from alexnet.cli import main
+
+    tiny = ["--data", "synthetic:classes=4,size=28,train=64,val=16,channels=1", "--widths", "8,16,24,24,16",
+            "--fc-width", "32", "--batch-size", "16", "--epochs", "3", "--no-progress", "--precision", "fp32",
+            "--workers", "0"]  # fmt: skip
+    assert main(["train", *tiny, "--lr", "0.5", "--out", str(tmp_path / "dies")]) == 0  # 12 steps, far too large
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("whole layers output zero") == 1, said
+    assert main(["train", *tiny, "--lr", "0.01", "--out", str(tmp_path / "lives")]) == 0
+    said = capsys.readouterr()
+    assert "whole layers output zero" not in said.out + said.err

@@ -136,6 +136,8 @@ class DeadStartWatch:
     """
 
     lr: float
+    init: str = ""  # the run's init scheme and schedule: the advice names only fixes that apply
+    schedule: str = ""
     check_steps: tuple[int, ...] = (10, 30, 100)
     threshold: float = 0.9  # a layer is dead when this fraction of its units is
     fired: bool = False
@@ -151,9 +153,12 @@ class DeadStartWatch:
             return None
         self.fired = True
         layers = ", ".join(f"{name} {fraction:.0%}" for name, fraction in dead.items())
+        fixes = [] if self.schedule == "onecycle" else ["--warmup-epochs 1"]  # one-cycle warms up already
+        fixes += ["--init caffe"] if self.init == "paper" else []
+        fixes.append(f"--lr {self.lr / 10:g} (ten times lower)")
         return (
             f"warning: after {step} steps whole layers output zero for every image of the batch (dead units: "
             f"{layers}); no gradient reaches them, so the run will stay at chance. Likely cause: the first steps "
             f"were too large for the initial weights (learning rate {self.lr:g}). The run goes on; to fix it, run "
-            f"again with --warmup-epochs 1, --init caffe or --lr {self.lr / 10:g} (ten times lower)"
+            f"again with {', '.join(fixes[:-1])}{' or ' if len(fixes) > 1 else ''}{fixes[-1]}"
         )

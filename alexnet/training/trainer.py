@@ -315,7 +315,7 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
     flops = _training_flops_per_image(model, dataset, device)
     watch = ChanceWatch(dataset.info.num_classes, recipe.epochs * steps_per_epoch, lr)  # the chance-level warning (training/health.py)
     return _Run(cfg, ctx, device, precision, dataset, model, net, model_options, optimizer, scheduler, pipeline, lr,
-                global_batch, steps_per_epoch, flops, watch, DeadStartWatch(lr), warm_start=warm.notes if warm is not None else {}, choice=choice)  # fmt: skip
+                global_batch, steps_per_epoch, flops, watch, DeadStartWatch(lr, recipe.init, recipe.schedule), warm_start=warm.notes if warm is not None else {}, choice=choice)  # fmt: skip
 
 
 def _runtime_choice(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from: Path | None) -> Choice:
