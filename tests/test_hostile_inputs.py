@@ -586,3 +586,20 @@ def test_predict_on_a_folder_names_each_bad_image_and_answers_the_others(tmp_pat
     assert [line for line in out.splitlines() if not line.startswith(" ")] == [str(folder / "a.png"), str(folder / "c.png")]
     assert err.strip().splitlines() == [f"alexnet: error: cannot read image {folder / 'b.png'}: "
                                         "cannot decode: not an image file in a format Pillow reads"]  # fmt: skip
+
+
+def test_serve_takes_an_exported_onnx_like_predict_and_names_no_folder(tmp_path: Path, image: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    from alexnet.serving.app import Predictor, ServeConfig
+
+    run, exported = make_run(tmp_path / "run"), tmp_path / "model.onnx"
+    assert cli(capsys, "export", str(run), "--out", str(exported))[0] == 0
+    served = Predictor(ServeConfig(source=str(exported)))
+    assert served.info()["source"] == "model.onnx" and served.info()["num_classes"] == 4
+    batch = served.decode(image.read_bytes(), "photo.png").unsqueeze(0)
+    got = [p["class"] for p in served.topk(batch, 2)[0]]
+    code, out, _ = cli(capsys, "predict", str(exported), str(image), "--topk", "2", "--json")
+    assert code == 0 and got == [p["class"] for p in json.loads(out)[0]["predictions"]]
+    assert Predictor(ServeConfig(source=str(run))).info()["source"] == "run"  # not /tmp/.../run

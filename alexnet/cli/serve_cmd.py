@@ -20,7 +20,7 @@ MAX_BODY_MB = 1024  # a request body is held in memory; more than this is no ima
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP (page + JSON API)", description=__doc__)
-    p.add_argument("run", metavar="RUN", help="run folder, checkpoint, or torchvision AlexNet state_dict")
+    p.add_argument("run", metavar="RUN", help="run folder, checkpoint, torchvision AlexNet state_dict, or an exported .onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port (default 8000)")
     p.add_argument("--workers", type=positive_int, default=1, help="server processes, each with the model (default 1)")

@@ -106,7 +106,7 @@ def onnx_bytes(loaded: LoadedModel, opset: int = OPSET) -> bytes:
         METADATA_KEY: Preprocessing.of(loaded).to_json(),
         "alexnet.model": loaded.name,
         "alexnet.classes": json.dumps(list(loaded.classes)),
-        "alexnet.source": loaded.source,
+        "alexnet.source": Path(loaded.source).name,  # a file that travels names no folder of this machine
     }
     for key, value in meta.items():
         prop = proto.metadata_props.add()
@@ -202,6 +202,20 @@ class OnnxModel:
         self.name = meta.get("alexnet.model", "onnx")
         self.classes: tuple[str, ...] = tuple(classes)
         self.source = str(path)
+
+    def as_loaded(self) -> LoadedModel:
+        """This model in the shape ``load_model`` gives (CPU, fp32): its ``model`` takes the
+        normalised float batch and returns torch logits, so the server serves it like a checkpoint."""
+        pre, session = self.preprocessing, self.session
+
+        class _Runtime(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.float().cpu().numpy()})[0])
+
+        probe = _Runtime()(torch.zeros(1, pre.channels, pre.crop, pre.crop))  # the class count, when unnamed
+        classes = self.classes or tuple(str(i) for i in range(probe.shape[1]))
+        return LoadedModel(model=_Runtime(), name=self.name, classes=classes, channels=pre.channels,
+                           image_size=pre.image_size, crop=pre.crop, norm=pre.norm, source=self.source)  # fmt: skip
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 ``N,C,crop,crop`` images -> ``N x classes`` logits."""

@@ -81,9 +81,14 @@ class Predictor:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.loaded = load_model(cfg.source, self.device)
-        self.precision = resolve_precision(cfg.precision, self.device, self.loaded.name)
+        if cfg.source.lower().endswith(".onnx"):  # an `alexnet export` file, as `predict` takes it: onnxruntime, CPU, fp32
+            from alexnet.interop.onnx_model import OnnxModel
+
+            self.device, self.loaded, self.precision = torch.device("cpu"), OnnxModel(cfg.source).as_loaded(), "fp32"
+        else:
+            self.device = resolve_device(cfg.device)
+            self.loaded = load_model(cfg.source, self.device)
+            self.precision = resolve_precision(cfg.precision, self.device, self.loaded.name)
         self.pre = Preprocessing.of(self.loaded)
         self._lock = threading.Lock()
         with torch.inference_mode():  # first call allocates; do it before the first request
@@ -94,7 +99,8 @@ class Predictor:
         m = self.loaded
         return {
             "name": m.name, "classes": list(m.classes), "num_classes": len(m.classes), "input_size": m.crop,
-            "image_size": m.image_size, "channels": m.channels, "source": m.source, "device": str(self.device),
+            # the run's name, not its path: the server's folders are nobody's business
+            "image_size": m.image_size, "channels": m.channels, "source": Path(m.source).name, "device": str(self.device),
             "precision": self.precision,
         }  # fmt: skip
 
