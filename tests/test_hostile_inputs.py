@@ -603,3 +603,23 @@ def test_serve_takes_an_exported_onnx_like_predict_and_names_no_folder(tmp_path:
     code, out, _ = cli(capsys, "predict", str(exported), str(image), "--topk", "2", "--json")
     assert code == 0 and got == [p["class"] for p in json.loads(out)[0]["predictions"]]
     assert Predictor(ServeConfig(source=str(run))).info()["source"] == "run"  # not /tmp/.../run
+
+
+def test_kaggle_layout_skips_and_names_what_is_not_a_file(tmp_path: Path) -> None:
+    from alexnet.data.prepare.kaggle import DATA, MAPPING
+    from alexnet.data.prepare.layout import scan
+
+    (tmp_path / MAPPING).write_text("n01 cat\nn02 dog\n")
+    for wnid in ("n01", "n02"):
+        folder = tmp_path / DATA / "train" / wnid
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{wnid}_{i}.JPEG")
+    os.mkfifo(tmp_path / DATA / "train" / "n01" / "n01_fifo.JPEG")
+    (tmp_path / DATA / "train" / "n02" / "loop").symlink_to("..")
+    plan = scan(tmp_path, "kaggle")
+    train = plan.splits["train"]
+    assert len(train.items) == 6
+    reasons = {s.origin: s.reason for s in train.skipped}
+    assert reasons[f"{DATA.as_posix()}/train/n01/n01_fifo.JPEG"].startswith("not a regular file (a FIFO)")
+    assert reasons[f"{DATA.as_posix()}/train/n02/loop"].startswith("symlink loop")

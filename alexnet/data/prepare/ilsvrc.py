@@ -167,9 +167,11 @@ def _scan_train_dir(root: Path, folder: Path, out: list, skipped: list[Skip]) ->
         if e.name.startswith("."):
             continue
         if e.is_dir():
-            for rel in list_files(Path(e.path)):
+            odd: list[tuple[str, str]] = []
+            for rel in list_files(Path(e.path), odd):
                 p = Path(e.path) / rel
                 out.append((e.name, Item(stem(rel), -1, FileRef(str(p)), _rel(root, p))))
+            skipped += [Skip(stem(rel), _rel(root, Path(e.path) / rel), why) for rel, why in odd]
         elif e.is_file() and e.name.endswith(".tar"):
             wnid, origin = e.name[:-4], _rel(root, e.path)
             if tars.is_compressed(e.path):
@@ -227,8 +229,8 @@ def _scan_val_tar(root: Path, path: Path, devkit: Devkit | None, label: dict[str
 
 
 def _scan_val_dir(root: Path, folder: Path, devkit: Devkit | None, label: dict[str, int]) -> SplitPlan:
-    items, skipped = [], []
-    for rel in list_files(folder):
+    items, skipped, odd = [], [], []
+    for rel in list_files(folder, odd):
         p = folder / rel
         where, key = _rel(root, p), stem(rel)
         if "/" in rel:  # sorted into class folders (e.g. by valprep.sh): the folder is the class
@@ -243,4 +245,5 @@ def _scan_val_dir(root: Path, folder: Path, devkit: Devkit | None, label: dict[s
             skipped.append(Skip(key, where, why))
         else:
             items.append(Item(key, y, FileRef(str(p)), where))
+    skipped += [Skip(stem(rel), _rel(root, folder / rel), why) for rel, why in odd]
     return finish_split(items, skipped)

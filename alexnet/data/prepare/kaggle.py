@@ -63,9 +63,9 @@ def scan(root: Path) -> SourcePlan:
     if not train_dir.is_dir() and not val_dir.is_dir():
         raise UserError(f"{root}: has {MAPPING} but no {DATA}/train or {DATA}/val; is the download complete?")
 
-    items, skipped = [], []
+    items, skipped, odd = [], [], []
     if train_dir.is_dir():
-        for rel in list_files(train_dir):
+        for rel in list_files(train_dir, odd):
             p, key = train_dir / rel, stem(rel)
             where = p.relative_to(root).as_posix()
             wnid = rel.split("/", 1)[0] if "/" in rel else None
@@ -75,14 +75,15 @@ def scan(root: Path) -> SourcePlan:
                 skipped.append(Skip(key, where, f"class folder {wnid} is not in {MAPPING}"))
             else:
                 items.append(Item(key, label[wnid], FileRef(str(p)), where))
+    skipped += [Skip(stem(rel), (train_dir / rel).relative_to(root).as_posix(), why) for rel, why in odd]
     train = finish_split(items, skipped)
 
-    items, skipped = [], []
+    items, skipped, odd = [], [], []
     if val_dir.is_dir():
         truth = read_val_solution(root / VAL_CSV) if (root / VAL_CSV).is_file() else None
         if truth is None:
             raise UserError(f"{root}: validation labels come from {VAL_CSV}; put it in SOURCE")
-        for rel in list_files(val_dir):
+        for rel in list_files(val_dir, odd):
             p, key = val_dir / rel, stem(rel)
             where = p.relative_to(root).as_posix()
             wnid = truth.get(key)
@@ -92,6 +93,7 @@ def scan(root: Path) -> SourcePlan:
                 skipped.append(Skip(key, where, f"class {wnid} (from {VAL_CSV}) is not in {MAPPING}"))
             else:
                 items.append(Item(key, label[wnid], FileRef(str(p)), where))
+        skipped += [Skip(stem(rel), (val_dir / rel).relative_to(root).as_posix(), why) for rel, why in odd]
     val = finish_split(items, skipped)
     notes = [f"train: {train_dir}", f"val: {val_dir} (labels from {VAL_CSV})"]
     return SourcePlan("kaggle", "imagenet", classes, {"train": train, "val": val}, notes)
