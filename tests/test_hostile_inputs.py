@@ -430,7 +430,7 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(capsys: pytes
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        one_line_error(cli(capsys, "serve", "no-such-run", "--port", str(port)), f"cannot listen on 127.0.0.1:{port}")
+        one_line_error(cli(capsys, "serve", "no-such-run", "--port", str(port)), f"cannot listen on 127.0.0.1 port {port}")
 
 
 # ============================================================ baseline run files
@@ -623,3 +623,34 @@ def test_kaggle_layout_skips_and_names_what_is_not_a_file(tmp_path: Path) -> Non
     reasons = {s.origin: s.reason for s in train.skipped}
     assert reasons[f"{DATA.as_posix()}/train/n01/n01_fifo.JPEG"].startswith("not a regular file (a FIFO)")
     assert reasons[f"{DATA.as_posix()}/train/n02/loop"].startswith("symlink loop")
+
+
+def test_a_request_uvicorn_cannot_parse_gets_the_api_json_400(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    run = make_run(tmp_path / "run")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", str(run), "--port", str(port), "--device", "cpu"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout is not None and "Ctrl-C stops" in server.stdout.readline()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with conn:
+            conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+        assert "error" in json.loads(body)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

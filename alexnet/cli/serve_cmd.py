@@ -9,11 +9,9 @@ exposes the server to the network and is the user's explicit choice. Endpoints: 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 
 from alexnet.cli.common import add_runtime_options, float_in, int_in, positive_int
-from alexnet.errors import UserError
 
 MAX_BODY_MB = 1024  # a request body is held in memory; more than this is no image upload
 
@@ -32,13 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alexnet.serving.app import ServeConfig, serve
+    from alexnet.serving.app import ServeConfig, check_address, serve
 
     cfg = ServeConfig(
         source=args.run, device=args.device, precision=args.precision, max_body=int(args.max_body_mb * 1e6),
         max_pixels=args.max_pixels, max_files=args.max_files,
     )  # fmt: skip
-    _check_address(args.host, args.port)  # before the model loads and before anything says "listening"
+    check_address(args.host, args.port)  # before the model loads and before anything says "listening"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"alexnet serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -49,17 +47,3 @@ def run(args: argparse.Namespace) -> int:
     serve(cfg, args.host, args.port, args.workers, ready)
     return 0
 
-
-def _check_address(host: str, port: int) -> None:
-    """A one-line :class:`UserError` when ``host:port`` cannot be listened on (not an address of
-    this machine, a name that does not resolve, a port in use or reserved)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise UserError(f"--host {host} is not an address or host name this machine has ({getattr(e, 'strerror', e)})") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
-        try:
-            s.bind(address)
-        except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -272,21 +272,44 @@ def create_app_from_env() -> Any:
     return create_app(ServeConfig(**json.loads(os.environ[ENV_CONFIG])))
 
 
-def _check_port(host: str, port: int) -> None:
-    """A one-line error now for a port that is taken, rather than uvicorn's log after loading."""
+def check_address(host: str, port: int) -> None:
+    """A one-line error now, before the model loads or anything says "listening", for a host that
+    is no address of this machine (``256.1.1.1``, a name that does not resolve) or a port that is
+    taken or reserved, rather than uvicorn's log after loading."""
     import socket
 
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise UserError(f"cannot bind to {host!r}: {e.strerror or e}") from None
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--host {host} is not an address or host name of this machine ({getattr(e, 'strerror', e)})") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
         try:
             s.bind(address)
         except OSError as e:
             raise UserError(f"cannot listen on {host} port {port}: {e.strerror or e}; choose another with --port") from None
+
+
+try:  # uvicorn answers a request it cannot parse (a negative Content-Length) before the app sees it
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorProtocol(H11Protocol):  # type: ignore[misc]
+        """uvicorn's HTTP/1.1 protocol whose own 400 answer is the API's JSON ``{"error": ...}``,
+        not plain text, like every other error the API gives."""
+
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": msg}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]  # fmt: skip
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):  # fmt: skip
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+except ImportError:  # the optional extra is missing: serve says so in one line
+    JsonErrorProtocol = None  # type: ignore[assignment,misc]
 
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, ready: Any = None) -> None:
@@ -298,14 +321,14 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: 
         raise UserError(MISSING) from None
     if not Path(cfg.source).exists():
         raise UserError(f"model not found: {cfg.source}")
-    _check_port(host, port)
+    check_address(host, port)
     app = create_app(cfg)  # with several workers: fail here, once, with one line, rather than in each
     if ready is not None:
         ready()
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=JsonErrorProtocol)
         return
     del app
     os.environ[ENV_CONFIG] = json.dumps(asdict(cfg))
     uvicorn.run("alexnet.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)  # fmt: skip
+                log_level="warning", access_log=False, http=JsonErrorProtocol)  # fmt: skip
