@@ -415,6 +415,10 @@ FLAGS = {
     "experiment --threshold nan": (["experiment", "relu-vs-tanh", "--threshold", "nan", "--plan"], "finite"),
     "experiment --threshold -1": (["experiment", "relu-vs-tanh", "--threshold", "-1", "--plan"], "expected a number in (0,"),
     "experiment --threshold 5": (["experiment", "relu-vs-tanh", "--threshold", "5", "--plan"], "fraction in (0, 1)"),
+    "train --pretrained-lr-scale inf": (["train", "--data", "synthetic", "--pretrained-lr-scale", "inf"], "finite"),
+    "baseline --l2 inf": (["baseline", "--features", "raw", "--l2", "inf", "--data", "synthetic"], "finite"),
+    "bench data --seconds nan": (["bench", "data", "--seconds", "nan"], "expected a finite number"),
+    "bench serve --max-seconds -1": (["bench", "serve", "--max-seconds", "-1"], "expected a number in (0, 86400]"),
 }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import json
 import time
 
 from alexnet.baselines import DEFAULT_L2, DESCRIPTIONS, FEATURES, BaselineConfig, fit_baseline
-from alexnet.cli.common import positive_int, show_progress
+from alexnet.cli.common import finite_float, positive_int, show_progress
 from alexnet.errors import UserError
 
 
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))  # fmt: skip
     p.add_argument("--out", help="run folder (default runs/baseline-FEATURES-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (kernel-map landmarks, sift-fv's PCA/GMM sample)")
-    p.add_argument("--l2", type=float, default=None,
+    p.add_argument("--l2", type=finite_float, default=None,
                    help="SVM weight decay (default per features: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_L2.items()) + ")")
     p.add_argument("--max-iter", type=positive_int, default=BaselineConfig.max_iter, help="L-BFGS iterations")
     p.add_argument("--landmarks", type=positive_int, default=BaselineConfig.landmarks, help="hog-rbf: kernel-map dimension")

@@ -37,7 +37,7 @@ import json
 from typing import Any
 
 from alexnet.bench.data import BATCH, benchmark, cache_dir, source_in
-from alexnet.cli.common import positive_int
+from alexnet.cli.common import float_in, positive_int
 from alexnet.errors import UserError
 
 
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=positive_int, default=1024,
                    help="generated JPEGs (default 1024; fewer only for smoke tests)")
     p.add_argument("--classes", type=positive_int, default=8, help="class folders (default 8)")
-    p.add_argument("--seconds", type=float, default=3.0, help="minimum duration of each measurement (default 3)")
+    p.add_argument("--seconds", type=float_in(0, 86400, low_open=True), default=3.0, help="minimum duration of each measurement (default 3)")
     p.add_argument("--repeat", type=positive_int, default=2, help="rounds; the best of each is reported (default 2)")
     p.add_argument("--cache", default=None, help="folder for the generated and prepared images "
                    "(default $XDG_CACHE_HOME/alexnet/bench-data)")  # fmt: skip

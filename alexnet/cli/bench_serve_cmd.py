@@ -26,7 +26,7 @@ from typing import Any
 
 from alexnet import models
 from alexnet.bench.serve import GOAL_RATIO, benchmark
-from alexnet.cli.common import positive_int
+from alexnet.cli.common import float_in, positive_int
 from alexnet.errors import UserError
 
 
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requests", type=positive_int, default=500, help="requests per concurrency level (default 500)")
     p.add_argument("--concurrency", default="1,16", help="comma-separated levels (default 1,16)")
     p.add_argument("--iters", type=positive_int, default=100, help="in-process calls for PyTorch and onnxruntime (default 100)")
-    p.add_argument("--max-seconds", type=float, default=300.0, help="time bound for each loop (default 300)")
+    p.add_argument("--max-seconds", type=float_in(0, 86400, low_open=True), default=300.0, help="time bound for each loop (default 300)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="PyTorch precision, in-process and in the server (default fp32, as onnxruntime)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")

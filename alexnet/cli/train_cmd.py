@@ -95,7 +95,7 @@ def _lr_or_auto(text: str) -> float | str:
     except argparse.ArgumentTypeError:
         value = math.nan
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+        raise argparse.ArgumentTypeError(f"lr must be > 0 and finite, or auto; got {text!r}")
     return value
 
 
@@ -169,7 +169,7 @@ def add_init_options(p: argparse.ArgumentParser) -> None:
                             "weights file (alexnet-owt); fc8 is replaced for the new classes")  # fmt: skip
     group.add_argument("--freeze", choices=FREEZE_CHOICES, default=None,
                        help="keep pretrained layers fixed: conv (conv1-5) or features (all below fc8: a linear probe on fc7)")
-    group.add_argument("--pretrained-lr-scale", type=float, default=None, metavar="F",
+    group.add_argument("--pretrained-lr-scale", type=finite_float, default=None, metavar="F",
                        help="lr multiplier of the pretrained layers (default 0.1; fc8 gets the full lr)")
     group.add_argument("--init-norm", choices=INIT_NORMS, default=None,
                        help="input normalisation: the weights' (default: torchvision's or the checkpoint's) or the data's")
