@@ -145,6 +145,8 @@ def test_input_size_for() -> None:
     assert size_for(_weights(227, 256, torch.zeros(1, 256, 256)), 32, 28, "d") == (256, 227)
     with pytest.raises(UserError, match=r"train from scratch instead \(alexnet train --data d\)"):
         size_for(_weights(227, 256), 8, 8, "d")  # 28x enlargement: no sensible mapping
+    with pytest.raises(UserError, match="enlarging them 32x"):
+        size_for(_weights(227, 256, torch.zeros(1, 256, 256)), 8, 8, "d")  # a mean image's side too
 
 
 def test_resized_dataset() -> None:

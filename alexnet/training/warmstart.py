@@ -133,13 +133,15 @@ def input_size_for(weights: Weights, image_size: int, crop: int, data: str) -> t
     """
     side, want = image_size, weights.crop
     if weights.norm.mean_image is not None:
-        target = (int(weights.norm.mean_image.shape[-1]), want)
-        return None if target == (side, crop) else target
-    if crop == want:
+        target = int(weights.norm.mean_image.shape[-1])
+        if (target, want) == (side, crop):
+            return None
+    elif crop == want:
         return None
-    if want <= side and want >= MIN_CROP_FRACTION * side:
+    elif want <= side and want >= MIN_CROP_FRACTION * side:
         return side, want
-    target = max(want, round(side * want / crop))
+    else:
+        target = max(want, round(side * want / crop))
     if target / side > MAX_ENLARGEMENT:
         raise UserError(
             f"--init-from {weights.source} takes {want} px crops but {data} has {side} px images: enlarging them "
