@@ -166,7 +166,8 @@ def add_init_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("starting from pretrained weights")
     group.add_argument("--init-from", metavar="WEIGHTS",
                        help="an alexnet checkpoint or run folder (Caffe imports included), or torchvision's AlexNet "
-                            "weights file (alexnet-owt); fc8 is replaced for the new classes")  # fmt: skip
+                            "weights file (alexnet-owt); fc8 is replaced for the new classes, conv1 adapted between "
+                            "grayscale and RGB, and the data cropped or resized to the weights' input size")  # fmt: skip
     group.add_argument("--freeze", choices=FREEZE_CHOICES, default=None,
                        help="keep pretrained layers fixed: conv (conv1-5) or features (all below fc8: a linear probe on fc7)")
     group.add_argument("--pretrained-lr-scale", type=finite_float, default=None, metavar="F",
