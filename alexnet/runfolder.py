@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from alexnet.errors import UserError
+from alexnet.io import read_regular_file
 
 LOCK_NAME = ".alexnet.lock"
 BASELINE_KIND = "alexnet-baseline"  # config.json's "kind" in a baseline run folder (alexnet.baselines)
@@ -77,10 +78,9 @@ def folder_contents(folder: str | Path) -> str | None:
         return PREPARED_DATASET
     config: object = None
     if "config.json" in names:
-        try:
-            with open(folder / "config.json", "rb") as f:
-                config = json.loads(f.read(1 << 20) or b"null")  # a config is a few KB; never read a huge file
-        except (OSError, ValueError):
+        try:  # a config is a few KB; a huge file or a FIFO in its place is not read (nor waited on)
+            config = json.loads(read_regular_file(folder / "config.json", 1 << 20) or b"null")
+        except (OSError, ValueError):  # UserError included
             config = None
     if isinstance(config, dict) and config.get("kind") == BASELINE_KIND:
         return BASELINE_RUN

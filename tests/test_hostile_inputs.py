@@ -115,6 +115,7 @@ FOLDERS = {
     "prepared dataset": (lambda f: (f.mkdir(), (f / "manifest.json").write_text("{}")), "already holds a prepared dataset"),
     "plain folder": (lambda f: (f.mkdir(), (f / "config.json").write_text("mine")), "already holds other files (config.json)"),
     "earlier import": (make_run, "pass --force to replace it"),
+    "a FIFO for config.json": (lambda f: (f.mkdir(), os.mkfifo(f / "config.json")), "already holds other files (config.json)"),
 }  # fmt: skip
 
 
