@@ -7,11 +7,12 @@ against a net built to die (a layer whose every unit is switched off) and a heal
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from alexnet import models
-from alexnet.training.health import DeadStartWatch, activation_report
+from alexnet.training.health import DeadStartWatch, activation_report, output_curvature, stable_lr
 
 
 def _lrn(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
@@ -112,3 +113,42 @@ def test_a_run_that_dies_is_told_so_once_within_its_first_hundred_steps(tmp_path
     assert main(["train", *tiny, "--lr", "0.01", "--out", str(tmp_path / "lives")]) == 0
     said = capsys.readouterr()
     assert "whole layers output zero" not in said.out + said.err
+
+
+def test_output_curvature_is_the_top_eigenvalue_of_the_output_layers_hessian() -> None:
+    torch.manual_seed(0)
+    model = models.create("alexnet-small", 3, in_channels=1, init="paper", widths=(8, 16, 24, 24, 16), fc_width=6)
+    x = torch.randn(5, 1, 28, 28) * 60
+    with torch.no_grad():
+        h = model.eval().forward_features(x).double()  # eval: no dropout, as output_curvature measures
+    model.train()
+    fc8 = model.classifier.fc8
+
+    def loss(w: torch.Tensor) -> torch.Tensor:  # mean cross-entropy over the batch's own predictions' labels
+        logits = h @ w.view(3, 6).T + fc8.bias.double()
+        return torch.logsumexp(logits, 1).mean()  # the labels' term is linear in w: no curvature
+
+    hessian = torch.autograd.functional.hessian(loss, fc8.weight.detach().double().flatten())
+    assert output_curvature(model, x, iterations=200) == pytest.approx(float(torch.linalg.eigvalsh(hessian)[-1]), rel=1e-6)
+    assert stable_lr(2.0, 0.9) == pytest.approx(1.9)
+
+
+def test_auto_init_keeps_section_5s_init_only_where_sgd_is_stable_with_it() -> None:
+    from alexnet.training.recipes import get_recipe
+    from alexnet.training.trainer import _settle_init
+
+    recipe = get_recipe("paper")
+    assert recipe.init == "auto"
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 28, 28) * 255 - 128  # 0-255 pixels minus a mean, the paper's input scale
+    few = models.create("alexnet-small", 10, in_channels=1, init="paper")
+    many = models.create("alexnet-small", 1000, in_channels=1, init="paper")
+    assert output_curvature(few, x) > 20 * output_curvature(many, x)  # ~||fc7||^2 / classes
+    # An lr a quarter of the 1,000-class net's limit: stable there, 5x past the 10-class net's.
+    recipe = recipe.with_overrides(lr=stable_lr(output_curvature(many, x), recipe.momentum) / 4)
+    init, note = _settle_init(recipe, few, x)
+    assert init == "caffe" and "--init paper forces it" in note
+    init, note = _settle_init(recipe, many, x)
+    assert init == "paper" and note.startswith("init: section 5's")
+    init, note = _settle_init(recipe.with_overrides(init="paper"), few, x)  # asked for by name: kept, with a warning
+    assert init == "paper" and note.startswith("warning:") and "--init caffe" in note

@@ -76,7 +76,7 @@ RECIPE_HELP = {
           "runs; 'auto': an LR range test picks it (at most the recipe's)",
     "lr_reference_steps": "run length the recipe's lr was tuned for (small: 1872); shorter runs get a lower default lr; 0 = off",
     "schedule": " | ".join(SCHEDULES),
-    "init": " | ".join(INIT_SCHEMES),
+    "init": " | ".join((*INIT_SCHEMES, "auto")) + " (auto: section 5's where SGD is stable with it, else caffe)",
     "dropout": "drop probability in fc6/fc7 (0 = off)",
     "normalize": " | ".join(NORMALIZATIONS) + " (mean-image: the paper's)",
     "crop_pad": "zero padding (px) before random crops of small images; -1 = the dataset's default",

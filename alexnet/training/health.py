@@ -162,3 +162,44 @@ class DeadStartWatch:
             f"were too large for the initial weights (learning rate {self.lr:g}). The run goes on; to fix it, run "
             f"again with {', '.join(fixes[:-1])}{' or ' if len(fixes) > 1 else ''}{fixes[-1]}"
         )
+
+
+def output_curvature(model: nn.Module, images: torch.Tensor, iterations: int = 30) -> float | None:
+    """The largest eigenvalue of the Hessian of the mean cross-entropy with respect to the output
+    layer's weights, at ``images`` (eval mode, no gradients); ``None`` for a model without
+    ``forward_features`` and a ``fc8`` output layer.
+
+    That Hessian is the batch mean of (diag(p) - p p^T) (x) h h^T, with h the last hidden layer
+    and p the softmax. SGD with momentum mu diverges along its top eigenvector when
+    lr > 2 (1 + mu) / lambda (:func:`stable_lr`). When every hidden unit is active and alike
+    (section 5's biases of 1), h h^T has one large eigenvalue ~||h||^2 and lambda shrinks with the
+    number of classes: the paper's init is stable at lr 0.01 on 1,000 classes, not on 10
+    (docs/RESULTS.md, "The paper's recipe on real pictures"). Power iteration, float64.
+    """
+    layers = model.layers_by_role() if hasattr(model, "layers_by_role") else {}
+    if "fc8" not in layers or not hasattr(model, "forward_features"):
+        return None
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            h = model.forward_features(images).double()
+            fc8 = layers["fc8"]
+            p = torch.softmax(torch.nn.functional.linear(h, fc8.weight.double(), fc8.bias.double()), dim=1)
+    finally:
+        model.train(was_training)
+    v = torch.randn(p.shape[1], h.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lam = 0.0
+    for _ in range(iterations):
+        u = (v @ h.T).T  # B x C: V h_i
+        a = p * u - p * (p * u).sum(dim=1, keepdim=True)  # (diag(p_i) - p_i p_i^T) V h_i
+        hv = a.T @ h / h.shape[0]
+        lam = float((hv * v).sum() / (v * v).sum())
+        v = hv / hv.norm().clamp_min(1e-300)
+    return lam
+
+
+def stable_lr(curvature: float, momentum: float) -> float:
+    """The largest learning rate at which heavy-ball SGD stays stable along a direction of
+    curvature ``curvature``: 2 (1 + momentum) / curvature."""
+    return 2 * (1 + momentum) / curvature if curvature > 0 else math.inf

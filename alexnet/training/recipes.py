@@ -97,14 +97,14 @@ PAPER = Recipe(
     warmup_epochs=0.0,
     label_smoothing=0.0,
     decay_biases=True,  # the update rule decays every parameter w
-    # The one deviation: Caffe's bvlc_alexnet init (fc6/fc7 std 0.005, biases 0.1 where section 5
-    # has 1). With section 5's biases of 1 every hidden unit starts active, the output layer's
-    # curvature is ~||fc7 activations||^2 / classes, and SGD at lr 0.01 diverges within 5 steps
-    # on 10 classes (loss ~30, fc7 dead by step 20; with a 30-step warm-up it diverges once the
-    # lr passes ~0.003, and at lr 0.001 it is still above chance after 15 steps, where Caffe's
-    # init is learning): docs/RESULTS.md, "The paper's recipe on real pictures". `--init paper` is
-    # section 5 to the letter (the run warns within its first 100 steps if it dies).
-    init="caffe",
+    # Section 5's init where SGD at lr 0.01 is stable with it, else Caffe's (bvlc_alexnet: fc6/fc7
+    # std 0.005, biases 0.1 where section 5 has 1): the trainer measures the output layer's
+    # curvature on the first batch (training/health.py). With biases of 1 every hidden unit starts
+    # active and that curvature is ~||fc7||^2 / classes: stable on ImageNet's 1,000 classes (lr
+    # limit ~0.05), not on 10 (~0.002: the loss reaches ~30 in 5 steps and fc7 dies by step 20; a
+    # 30-step warm-up diverges once the lr passes ~0.003). docs/RESULTS.md, "The paper's recipe
+    # on real pictures". `--init paper` is section 5 to the letter whatever the data.
+    init="auto",
     dropout=0.5,  # section 4.2: "setting to zero the output of each hidden neuron with probability 0.5"
     normalize="mean-image",  # section 2: "subtracting the mean activity over the training set from each pixel"
     pca_lighting="paper",  # section 4.1: alpha_i * lambda_i on the RGB covariance, alpha ~ N(0, 0.1)

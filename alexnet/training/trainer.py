@@ -73,7 +73,7 @@ from alexnet.training.distributed import (
     init_from_env,
     shutdown,
 )
-from alexnet.training.health import ChanceWatch, DeadStartWatch, activation_report
+from alexnet.training.health import ChanceWatch, DeadStartWatch, activation_report, output_curvature, stable_lr
 from alexnet.training.loop import train_one_epoch, train_step
 from alexnet.training.lr_finder import auto_lr, step_scaled_recipe, training_batches
 from alexnet.training.recipes import Recipe, get_recipe
@@ -288,6 +288,16 @@ def _build(cfg: TrainConfig, ctx: DistContext, device: torch.device, resume_from
                              pca=recipe.pca_lighting, pca_std=recipe.pca_std)  # fmt: skip
     global_batch = recipe.batch_size * ctx.world_size
     plan0 = _plan(cfg, ctx, 0)  # epoch 0: the step count, and the range test's batches
+    if recipe.init in ("auto", "paper") and not resume and warm is None:  # section 5's init, if SGD is stable with it
+        init, note = _settle_init(recipe, model, next(training_batches(dataset, pipeline, plan0, device))[0])
+        if ctx.is_main and note:
+            _log(note)
+        if init != model_options["init"]:  # rebuilt from the same seed: the run is exactly `--init {init}`'s
+            torch.manual_seed(cfg.seed)
+            model_options["init"] = init
+            model = models.create(recipe.model, dataset.info.num_classes, **model_options).to(device, memory_format=memory_format)
+        cfg = dataclasses.replace(cfg, recipe=recipe.with_overrides(init=init))
+        recipe = cfg.recipe
     if cfg.lr_policy == "steps" and not resume and warm is not None and warmstart.linear_probe(cfg.freeze):
         if ctx.is_main:
             _log(warmstart.probe_lr_note(recipe))
@@ -494,10 +504,34 @@ def _weights_finite(model: nn.Module) -> bool:
 def _model_options(recipe: Recipe, dataset: Dataset, extra: dict[str, Any]) -> dict[str, Any]:
     """Model keyword options implied by the recipe and the data, plus the user's extras."""
     accepted = models.model_options(recipe.model)
-    options: dict[str, Any] = {"in_channels": dataset.info.channels, "init": recipe.init, "dropout": recipe.dropout}
+    init = "paper" if recipe.init == "auto" else recipe.init  # auto: built as section 5 says, then checked
+    options: dict[str, Any] = {"in_channels": dataset.info.channels, "init": init, "dropout": recipe.dropout}
     if "image_size" in accepted:
         options["image_size"] = dataset.eval_crop
     return options | extra
+
+
+def _settle_init(recipe: Recipe, model: nn.Module, images: torch.Tensor) -> tuple[str, str | None]:
+    """The init a run with ``recipe.init`` ``auto`` or ``paper`` uses, and the line that says why.
+
+    Section 5's init is kept where SGD at the recipe's lr is stable with it: at most half the
+    limit :func:`~alexnet.training.health.stable_lr` sets by the output layer's curvature on the
+    first batch (:func:`~alexnet.training.health.output_curvature`). Else ``auto`` takes Caffe's
+    init, and ``paper`` (asked for by name) keeps it with a warning.
+    """
+    curvature = output_curvature(model, images)
+    if curvature is None:  # no fc8 to measure (e.g. the four-layer net): as written
+        return "paper", None
+    limit = stable_lr(curvature, recipe.momentum)
+    why = (f"the output layer's curvature on the first batch is {curvature:.4g}, so SGD with momentum "
+           f"{recipe.momentum:g} diverges above lr {limit:.2g}")  # fmt: skip
+    if recipe.lr <= limit / 2:
+        return "paper", f"init: section 5's N(0, 0.01) with biases of 1 ({why}; the recipe's lr is {recipe.lr:g})"
+    if recipe.init == "paper":
+        return "paper", (f"warning: with section 5's init {why}, and the lr is {recipe.lr:g}: expect the loss to blow "
+                         f"up in the first steps (--init caffe or --lr {limit / 2:.2g} avoids it)")  # fmt: skip
+    return "caffe", (f"init: Caffe's (fc6/fc7 std 0.005, biases 0.1) instead of section 5's biases of 1, with which "
+                     f"{why} and the recipe's lr is {recipe.lr:g}; --init paper forces it")  # fmt: skip
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, lr: float, device: torch.device) -> torch.optim.Optimizer:
