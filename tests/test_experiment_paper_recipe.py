@@ -53,3 +53,22 @@ def test_colour_sources_are_refused_with_the_command_to_prepare_them(tmp_path: P
     plan = make_plan("paper-recipe", data="synthetic:classes=2,size=28,train=8,val=4,channels=3", seeds=1, out=tmp_path)
     with pytest.raises(UserError, match="alexnet prepare SOURCE OUT --size 256"):
         prepare_data(plan, print)
+
+
+def test_a_run_whose_auto_init_settled_is_the_planned_run(tmp_path: Path) -> None:
+    import json
+
+    from alexnet.experiments import run_status
+
+    run = make_plan("paper-recipe", seeds=1, out=tmp_path, arms=("paper",)).runs[0]
+    assert run.config.recipe.init == "auto"
+    run.folder.mkdir(parents=True)
+    saved = json.loads(json.dumps(run.config.to_dict()))
+    for settled in ("caffe", "paper"):  # what the trainer writes once auto has chosen
+        saved["recipe"]["init"] = settled
+        (run.folder / "config.json").write_text(json.dumps({"config": saved}))
+        assert run_status(run) == "new"
+    saved["recipe"]["init"] = "kaiming"  # a different run
+    (run.folder / "config.json").write_text(json.dumps({"config": saved}))
+    with pytest.raises(UserError, match="other settings"):
+        run_status(run)

@@ -102,6 +102,8 @@ def _check_same_run(folder: Path, cfg: TrainConfig) -> None:
     wanted = _as_saved(cfg)
     # epochs may grow, as with `train --resume --epochs`: the first epochs are the same run's.
     saved, wanted = _network_spelled_out(saved, epochs=False), _network_spelled_out(wanted, epochs=False)
+    if wanted.get("recipe", {}).get("init") == "auto" and saved.get("recipe", {}).get("init") in ("paper", "caffe"):
+        wanted["recipe"]["init"] = saved["recipe"]["init"]  # auto settles on one of the two at the start (trainer)
     differs = [k for k in _DEFINING if saved.get(k) != wanted[k]]
     if differs:
         raise UserError(
