@@ -22,6 +22,6 @@ from alexnet.experiments.runner import RunEvent, prepare_data, read_metrics, req
 
 __all__ = [
     "BUDGETS", "DEFAULT_DATA", "DEFAULT_OUT", "DEFAULT_SEEDS", "EXPERIMENTS", "Arm", "Budget", "Experiment", "Plan",
-    "PlannedRun", "RunEvent", "analyse", "compare", "crossing", "get_experiment", "make_plan", "read_metrics",
-    "prepare_data", "require_colour", "run_plan", "run_status", "summarize", "to_markdown", "verdict", "write_outputs",
+    "PlannedRun", "RunEvent", "analyse", "compare", "crossing", "get_experiment", "make_plan", "prepare_data",
+    "read_metrics", "require_colour", "run_plan", "run_status", "summarize", "to_markdown", "verdict", "write_outputs",
 ]  # fmt: skip

@@ -253,8 +253,10 @@ EXPERIMENTS: dict[str, Experiment] = {
             "the paper's net learns real pictures at 227 px with the paper's recipe (SGD, lr 0.01, init N(0, 0.01) "
             "with biases of 1)",
             (Arm("paper"), Arm("as-printed", recipe=(("init", "paper"),))),
-            {"paper": "the recipe as shipped (section 5; Caffe's init where section 5's is unstable)",
-             "as-printed": "section 5's init to the letter: dies at chance on 10 classes (docs/RESULTS.md)"},  # fmt: skip
+            {
+                "paper": "the recipe as shipped (section 5; Caffe's init where section 5's is unstable)",
+                "as-printed": "section 5's init to the letter: dies at chance on 10 classes (docs/RESULTS.md)",
+            },
             recipe=PAPER,
             # quick: 4 epochs of 5,000 images (156 steps of 128) at 227 px; full: all of
             # Fashion-MNIST for 12 epochs (Dive into Deep Learning's AlexNet: ~88% in 10).
