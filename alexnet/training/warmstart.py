@@ -384,6 +384,8 @@ def start(
         return warm.weights.norm if init_norm == "weights" else None
     weights, note = adapt_weights(model, warm.weights)
     if note:
+        if init_norm == "data":  # the equality holds for the weights' normalisation, not the data's
+            note += " (with the weights' normalisation; --init-norm data normalises with the data's own)"
         warm.notes["conv1"] = note
         if log is not None:
             log(note)
