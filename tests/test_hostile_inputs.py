@@ -565,8 +565,6 @@ def test_misleading_messages_now_say_what_is_wrong(baseline_run: Path, tmp_path:
         (["features", b, "--out", str(tmp_path / "f.npy")], "is a baseline run (no network)"),
         (["similar", b, str(tmp_path / "afile.txt")], "is a baseline run (no network)"),
         (["eval", b, "--ten-crop"], "drop --ten-crop"),
-        (["baseline", "--features", "hog-rbf", "--landmarks", "100000", "--data", BASELINE_DATA,
-          "--out", str(tmp_path / "rbf")], "--landmarks 100000 is more than the 64 training images"),
         (["demo", "--out", str(tmp_path / "demo")], "already holds a demo run; choose another --out"),
         (["train", "--resume", str(tmp_path / "pruned" / "checkpoints" / "step-00000100.pt")],
          "step checkpoints kept: step-00000200.pt"),
@@ -576,7 +574,17 @@ def test_misleading_messages_now_say_what_is_wrong(baseline_run: Path, tmp_path:
     for args, message in cases:
         line = one_line_error(cli(capsys, *args), message)
         assert "--resume" not in line or args[0] == "train"
-    assert not (tmp_path / "rbf").exists() and not (tmp_path / "t").exists()
+    assert not (tmp_path / "t").exists()
+
+
+def test_landmarks_beyond_the_training_set_are_recorded_as_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rbf"
+    code, _, err = cli(capsys, "baseline", "--features", "hog-rbf", "--landmarks", "100000", "--data", BASELINE_DATA,
+                       "--out", str(out), "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "--landmarks 100000 is more than the 64 training images; using 64" in err
+    assert json.loads((out / "config.json").read_text())["settings"]["landmarks"] == 64  # not 100000
+    assert json.loads((out / "extractor.json").read_text())["landmarks"] == 64
 
 
 def test_predict_on_a_folder_names_each_bad_image_and_answers_the_others(tmp_path: Path, image: Path,

@@ -22,10 +22,11 @@ import io
 import json
 import math
 import os
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,12 @@ def fit_baseline(cfg: BaselineConfig, out: str | Path, progress: bool = True) ->
 def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, Any]:
     ds = open_dataset(cfg.data)
     _check_dataset(ds, cfg.data)
+    train_n = ds.num_samples("train")
+    if cfg.features == "hog-rbf" and cfg.landmarks > train_n:  # record the landmarks used, not the ones asked for
+        if cfg.landmarks != BaselineConfig.landmarks:  # the user's own number: say it was lowered
+            print(f"note: --landmarks {cfg.landmarks} is more than the {train_n:,} training images; using {train_n:,}",
+                  file=sys.stderr)  # fmt: skip
+        cfg = replace(cfg, landmarks=train_n)
     crop = ds.eval_crop
     run_config = {
         "kind": KIND, "format_version": FORMAT_VERSION, "settings": asdict(cfg),
@@ -283,9 +290,6 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         "crop": crop, "synthetic": ds.info.synthetic,
     }  # fmt: skip
     make_extractor(cfg.features, crop, cfg, ds.info.channels)  # unknown names fail before anything is written
-    train_n = ds.num_samples("train")
-    if cfg.features == "hog-rbf" and cfg.landmarks > train_n:  # the config would record more than were used
-        raise UserError(f"--landmarks {cfg.landmarks} is more than the {train_n:,} training images; use at most {train_n:,}")
     config_path = out / "config.json"
     if config_path.exists():
         if not is_baseline_run(out):
