@@ -332,8 +332,9 @@ def measure(model: str, settings: tuple[tuple[str, bool], ...], seconds: float =
     started, load, threads = time.perf_counter(), OtherLoad(), torch.get_num_threads()
     info = models.info(model)
     torch.set_num_threads(1)
-    try:
-        return _measure(model, info, settings, seconds, started, load)
+    try:  # a backward pass, whatever the caller's mode (predict and serve decide under no_grad)
+        with torch.inference_mode(False), torch.enable_grad():
+            return _measure(model, info, settings, seconds, started, load)
     finally:
         torch.set_num_threads(threads)
 
@@ -418,3 +419,12 @@ def choose(precision: str = "auto", channels_last: bool | None = None, device: t
         return decide(flags, None, precision, channels_last)
     m, cached = measured(model, flags, refresh)
     return replace(decide(flags, m, precision, channels_last), cached=cached)
+
+
+def resolve_precision(name: str, device: torch.device, model: str | None = None) -> str:
+    """``auto`` -> what runs ``model`` fastest on ``device``: :func:`choose`
+    (bf16 only where the hardware runs it natively and, where the flags cannot tell, faster).
+    A precision given by name is returned as it is, with nothing measured."""
+    if name in ("fp32", "bf16"):
+        return name
+    return choose(name, None, device, model).precision

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from alexnet.errors import UserError
-from alexnet.precision import choose
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -65,15 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device, model: str | None = None) -> str:
-    """``auto`` -> what runs ``model`` fastest on ``device``: :func:`alexnet.precision.choose`
-    (bf16 only where the hardware runs it natively and, where the flags cannot tell, faster).
-    A precision given by name is returned as it is, with nothing measured."""
-    if name in ("fp32", "bf16"):
-        return name
-    return choose(name, None, device, model).precision
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-from tests.test_hostile_inputs import BOUNDED_RSS, child, peak_rss  # noqa: E402
+from tests.helpers.hostile import BOUNDED_RSS, child, peak_rss
 
 FUZZ_SETUP = """
     import io, json, math, shutil, sys, tempfile
@@ -48,7 +48,7 @@ def test_checkpoint_fields_at_any_magnitude_load_or_give_one_line(tmp_path: Path
     run_fuzz("""
         from PIL import Image
         from alexnet.evaluation import load_image, load_model
-        from tests.test_hostile_inputs import make_run
+        from tests.helpers.hostile import make_run
 
         raw = torch.load(make_run(work / "run") / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
         image = work / "image.png"

@@ -7,12 +7,10 @@ much memory they used; the full disk is a 2 MB tmpfs (skipped where it cannot be
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import pickle
-import resource
 import signal
 import socket
 import subprocess
@@ -33,62 +31,16 @@ from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.interop.runs import write_run
 from alexnet.runfolder import run_folder_lock
-
-REPO = Path(__file__).resolve().parent.parent
-MEMORY_LIMIT = 6 << 30  # address space of a child: torch maps ~3 GB of it before any work
-BOUNDED_RSS = 1 << 30  # what a hostile file may cost (the target: under 1 GB)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``alexnet ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(result: tuple[int, str, str] | subprocess.CompletedProcess[str], fragment: str) -> str:
-    code, err = (result.returncode, result.stderr) if isinstance(result, subprocess.CompletedProcess) else (result[0], result[2])
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (the lock file aside) and a hash of its bytes."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".alexnet.lock"
-    }  # fmt: skip
-
-
-def make_run(out: Path, num_classes: int = 4) -> Path:
-    """A run folder of a fresh alexnet-small (RGB, 32 px images, 28 px crops), as `import` writes one."""
-    torch.manual_seed(0)
-    norm = InputNorm((120.0, 115.0, 100.0), (60.0, 58.0, 62.0))
-    write_run(out, models.create("alexnet-small", num_classes), "alexnet-small", {}, [f"c{i}" for i in range(num_classes)],
-              3, 32, 28, norm, "test", {"from": "tests"})  # fmt: skip
-    return out
-
-
-def child(code: str, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Python ``code`` in a child process under :data:`MEMORY_LIMIT`; it prints its peak RSS
-    (bytes) as the last line of stdout."""
-    wrapped = textwrap.dedent(code) + "\nimport resource as _r; print(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss * 1024)\n"
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-    return subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          preexec_fn=limit, check=False, **kwargs)  # type: ignore[call-overload]  # fmt: skip
-
-
-def peak_rss(proc: subprocess.CompletedProcess[str]) -> int:
-    return int(proc.stdout.strip().splitlines()[-1])
+from tests.helpers.hostile import (
+    BOUNDED_RSS,
+    REPO,
+    child,
+    cli,
+    make_run,
+    one_line_error,
+    peak_rss,
+    snapshot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +211,7 @@ def test_sigterm_to_the_process_group_stops_a_pool_with_a_stuck_worker(tmp_path:
 def tiny_disk(tmp_path: Path) -> Path:
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, check=False).returncode:
         pytest.skip("cannot mount a 2 MB tmpfs here (needs root)")
     try:
         yield disk
@@ -389,8 +341,8 @@ def test_cifar_reads_only_bounded_batch_files(tmp_path: Path, monkeypatch: pytes
 
 @pytest.mark.parametrize("payload", [
     b"\x80\x02cbuiltins\nbytearray\nJ\x00\x2f\x68\x59\x85R.",  # bytearray(1.5e9): 32 bytes asking for 1.5 GB
-    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xe1\xf5\x05\x85c_codecs\nencode\n"
-    b"X\x01\x00\x00\x00bX\x06\x00\x00\x00latin1\x86R\x87R.",  # an array of 10^8 made by shape alone
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xe1\xf5\x05\x85c_codecs\nencode\n"
+     b"X\x01\x00\x00\x00bX\x06\x00\x00\x00latin1\x86R\x87R."),  # an array of 10^8 made by shape alone
 ])  # fmt: skip
 def test_cifar_unpickler_allocates_nothing_a_pickle_asks_for(payload: bytes) -> None:
     from alexnet.data.prepare.cifar import load_batch
@@ -597,8 +549,8 @@ def test_predict_on_a_folder_names_each_bad_image_and_answers_the_others(tmp_pat
     code, out, err = cli(capsys, "predict", str(make_run(tmp_path / "run")), str(folder), "--topk", "1")
     assert code == 2
     assert [line for line in out.splitlines() if not line.startswith(" ")] == [str(folder / "a.png"), str(folder / "c.png")]
-    assert err.strip().splitlines() == [f"alexnet: error: cannot read image {folder / 'b.png'}: "
-                                        "cannot decode: not an image file in a format Pillow reads"]  # fmt: skip
+    assert err.strip().splitlines() == [(f"alexnet: error: cannot read image {folder / 'b.png'}: "
+                                         "cannot decode: not an image file in a format Pillow reads")]  # fmt: skip
 
 
 def test_serve_takes_an_exported_onnx_like_predict_and_names_no_folder(tmp_path: Path, image: Path,

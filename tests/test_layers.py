@@ -13,9 +13,9 @@ import alexnet
 # those; the servers, benchmarks and the command line on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
-    ("io", "runtime", "runfolder"),
-    ("data", "models"),
-    ("checkpoint",),
+    ("io", "runtime"),
+    ("data", "models", "runfolder"),
+    ("checkpoint", "precision"),
     ("evaluation",),
     ("training", "baselines", "interop"),
     ("reporting", "experiments"),

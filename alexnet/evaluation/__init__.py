@@ -28,7 +28,8 @@ from alexnet.data.resize import MAX_ENLARGEMENT, fit_input_size
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_text
-from alexnet.runtime import default_workers, resolve_device, resolve_precision, tune_cpu_allocator
+from alexnet.precision import resolve_precision
+from alexnet.runtime import default_workers, resolve_device, tune_cpu_allocator
 
 # torchvision's ImageNet preprocessing (its weights were trained with these), in 0-255 units.
 TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

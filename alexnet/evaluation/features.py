@@ -25,7 +25,8 @@ from alexnet.data.pipeline import InputPipeline
 from alexnet.errors import UserError
 from alexnet.evaluation import LoadedModel, fit_input_to_model, load_model
 from alexnet.io import atomic_path, atomic_write, reserve_space
-from alexnet.runtime import autocast, resolve_device, resolve_precision
+from alexnet.precision import resolve_precision
+from alexnet.runtime import autocast, resolve_device
 
 FEATURE_LAYER = "fc7"  # the paper's "last hidden layer" (section 6.1)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")

@@ -20,7 +20,8 @@ from alexnet.data.prepare.convert import ConversionError, model_pixels
 from alexnet.data.presets import Normalizer, centre_crop
 from alexnet.errors import UserError
 from alexnet.io import MAX_IMAGE_BYTES, read_capped, read_regular_file
-from alexnet.runtime import autocast, resolve_device, resolve_precision
+from alexnet.precision import resolve_precision
+from alexnet.runtime import autocast, resolve_device
 
 STDIN = "-"
 BATCH = 64  # images per forward pass: a folder of thousands of images stays in bounded memory

@@ -38,7 +38,8 @@ from PIL import Image, UnidentifiedImageError
 from alexnet.errors import UserError
 from alexnet.evaluation import load_image, load_model
 from alexnet.interop.preprocessing import Preprocessing
-from alexnet.runtime import autocast, resolve_device, resolve_precision
+from alexnet.precision import resolve_precision
+from alexnet.runtime import autocast, resolve_device
 
 try:  # at module level: FastAPI resolves the handlers' (string) annotations in this namespace
     from fastapi import FastAPI, Query, Request
