@@ -65,5 +65,7 @@ def test_step_schedule_drops_every_step_epochs_as_torchvision_steplr() -> None:
         for _ in range(3):
             want = reference_optimizer.param_groups[0]["lr"] if epoch < 6 else 1e-4  # at most 2 drops
             assert abs(optimizer.param_groups[0]["lr"] - want) < 1e-12, epoch
+            optimizer.step()
             ours.step()
+        reference_optimizer.step()
         reference.step()

@@ -7,6 +7,8 @@ against a net built to die (a layer whose every unit is switched off) and a heal
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +154,15 @@ def test_auto_init_keeps_section_5s_init_only_where_sgd_is_stable_with_it() -> N
     assert init == "paper" and note.startswith("init: section 5's")
     init, note = _settle_init(recipe.with_overrides(init="paper"), few, x)  # asked for by name: kept, with a warning
     assert init == "paper" and note.startswith("warning:") and "--init caffe" in note
+
+
+def test_the_chance_warning_tells_a_slow_start_from_a_divergence() -> None:
+    from alexnet.training.health import ChanceWatch
+
+    chance = math.log(10)
+    slow = ChanceWatch(num_classes=10, total_steps=100, lr=0.01, alive=True).verdict(chance, 30)
+    assert slow is not None and "starting slowly" in slow and "lower --lr" not in slow
+    above = ChanceWatch(num_classes=10, total_steps=100, lr=0.01, alive=True).verdict(1.3 * chance, 30)
+    assert above is not None and "lower --lr such as 0.001" in above  # alive but above chance: diverging
+    dead = ChanceWatch(num_classes=10, total_steps=100, lr=0.01, alive=False).verdict(chance, 30)
+    assert dead is not None and "lower --lr such as 0.001" in dead

@@ -34,6 +34,9 @@ class ChanceWatch:
     tolerance: float = 0.05  # "at chance": mean loss >= (1 - tolerance) x ln(num_classes)
     max_window: int = 20
     fired: bool = False
+    # Whether every layer still had live units on the check step's batch (set by the trainer from
+    # :func:`activation_report`; None: not looked at). Alive at chance is a slow start, not a divergence.
+    alive: bool | None = None
     _sum: torch.Tensor | None = field(default=None, repr=False)
     _count: int = 0
 
@@ -67,6 +70,13 @@ class ChanceWatch:
         if self.fired or not (math.isfinite(mean_loss) and mean_loss >= (1 - self.tolerance) * self.chance_loss):
             return None
         self.fired = True
+        if self.alive and mean_loss <= (1 + self.tolerance) * self.chance_loss:  # at chance, not above it
+            return (
+                f"warning: after {step}/{self.total_steps} steps the training loss ({mean_loss:.3f}) is still at "
+                f"chance level (ln {self.num_classes} = {self.chance_loss:.3f}), though no layer has died: the network "
+                f"is starting slowly rather than diverging (small initial weights do this). The run goes on; more "
+                f"--epochs, or --lr auto (a range test picks the rate), may help"
+            )
         return (
             f"warning: after {step}/{self.total_steps} steps the training loss ({mean_loss:.3f}) is still at chance "
             f"level (ln {self.num_classes} = {self.chance_loss:.3f}): the network is not learning. Likely cause: the "

@@ -394,17 +394,20 @@ def _train_epoch(run: _Run, progress: Progress, epoch: int, stop: Any) -> Meter:
         # Crops/flips drawn for the global batch; this rank applies its own slice.
         params = run.pipeline.crop_params(epoch, step, run.global_batch).slice(*shard)
         x = run.pipeline.train(images, params)
-        inputs[:] = [x] if run.dead_watch.due(progress.global_step + 1) else []
+        step = progress.global_step + 1  # the dead-unit checks, and the chance check's step (alive or not)
+        looked_at = run.dead_watch.due(step) or (step == run.watch.check_step and not run.watch.fired)
+        inputs[:] = [x] if looked_at else []
         return x
 
     def after_step(step: int, loss: torch.Tensor) -> None:
         progress.global_step += 1
+        report = activation_report(run.model, inputs.pop(), run.precision) if inputs else None  # after its update
+        if report is not None and progress.global_step == run.watch.check_step:
+            run.watch.alive = all(a.dead_fraction < run.dead_watch.threshold for a in report.values())
         if (warning := run.watch.update(progress.global_step, loss)) and ctx.is_main:  # the chance-level warning
             _log(warning)
-        if inputs:  # dead layers, on this step's batch after its update
-            report = activation_report(run.model, inputs.pop(), run.precision)
-            if (warning := run.dead_watch.verdict(progress.global_step, report)) and ctx.is_main:
-                _log(warning)
+        if report is not None and (warning := run.dead_watch.verdict(progress.global_step, report)) and ctx.is_main:
+            _log(warning)  # dead layers
         bar.update(run.global_batch)
         if (step + 1) % sync_every == 0:
             stopping, diverged = any_rank([stop.signum is not None, not meter.is_finite()], ctx, run.device)
