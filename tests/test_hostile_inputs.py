@@ -31,11 +31,11 @@ from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.interop.runs import write_run
 from alexnet.runfolder import run_folder_lock
+from tests.helpers.cli import cli_main as cli
 from tests.helpers.hostile import (
     BOUNDED_RSS,
     REPO,
     child,
-    cli,
     make_run,
     one_line_error,
     peak_rss,

@@ -10,27 +10,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 from alexnet import models
-from alexnet.cli import main
 from alexnet.data.pipeline import InputNorm
 from alexnet.interop.runs import write_run
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MEMORY_LIMIT = 6 << 30  # address space of a child: torch maps ~3 GB of it before any work
 BOUNDED_RSS = 1 << 30  # what a hostile file may cost (the target: under 1 GB)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``alexnet ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(result: tuple[int, str, str] | subprocess.CompletedProcess[str], fragment: str) -> str:
