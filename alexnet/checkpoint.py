@@ -36,13 +36,12 @@ from torch import nn
 from alexnet.data.pipeline import InputNorm, input_convention_error
 from alexnet.errors import UserError
 from alexnet.io import atomic_write
-from alexnet.runfolder import BASELINE_RUN, folder_contents
+from alexnet.runfolder import BASELINE_RUN, BEST, LAST, folder_contents, last_checkpoint
 
 KIND = "alexnet-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("kind", "format_version", "model", "model_name", "model_options", "num_classes", "classes", "data")
 TRAINING_STATE = ("epoch", "step", "step_in_epoch", "optimizer", "scheduler", "rng", "progress", "config")
-LAST, BEST = "last.pt", "best.pt"
 _STEP_FILE = re.compile(r"^step-(\d{8,})\.pt$")
 
 
@@ -219,7 +218,7 @@ def checkpoint_path(path: str | Path) -> Path:
     """The checkpoint file ``path`` names: itself, or a run folder's ``checkpoints/last.pt``."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / LAST
+        candidate = last_checkpoint(path)
         if not candidate.exists():
             if folder_contents(path) == BASELINE_RUN:  # features + SVM: no network to export, serve or embed
                 raise UserError(f"{path} is a baseline run (no network): only eval and predict use it; "

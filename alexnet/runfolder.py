@@ -1,4 +1,10 @@
-"""A run folder has one writer: an exclusive lock that every writing command takes.
+"""The run folder: its file names, reading and writing its config and metrics, what kind of run
+it holds, and its one writer (an exclusive lock that every writing command takes).
+
+A network run (``alexnet train``, ``demo``) holds ``config.json``, ``metrics.jsonl`` (one record
+per epoch) and ``checkpoints/`` (``last.pt``, ``best.pt``, step checkpoints); an imported run
+(``alexnet import``) the same checkpoint and a ``config.json`` with ``imported``; a baseline run
+(``alexnet baseline``) a ``config.json`` of kind :data:`BASELINE_KIND` and ``metrics.json``.
 
 Without it, two ``alexnet train --out X`` started side by side would both run and both exit 0,
 the second silently overwriting the first run's metrics and checkpoints. Every command that writes a run
@@ -20,13 +26,20 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from alexnet.errors import UserError
-from alexnet.io import read_regular_file
+from alexnet.io import atomic_write_json, atomic_write_text, read_regular_file
 
 LOCK_NAME = ".alexnet.lock"
+CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
+BASELINE_METRICS = "metrics.json"  # a baseline's one record (it has no epochs)
+LAST, BEST = "last.pt", "best.pt"  # in CHECKPOINTS: the newest state (replaced atomically), the best epoch's
+_CONFIG_LIMIT = 1 << 20  # a config is a few KB; a huge file or a FIFO in its place is not read (nor waited on)
+RunKind = Literal["network", "baseline", "imported"]
+NETWORK, BASELINE, IMPORTED = "network", "baseline", "imported"  # run_kind's answers
 BASELINE_KIND = "alexnet-baseline"  # config.json's "kind" in a baseline run folder (alexnet.baselines)
 # What a folder holds, in folder_contents' words (refusals quote them).
 TRAINED_RUN, IMPORTED_RUN = "a trained run", "an imported run"  # alexnet train; alexnet.interop.runs.write_run
@@ -63,6 +76,76 @@ def make_folder(folder: str | Path, flag: str = "--out") -> Path:
     return folder
 
 
+def checkpoints_dir(run: str | Path) -> Path:
+    """The folder of a run's checkpoints."""
+    return Path(run) / CHECKPOINTS
+
+
+def last_checkpoint(run: str | Path) -> Path:
+    """A run's newest checkpoint, ``RUN/checkpoints/last.pt`` (it may not exist yet)."""
+    return Path(run) / CHECKPOINTS / LAST
+
+
+def read_config(run: str | Path) -> dict[str, Any] | None:
+    """A run's ``config.json`` (None when it has none); a one-line :class:`UserError` when it
+    cannot be read or is not a JSON object."""
+    path = Path(run) / CONFIG
+    try:
+        config = json.loads(read_regular_file(path, _CONFIG_LIMIT) or b"null")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} cannot be read ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is damaged (not a JSON object)")
+    return config
+
+
+def write_config(run: str | Path, config: dict[str, Any]) -> None:
+    """Atomically replace a run's ``config.json``."""
+    atomic_write_json(Path(run) / CONFIG, config)
+
+
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """A run's metric records, oldest first: the lines of ``metrics.jsonl`` (a network run), or
+    the one record of ``metrics.json`` (a baseline); ``[]`` when it has none yet. A one-line
+    :class:`UserError` when they cannot be read."""
+    jsonl, single = Path(run) / METRICS, Path(run) / BASELINE_METRICS
+    try:
+        if jsonl.is_file():
+            return [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if single.is_file():
+            data = json.loads(single.read_text(encoding="utf-8"))
+            return data if isinstance(data, list) else [data]
+    except (OSError, ValueError) as e:
+        raise UserError(f"the metrics of {run} cannot be read ({e})") from None
+    return []
+
+
+def write_metrics(run: str | Path, records: Sequence[dict[str, Any]]) -> None:
+    """Atomically replace a run's ``metrics.jsonl`` with ``records``, one JSON line each."""
+    atomic_write_text(Path(run) / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def run_kind(path: str | Path) -> RunKind | None:
+    """What run ``path`` holds, from its files: ``"network"`` (a trained run with
+    ``checkpoints/last.pt``), ``"imported"`` (the same, made by ``alexnet import``: its config
+    says ``imported``), ``"baseline"`` (a config of kind :data:`BASELINE_KIND`), or None (not a
+    folder, or no run that can be opened yet). Never raises for a damaged config: it is None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        config = read_config(path)
+    except UserError:
+        config = None
+    if config is not None and config.get("kind") == BASELINE_KIND:
+        return BASELINE
+    if not last_checkpoint(path).is_file():
+        return None
+    return IMPORTED if config is not None and "imported" in config else NETWORK
+
+
 def folder_contents(folder: str | Path) -> str | None:
     """What ``folder`` already holds, in words for a refusal ("a trained run", "a baseline run",
     "a prepared dataset", "an imported run", "other files (a.txt, b/)"), or None when it is
@@ -76,17 +159,17 @@ def folder_contents(folder: str | Path) -> str | None:
         return None
     if "manifest.json" in names or ".work" in names:
         return PREPARED_DATASET
-    config: object = None
-    if "config.json" in names:
-        try:  # a config is a few KB; a huge file or a FIFO in its place is not read (nor waited on)
-            config = json.loads(read_regular_file(folder / "config.json", 1 << 20) or b"null")
-        except (OSError, ValueError):  # UserError included
+    config: dict[str, Any] | None = None
+    if CONFIG in names:
+        try:
+            config = read_config(folder)
+        except (OSError, UserError):
             config = None
-    if isinstance(config, dict) and config.get("kind") == BASELINE_KIND:
+    if config is not None and config.get("kind") == BASELINE_KIND:
         return BASELINE_RUN
-    if isinstance(config, dict) and "imported" in config and not {"metrics.jsonl", "tensorboard"} & set(names):
+    if config is not None and "imported" in config and not {METRICS, "tensorboard"} & set(names):
         return IMPORTED_RUN
-    if {"checkpoints", "metrics.jsonl", "tensorboard"} & set(names) or isinstance(config, dict) and "resolved" in config:
+    if {CHECKPOINTS, METRICS, "tensorboard"} & set(names) or config is not None and "resolved" in config:
         return TRAINED_RUN
     shown = ", ".join(n + ("/" if (folder / n).is_dir() else "") for n in names[:3])
     return f"other files ({shown}{', ...' if len(names) > 3 else ''})"

@@ -12,11 +12,17 @@ from typing import Any
 
 from torch import nn
 
-from alexnet.checkpoint import LAST, Checkpoint, DataSpec, save_checkpoint
+from alexnet.checkpoint import Checkpoint, DataSpec, save_checkpoint
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
-from alexnet.io import atomic_write_json
-from alexnet.runfolder import IMPORTED_RUN, check_folder_path, claim_folder, run_folder_lock
+from alexnet.runfolder import (
+    IMPORTED_RUN,
+    check_folder_path,
+    claim_folder,
+    last_checkpoint,
+    run_folder_lock,
+    write_config,
+)
 
 
 def write_run(
@@ -42,7 +48,7 @@ def write_run(
     baseline, a prepared dataset or anyone's files are never mixed with an import.
     """
     out = Path(out)
-    ckpt = out / "checkpoints" / LAST
+    ckpt = last_checkpoint(out)
     with run_folder_lock(out):
         check_out(out, force)
         _write(out, ckpt, model, model_name, model_options, classes, channels, image_size, crop, norm, data_name, provenance)
@@ -64,6 +70,6 @@ def _write(
         data = DataSpec(name=data_name, channels=channels, image_size=image_size, crop=crop, synthetic=False, norm=norm)
         save_checkpoint(ckpt, Checkpoint(weights=model.state_dict(), model_name=model_name, model_options=model_options,
                                          classes=tuple(classes), data=data, config={"imported": provenance}))  # fmt: skip
-        atomic_write_json(out / "config.json", {"imported": provenance, "model": model_name, "model_options": model_options})
+        write_config(out, {"imported": provenance, "model": model_name, "model_options": model_options})
     except OSError as e:
         raise UserError(f"cannot write the run folder {out}: {e.strerror or e}") from None

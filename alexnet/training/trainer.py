@@ -33,8 +33,6 @@ from tqdm import tqdm
 
 from alexnet import __version__, models
 from alexnet.checkpoint import (
-    BEST,
-    LAST,
     Checkpoint,
     DataSpec,
     Progress,
@@ -54,7 +52,7 @@ from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
 from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.precision import Choice, choose
-from alexnet.runfolder import FOREIGN_TO_TRAINING, folder_contents, run_folder_lock
+from alexnet.runfolder import BEST, FOREIGN_TO_TRAINING, LAST, folder_contents, run_folder_lock
 from alexnet.runtime import (
     OtherLoad,
     busy_cores_warning,
