@@ -169,6 +169,12 @@ def test_report_holds_every_section_with_decodable_images(report: Path, tiny_run
     assert sizes["nearest training images"] == (6 + 4 * 102 + 16, 6 + 4 * (96 + 14 + 6))
     for alt in ("training curves", "top-5 guesses", "confusion matrix", "examples of confused pairs"):
         assert alt in sizes
+    # Layers: a row of 9 patches (56 px tiles) per representative unit of each conv layer, units cached.
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        width, height = sizes[f"{layer} top patches"]
+        assert width == 6 + 9 * 62 and (height - 6) % (56 + 14 + 6) == 0 and 1 <= (height - 6) // 76 <= 6
+    assert "<td>conv5</td><td>43x43</td>" in text  # alexnet-small's conv5 sees more than the 28 px image
+    assert (tiny_run / "layers" / "top9-val.json").is_file()
     # Colour specificity is printed per tower; the lr drop of the plateau schedule is named.
     assert text.count("<td>tower ") == 2
     assert "The learning rate was not lowered during this run." in text
@@ -250,7 +256,8 @@ def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys
     code, _, err = cli(capsys, "report", str(run), "--no-progress")
     assert code == 0, err
     text = (run / "report.html").read_text()
-    for what in ("it has no learned convolution kernels", "it has no fc7 layer", "it is not trained by epochs"):
+    for what in ("it has no learned convolution kernels", "it has no fc7 layer", "it is not trained by epochs",
+                 "a linear SVM on hand-made features (HOG, SIFT, pixels) has no learned layers to show"):
         assert "Not meaningful for a baseline run: " + what in text
     assert "hog+linear-svm" in text and "25.00%" in text
     page = _Collect()

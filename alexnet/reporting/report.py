@@ -6,6 +6,8 @@ Sections (each says why when it has no meaning for the run at hand, e.g. a basel
                    ensemble figures when asked)
 ``curves``         loss, top-1/top-5 error and learning rate per epoch, lr drops marked
 ``figure3``        conv1 kernels by tower with each tower's colour specificity (section 6.1)
+``layers``         every layer's receptive field; for a few units of conv1..conv5 their top-9
+                   validation patches (Zeiler & Fergus 2014), mined once and cached
 ``figure4-left``   validation images with their top-5 guesses
 ``figure4-right``  validation images with their nearest training images by fc7 distance
 ``per-class``      per-class top-1/top-5 error
@@ -45,9 +47,10 @@ from alexnet.evaluation.retrieval import load_or_build_index
 from alexnet.io import atomic_write_text
 from alexnet.reporting import grids, plots
 from alexnet.reporting.html import Page, Section
+from alexnet.reporting.layers import layers_section
 from alexnet.runfolder import run_folder_lock
 
-SECTIONS = ("run", "curves", "figure3", "figure4-left", "figure4-right", "per-class", "confusion",
+SECTIONS = ("run", "curves", "figure3", "layers", "figure4-left", "figure4-right", "per-class", "confusion",
             "confused-pairs", "severity")  # fmt: skip
 BASELINE_NOTE = "Not meaningful for a baseline run: {what}."
 
@@ -148,6 +151,7 @@ def build_report(run_path: str | Path, options: ReportOptions = ReportOptions(),
     _run_section(page.section("run", "The run"), run, session, options)
     _curves_section(page.section("curves", "Training curves"), run)
     _figure3_section(page.section("figure3", "Figure 3: conv1 kernels by tower"), session)
+    _layers_section(page.section("layers", "What each layer learned: top-9 patches per unit"), run, session, options, log)
     preds = _predictions(run, session, options)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(preds.labels), size=min(options.samples, len(preds.labels)), replace=False)) if preds else None
@@ -259,6 +263,14 @@ def _figure3_section(s: Section, session: Session | None) -> None:
            "||w - mean over channels(w)||^2 / ||w||^2; 0 = colour-agnostic, 2/3 = one channel only, 1 = pure colour "
            "opponency. The paper (section 6.1) finds the GPU-1 tower largely colour-agnostic and the GPU-2 tower "
            "colour-specific.")  # fmt: skip
+
+
+def _layers_section(s: Section, run: RunFolder, session: Session | None, options: ReportOptions,
+                    log: Callable[[str], None]) -> None:  # fmt: skip
+    if session is None:
+        s.note(BASELINE_NOTE.format(what="a linear SVM on hand-made features (HOG, SIFT, pixels) has no learned layers to show"))
+        return
+    layers_section(s, session, run.path, options.progress, log)
 
 
 def _predictions(run: RunFolder, session: Session | None, options: ReportOptions) -> Predictions | None:

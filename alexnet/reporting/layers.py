@@ -1,0 +1,89 @@
+"""The report's layer-by-layer section: what each convolutional layer learned (Zeiler & Fergus
+2014): for a few units of conv1..conv5, the validation patches that excite them most, each cut
+to the unit's receptive field, with the unit's response."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alexnet.data.presets import centre_crop
+from alexnet.errors import UserError
+from alexnet.evaluation.features import Session, images_at
+from alexnet.evaluation.receptive import Field, receptive_fields
+from alexnet.evaluation.units import TopUnits, load_or_mine
+from alexnet.reporting import grids
+from alexnet.reporting.html import Section
+
+ACTIVE, VARIED = 3, 3  # units shown per layer: the most active, then the most varied
+OUTSIDE = 128  # grey for the part of a receptive field that lies in the padding, off the image
+TILE = 56
+
+
+def representative_units(units: TopUnits, active: int = ACTIVE, varied: int = VARIED) -> list[int]:
+    """The ``active`` units with the largest mean response (over images, of the unit's maximum
+    over its map), then the ``varied`` others whose response varies most between images (largest
+    standard deviation). Units that never fire (top response <= 0) are left out."""
+    alive = np.flatnonzero(units.values[:, 0] > 0)
+    by_mean = [int(u) for u in alive[np.argsort(-units.mean[alive], kind="stable")][:active]]
+    rest = [int(u) for u in alive[np.argsort(-units.std[alive], kind="stable")] if u not in by_mean]
+    return by_mean + rest[:varied]
+
+
+def patch(image: torch.Tensor, field: Field, y: int, x: int) -> torch.Tensor:
+    """The ``field.size`` square that unit ``(y, x)`` sees of ``image`` (uint8 ``C x H x W``, the
+    network's input crop); the part of it that lies off the image (in the padding) is grey."""
+    c, h, w = image.shape
+    top, left, bottom, right = field.box(y, x, h, w)
+    out = torch.full((c, field.size, field.size), OUTSIDE, dtype=torch.uint8)
+    oy, ox = top - (field.offset + y * field.jump), left - (field.offset + x * field.jump)
+    out[:, oy : oy + bottom - top, ox : ox + right - left] = image[:, top:bottom, left:right]
+    return out
+
+
+def layers_section(s: Section, session: Session, run: Path, progress: bool, log: Callable[[str], None]) -> None:
+    """Fill ``s``: a table of every layer's geometry, then each conv layer's representative units
+    as rows of their top-9 patches."""
+    model = session.loaded.model
+    try:
+        fields = receptive_fields(model)
+    except UserError as e:
+        s.note(f"Not shown: {e}.")
+        return
+    units, mined = load_or_mine(session, run, "val", progress=progress, log=log)
+    crop = session.loaded.crop
+    rows = []
+    for name, f in fields.items():
+        u = units.get(name)
+        dead = f"{int((u.values[:, 0] <= 0).sum())} of {len(u.values)}" if u is not None else "-"
+        rows.append((name, f"{f.size}x{f.size}", f.jump, f.offset, dead))
+    s.table(["layer", f"receptive field (of {crop}x{crop})", "stride (px)", "offset (px)", "units never active"], rows)
+    s.note("Receptive field: the input pixels one unit sees, from the kernels, strides and paddings of every layer "
+           "below it; offset: where unit (0, 0)'s field starts (negative: in the padding). A unit never active has "
+           "no positive response on any validation image.")  # fmt: skip
+    for name, u in units.items():
+        chosen = representative_units(u)
+        if not chosen:
+            s.text(f"{name}: no unit responds positively to any validation image.")
+            continue
+        wanted = sorted({int(i) for unit in chosen for i in u.images[unit] if i >= 0})
+        position = {j: n for n, j in enumerate(wanted)}
+        images = centre_crop(images_at(session.dataset, "val", wanted), crop)
+        grid_rows, captions = [], []
+        for unit in chosen:
+            tops = [(int(i), int(y), int(x), float(v)) for i, y, x, v in zip(u.images[unit], u.ys[unit], u.xs[unit], u.values[unit])
+                    if i >= 0]  # fmt: skip
+            grid_rows.append([patch(images[position[i]], fields[name], y, x) for i, y, x, _ in tops])
+            captions.append([(f"#{unit} " if k == 0 else "") + f"{v:.2f}" for k, (*_, v) in enumerate(tops)])
+        f = fields[name]
+        s.text(f"{name}: {len(u.values)} units, each sees {f.size}x{f.size} px (rows: units {', '.join(map(str, chosen))}).")
+        s.image(grids.image_rows(grid_rows, captions, tile=TILE, first_gap=0), f"{name} top patches")
+    s.note(f"Each row is one unit: its {units[next(iter(units))].values.shape[1]} validation images with the largest "
+           "response (its convolution's output at its strongest position, before the ReLU), each cut to the unit's "
+           f"receptive field (grey: the part that lies in the padding), with the response. Per layer the {ACTIVE} units "
+           f"with the largest mean response over the validation split, then the {VARIED} whose response varies most "
+           "between images (largest standard deviation). Mined in one pass over the split, cached in the run's layers/ "
+           f"folder{' (mined now)' if mined else ''}.")  # fmt: skip
