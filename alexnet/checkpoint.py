@@ -3,7 +3,7 @@
 A checkpoint file is a plain dict of tensors and primitives (format 1, below), always loadable
 with ``torch.load(path, weights_only=True)``: loading never executes code from the file. It
 holds the model weights and everything needed to use the model (model name and options,
-classes, input normalisation) and, when written by ``alexnet train``, to resume exactly
+classes, the input convention record of :mod:`alexnet.data.convention`) and, when written by ``alexnet train``, to resume exactly
 (optimizer, scheduler, RNG states, the position inside the epoch).
 
 This module is the only one that knows the dict's keys: training writes a
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.data.pipeline import InputNorm, input_convention_error
+from alexnet.data.convention import InputConvention, InputNorm
 from alexnet.errors import UserError
 from alexnet.io import atomic_write
 from alexnet.runfolder import BASELINE_RUN, BEST, LAST, folder_contents, last_checkpoint
@@ -60,10 +60,28 @@ class DataSpec:
     crop: int  # then (centre-)cropped to this
     synthetic: bool
     norm: InputNorm
+    channel_order: str = ""  # "" = RGB, or L for one channel (InputConvention)
+    pixel_scale: float = 255.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_order", self.convention.channel_order)
+
+    @property
+    def convention(self) -> InputConvention:
+        """The model's input convention record (what ``data.convention`` holds on disk)."""
+        return InputConvention(self.channels, self.image_size, self.crop, self.norm, self.channel_order, self.pixel_scale)
+
+    @classmethod
+    def of(cls, name: str, synthetic: bool, convention: InputConvention) -> DataSpec:
+        """The data settings of a model with ``convention``."""
+        c = convention
+        return cls(name, c.channels, c.image_size, c.crop, synthetic, c.norm, c.channel_order, c.pixel_scale)
 
     def to_dict(self) -> dict[str, Any]:
+        # The flat fields stay for readers of format 1 before the record (warm starts read them);
+        # the record's mean image is the same tensor, stored once by torch.save.
         return {"name": self.name, "channels": self.channels, "image_size": self.image_size, "crop": self.crop,
-                "synthetic": self.synthetic, **self.norm.to_dict()}  # fmt: skip
+                "synthetic": self.synthetic, **self.norm.to_dict(), "convention": self.convention.to_dict()}  # fmt: skip
 
 
 @dataclass
@@ -390,6 +408,22 @@ def _parse_fields(d: dict[str, Any], source: str) -> Checkpoint:
 
 
 def _parse_data(data: dict[str, Any]) -> DataSpec:
+    name = data.get("name", "")
+    synthetic = data.get("synthetic", False)
+    if not isinstance(name, str) or not isinstance(synthetic, bool):
+        raise _Bad("data.name or data.synthetic has the wrong type")
+    record = data.get("convention")
+    if record is None:  # written before the record: derived from the fields every checkpoint has
+        return DataSpec.of(name, synthetic, _parse_flat_convention(data))
+    if not isinstance(record, dict):
+        raise _Bad("data.convention is not a record")
+    try:
+        return DataSpec.of(name, synthetic, InputConvention.from_dict(record))
+    except ValueError as e:
+        raise _Bad(f"data.convention: {e}") from None
+
+
+def _parse_flat_convention(data: dict[str, Any]) -> InputConvention:
     channels = _positive(data, "channels", "data.")
     image_size, crop = _positive(data, "image_size", "data."), _positive(data, "crop", "data.")
     mean, std = _numbers(data, "mean", channels, "data."), _numbers(data, "std", channels, "data.")
@@ -400,15 +434,11 @@ def _parse_data(data: dict[str, Any]) -> DataSpec:
         not isinstance(mean_image, torch.Tensor) or tuple(mean_image.shape) != (channels, image_size, image_size)
     ):
         raise _Bad(f"data.mean_image is not a {channels}x{image_size}x{image_size} tensor")
-    name = data.get("name", "")
-    synthetic = data.get("synthetic", False)
-    if not isinstance(name, str) or not isinstance(synthetic, bool):
-        raise _Bad("data.name or data.synthetic has the wrong type")
-    norm = InputNorm(mean, std, mean_image)
-    why = input_convention_error(channels, image_size, crop, norm)
+    convention = InputConvention(channels, image_size, crop, InputNorm(mean, std, mean_image))
+    why = convention.error()
     if why:
         raise _Bad(f"data: {why}")
-    return DataSpec(name, channels, image_size, crop, synthetic, norm)
+    return convention
 
 
 def _parse_meter(meter: Any) -> dict[str, float] | None:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from alexnet import models
 from alexnet.cli import main
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.convention import InputConvention, InputNorm
 from alexnet.errors import UserError
 from alexnet.interop.runs import write_run
 from alexnet.runfolder import run_folder_lock
@@ -90,7 +90,7 @@ def test_import_takes_the_lock_and_force_replaces_only_an_import(tmp_path: Path)
     out = make_run(tmp_path / "R")
     before = snapshot(out)
     model = models.create("alexnet-small", 4)
-    args = ("alexnet-small", {}, ["a", "b", "c", "d"], 3, 32, 28, InputNorm((0.0,) * 3, (1.0,) * 3), "test", {"from": "again"})
+    args = ("alexnet-small", {}, ["a", "b", "c", "d"], InputConvention(3, 32, 28, InputNorm((0.0,) * 3, (1.0,) * 3)), "test", {"from": "again"})
     with run_folder_lock(out), pytest.raises(UserError, match="in use by another alexnet process"):
         write_run(out, model, *args, force=True)  # `alexnet train --out R` holds R: the import waits for nobody
     assert snapshot(out) == before
@@ -557,17 +557,17 @@ def test_serve_takes_an_exported_onnx_like_predict_and_names_no_folder(tmp_path:
                                                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     pytest.importorskip("onnxruntime")
     pytest.importorskip("fastapi")
-    from alexnet.serving.app import Predictor, ServeConfig
+    from alexnet.serving.app import ServeConfig, ServedModel
 
     run, exported = make_run(tmp_path / "run"), tmp_path / "model.onnx"
     assert cli(capsys, "export", str(run), "--out", str(exported))[0] == 0
-    served = Predictor(ServeConfig(source=str(exported)))
+    served = ServedModel(ServeConfig(source=str(exported)))
     assert served.info()["source"] == "model.onnx" and served.info()["num_classes"] == 4
     batch = served.decode(image.read_bytes(), "photo.png").unsqueeze(0)
     got = [p["class"] for p in served.topk(batch, 2)[0]]
     code, out, _ = cli(capsys, "predict", str(exported), str(image), "--topk", "2", "--json")
     assert code == 0 and got == [p["class"] for p in json.loads(out)[0]["predictions"]]
-    assert Predictor(ServeConfig(source=str(run))).info()["source"] == "run"  # not /tmp/.../run
+    assert ServedModel(ServeConfig(source=str(run))).info()["source"] == "run"  # not /tmp/.../run
 
 
 def test_kaggle_layout_skips_and_names_what_is_not_a_file(tmp_path: Path) -> None:

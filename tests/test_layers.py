@@ -9,8 +9,8 @@ from pathlib import Path
 import alexnet
 
 # Lower layers first. Models and data at the bottom; the checkpoint format above them (it names
-# a model and its data); then what evaluates, trains, fits or converts models; then what runs
-# those; the servers, benchmarks and the command line on top.
+# a model and its data); then what evaluates, trains, fits or converts models; the predictor
+# that opens any of those models; then what runs them; the servers, benchmarks and the command line on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("io", "runtime"),
@@ -18,6 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("checkpoint", "precision"),
     ("evaluation",),
     ("training", "baselines", "interop"),
+    ("inference",),
     ("reporting", "experiments"),
     ("serving",),
     ("bench",),

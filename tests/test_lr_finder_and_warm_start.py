@@ -212,7 +212,7 @@ def test_finetune_gives_pretrained_layers_a_lower_lr(source_run: Path, tmp_path:
 def test_torchvision_weights_file(tmp_path: Path) -> None:
     import torchvision
 
-    from alexnet.evaluation import TORCHVISION_MEAN
+    from alexnet.models.owt import TORCHVISION_MEAN
 
     weights = tmp_path / "alexnet-owt.pth"  # torchvision's layout, random values (no download)
     torch.save(torchvision.models.alexnet(num_classes=10).state_dict(), weights)

@@ -17,10 +17,9 @@ from alexnet.baselines.pipeline import (
     fit_baseline,
     is_baseline_run,
     load_baseline,
-    predict_baseline,
 )
 
 __all__ = [
     "DEFAULT_L2", "DESCRIPTIONS", "FEATURES", "SYSTEMS", "BaselineConfig", "evaluate_baseline", "fit_baseline", "is_baseline_run",
-    "load_baseline", "predict_baseline",
+    "load_baseline",
 ]  # fmt: skip

@@ -44,7 +44,7 @@ from alexnet.data.pipeline import MAX_IMAGE_SIDE
 from alexnet.data.presets import centre_crop
 from alexnet.errors import UserError
 from alexnet.io import atomic_write, atomic_write_json, read_regular_file
-from alexnet.runfolder import BASELINE_KIND, LOCK_NAME, run_folder_lock
+from alexnet.runfolder import BASELINE, BASELINE_KIND, BASELINE_METRICS, CONFIG, LOCK_NAME, run_folder_lock, run_kind
 
 KIND = BASELINE_KIND
 FORMAT_VERSION = 1
@@ -87,13 +87,7 @@ class BaselineConfig:
 
 def is_baseline_run(path: str | Path) -> bool:
     """Whether ``path`` is a baseline run folder (so eval/predict/train can dispatch on it)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("kind") == KIND
-    except (OSError, ValueError, AttributeError):
-        return False
+    return run_kind(path) == BASELINE
 
 
 def hog_scales(side: int) -> tuple[HogParams, ...]:
@@ -290,7 +284,7 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         "crop": crop, "synthetic": ds.info.synthetic,
     }  # fmt: skip
     make_extractor(cfg.features, crop, cfg, ds.info.channels)  # unknown names fail before anything is written
-    config_path = out / "config.json"
+    config_path = out / CONFIG
     if config_path.exists():
         if not is_baseline_run(out):
             raise UserError(f"{out} already holds something else (a network run?); choose another --out")
@@ -371,7 +365,7 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         "train_seconds_total": stages["extractor"]["seconds"] + extract["seconds"] + stages["classifier"]["seconds"],
         "lbfgs_iterations": stages["classifier"]["lbfgs_iterations"],
     }  # fmt: skip
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / BASELINE_METRICS, metrics)
     return metrics
 
 
@@ -397,8 +391,8 @@ def load_baseline(run: str | Path) -> LoadedBaseline:
     """Load a fitted baseline run folder (arrays with ``allow_pickle=False`` and JSON only)."""
     run = Path(run)
     if not is_baseline_run(run):
-        raise UserError(f"{run} is not a baseline run folder (no config.json of kind {KIND})")
-    config = _read_json(run / "config.json")
+        raise UserError(f"{run} is not a baseline run folder (no {CONFIG} of kind {KIND})")
+    config = _read_json(run / CONFIG)
     version = config.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{run} was written by a newer alexnet (format {version}); upgrade alexnet")
@@ -411,7 +405,7 @@ def load_baseline(run: str | Path) -> LoadedBaseline:
         or not isinstance(config.get("classes"), list) or not all(isinstance(c, str) for c in config["classes"])
         or not all(isinstance(config.get(k), int) and 1 <= config[k] <= MAX_IMAGE_SIDE for k in ("channels", "crop"))
     ):  # fmt: skip
-        raise UserError(f"{run / 'config.json'} is damaged (its settings, classes, channels or crop); {_RESTART}")
+        raise UserError(f"{run / CONFIG} is damaged (its settings, classes, channels or crop); {_RESTART}")
     loaded = LoadedBaseline(run, config, _load_extractor(run, settings["features"]), _load_svm(run))
     with _reading(run / "classifier.npz"):  # the parts must fit each other: one image through them all
         scores = loaded.scores(torch.zeros(1, config["channels"], config["crop"], config["crop"], dtype=torch.uint8))
@@ -460,28 +454,3 @@ def evaluate_baseline(run: str | Path, data: str | None = None, split: str = "va
         "top1_err": top1, "top5_err": top5, "loss": hinge, "n": len(labels), "crops": 1, "models": [str(run)],
         "data": data, "split": split, "synthetic": ds.info.synthetic,
     }  # fmt: skip
-
-
-def predict_baseline(run: str | Path, images: list[str], topk: int = 5) -> list[dict[str, Any]]:
-    """Top-``topk`` classes of image files, in the shape of ``alexnet.evaluation.predict``'s
-    result: ``score`` is the SVM score; ``prob`` the softmax of the scores (a ranking aid, not a
-    calibrated probability)."""
-    from alexnet.evaluation import load_image  # one decoding path for networks and baselines
-
-    model = load_baseline(run)
-    c = model.config
-    batch = torch.stack([load_image(p, c["channels"], c["image_size"], c["crop"]) for p in images])
-    scores = model.scores(batch)
-    probs = scores.softmax(1)
-    k = min(topk, scores.shape[1])
-    top = scores.topk(k, dim=1).indices
-    return [
-        {
-            "image": str(path),
-            "predictions": [
-                {"class": model.classes[i], "index": int(i), "score": float(scores[n, i]), "prob": float(probs[n, i])}
-                for i in top[n].tolist()
-            ],
-        }
-        for n, path in enumerate(images)
-    ]

@@ -111,10 +111,11 @@ def benchmark(run_folder: str | None, model: str, requests: int, levels: list[in
     onnxruntime (``iters`` calls each) and the server at each concurrency of ``levels``
     (``requests`` each), every loop bounded by ``max_seconds``: the result (what ``--json`` prints)."""
     from alexnet.bench.prepare import photo_like
-    from alexnet.data.pipeline import InputNorm
-    from alexnet.interop.onnx_model import OnnxModel, export_onnx
+    from alexnet.data.convention import InputConvention, InputNorm
+    from alexnet.inference import OnnxPredictor
+    from alexnet.interop.onnx_model import export_onnx
     from alexnet.interop.runs import write_run
-    from alexnet.serving.app import Predictor, ServeConfig
+    from alexnet.serving.app import ServeConfig, ServedModel
 
     tmp = Path(tempfile.mkdtemp(prefix="alexnet-bench-serve-"))
     server = None
@@ -125,27 +126,27 @@ def benchmark(run_folder: str | None, model: str, requests: int, levels: list[in
             entry = models.info(model)
             side = entry.image_size
             size = 256 if side >= 224 else side + 4
-            write_run(run_dir, models.create(model, 1000), model, {}, [f"class{i}" for i in range(1000)], 3,
-                      size, side, InputNorm((123.7, 116.3, 103.5), (58.4, 57.1, 57.4)), "bench", {"from": "bench serve"})  # fmt: skip
+            write_run(run_dir, models.create(model, 1000), model, {}, [f"class{i}" for i in range(1000)],
+                      InputConvention(3, size, side, InputNorm((123.7, 116.3, 103.5), (58.4, 57.1, 57.4))), "bench", {"from": "bench serve"})  # fmt: skip
         buf = io.BytesIO()
         photo_like(np.random.default_rng(0), 500, 375).save(buf, "JPEG", quality=90)
         image = buf.getvalue()
         image_path = tmp / "image.jpg"
         image_path.write_bytes(image)
 
-        # In-process, PyTorch: the server's own Predictor, without HTTP, called from a worker thread
+        # In-process, PyTorch: the server's own ServedModel, without HTTP, called from a worker thread
         # as the server calls it. (On a loaded 2-core machine a forward pass called from the main
         # thread was 50-300x slower than from a worker thread: alexnet-small 150-860 ms vs 3 ms.)
-        predictor = Predictor(ServeConfig(str(run_dir), device="cpu", precision=precision))
+        predictor = ServedModel(ServeConfig(str(run_dir), device="cpu", precision=precision))
         with ThreadPoolExecutor(1) as pool:
             call = lambda: pool.submit(predictor.topk, predictor.decode(image, "bench").unsqueeze(0), 5).result()
             torch_ms = _timed(call, iters, max_seconds)
-        model_name = predictor.loaded.name
+        model_name = predictor.name
 
-        # In-process, onnxruntime: the exported model, same decoding (alexnet.evaluation.load_image).
+        # In-process, onnxruntime: the exported model, same decoding (its eval transform).
         onnx_path = tmp / "model.onnx"
         export = export_onnx(run_dir, onnx_path)
-        ort_model = OnnxModel(onnx_path)
+        ort_model = OnnxPredictor(onnx_path)
         ort_ms = _timed(lambda: ort_model.predict([str(image_path)], 5), iters, max_seconds)
 
         port = _free_port()

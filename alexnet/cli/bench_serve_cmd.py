@@ -4,10 +4,10 @@ same model's in-process latency with PyTorch and with onnxruntime, measured in o
 The three measure the same work per request: one photo-like JPEG of about 500x375 (quality 90)
 decoded, resized and cropped, normalised, and one forward pass (batch 1):
 
-* ``in-process``: :class:`alexnet.serving.app.Predictor` called directly (what the server runs),
+* ``in-process``: :class:`alexnet.serving.app.ServedModel` called directly (what the server runs),
   from a worker thread as in the server;
 * ``onnxruntime``: the model exported by ``alexnet export``, run by
-  :class:`alexnet.interop.onnx_model.OnnxModel` with the same decoding;
+  :class:`alexnet.inference.OnnxPredictor` with the same decoding;
 * ``server c=1`` / ``server c=16``: ``alexnet serve`` started as a subprocess on a free port of
   127.0.0.1, and a load generator here (threads with keep-alive HTTP connections) posting the
   image as a raw body to ``/v1/predict``; ``c`` requests in flight at once.

@@ -14,10 +14,8 @@ instead.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 from alexnet.cli.common import positive_int, show_progress
 from alexnet.cli.train_cmd import (
@@ -33,7 +31,7 @@ from alexnet.data import open_dataset
 from alexnet.data.fashion_mnist import DEFAULT_DIR
 from alexnet.data.idx import IDX_FILES
 from alexnet.errors import UserError
-from alexnet.runfolder import check_folder_path
+from alexnet.runfolder import check_folder_path, last_checkpoint, read_metrics
 from alexnet.training.recipes import SMALL
 from alexnet.training.trainer import TrainConfig
 
@@ -95,14 +93,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=data, recipe=recipe, out=out, seed=args.seed, progress=show_progress(args), model_options=model_options,
                       lr_policy="auto" if lr_auto(args) else "fixed")  # --lr auto  # fmt: skip
     check_folder_path(out)  # before the baseline's minutes, not after them
-    if (Path(out) / "checkpoints" / "last.pt").exists():  # demo has no --resume to suggest
+    if last_checkpoint(out).exists():  # demo has no --resume to suggest
         raise UserError(f"{out} already holds a demo run; choose another --out (without --out each demo gets a new folder)")
     open_dataset(data)  # likewise a wrong --data (~1 s; the baseline and the trainer open it again)
     baseline = _run_baseline(data, out, args)
     code = run_training(cfg, resume=False)
     if code:
         return code
-    history = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    history = read_metrics(out)
     print()
     print(f"{'epoch':>5} {'train s':>8} {'img/s':>7} {'train err':>10} {'test acc':>9} {'test top-5':>10}")
     for r in history:

@@ -9,6 +9,8 @@ from alexnet import baselines
 from alexnet.cli.common import add_runtime_options, positive_int
 from alexnet.errors import UserError
 from alexnet.evaluation import evaluate_checkpoints
+from alexnet.inference import open_predictor
+from alexnet.runfolder import BASELINE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if any(map(baselines.is_baseline_run, args.checkpoints)):  # a 2011 baseline: SVM scores, one view
+    predictors = [open_predictor(p, args.device, args.precision) for p in args.checkpoints]
+    if any(p.kind == BASELINE for p in predictors):  # a 2011 baseline: SVM scores, one view
         if len(args.checkpoints) > 1:
             raise UserError("a baseline run is evaluated on its own, not in an ensemble")
         if args.ten_crop or args.flip:  # its features are of the centre crop; saying nothing would mislead
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         result = baselines.evaluate_baseline(args.checkpoints[0], args.data, args.split, args.batch_size)
     else:
         result = evaluate_checkpoints(
-            args.checkpoints, args.data, args.split, args.batch_size, args.device, args.precision,
+            [p.require_network("eval") for p in predictors], args.data, args.split, args.batch_size, args.device, args.precision,
             "ten-crop" if args.ten_crop else "flip" if args.flip else "centre",
             per_class_file=args.per_class, workers=args.workers,
         )  # fmt: skip

@@ -32,16 +32,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from alexnet.data.images import load_image
     from alexnet.errors import UserError
-    from alexnet.evaluation import load_image
-    from alexnet.evaluation.features import features_of, images_at, open_session
+    from alexnet.evaluation.features import features_of, images_at, session_for
     from alexnet.evaluation.retrieval import load_or_build_index
+    from alexnet.inference import open_predictor
 
     if args.out and not args.out.lower().endswith(".png"):
         raise UserError(f"--out must be a .png file, got {args.out}")
-    session = open_session(args.run, args.data, args.device, args.precision)
+    predictor = open_predictor(args.run, args.device, args.precision)
+    session = session_for(predictor.require_network("similar (fc7 distances)"), args.data, predictor.precision)
     m = session.loaded
-    queries = torch.stack([load_image(p, m.channels, m.image_size, m.crop) for p in args.images])
+    queries = torch.stack([load_image(p, m.convention) for p in args.images])
     log = (lambda msg: None) if args.json else print
     started = time.perf_counter()
     index, built = load_or_build_index(session, args.run, args.split, progress=show_progress(args), log=log)

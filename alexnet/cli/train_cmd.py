@@ -23,6 +23,7 @@ from alexnet.data.presets import PCA_MODES
 from alexnet.errors import UserError
 from alexnet.models import available
 from alexnet.models.init import INIT_SCHEMES
+from alexnet.runfolder import last_checkpoint
 from alexnet.runtime import default_workers
 from alexnet.training.recipes import EVAL_VIEW_NAMES, NORMALIZATIONS, RECIPES, SCHEDULES, get_recipe, recipe_fields
 from alexnet.training.trainer import (
@@ -291,7 +292,7 @@ def run_training(cfg: TrainConfig, resume: Path | bool | None = None) -> int:
         print(f"{fresh}alexnet: {e}; resume with: alexnet train --resume {cfg.out}", file=sys.stderr)
         return 128 + e.signum
     except NonFiniteLoss as e:
-        kept = (Path(cfg.out) / "checkpoints" / "last.pt").exists()
+        kept = last_checkpoint(cfg.out).exists()
         where = (f"the last good checkpoint is kept in {cfg.out}/checkpoints" if kept
                  else "no checkpoint was written before it")  # fmt: skip
         print(f"alexnet: error: {e}; stopped, {where} (try a lower --lr)", file=sys.stderr)

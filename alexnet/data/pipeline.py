@@ -4,18 +4,18 @@ One home for how pixels reach the network: training (:mod:`alexnet.training`), e
 prediction (:mod:`alexnet.evaluation`) and the benchmarks all go through
 :class:`InputPipeline` with the :class:`InputNorm` stored in the checkpoint, so a model sees
 at test time exactly the preprocessing it was trained with. The batch transforms themselves
-(crops, flips, PCA colour noise) are in :mod:`alexnet.data.presets`.
+(crops, flips, PCA colour noise) are in :mod:`alexnet.data.presets`; the input convention
+record and the transform of single image files in :mod:`alexnet.data.convention`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from alexnet.data.convention import MAX_IMAGE_SIDE, InputNorm, input_convention_error
 from alexnet.data.dataset import Dataset
 from alexnet.data.presets import (
     EVAL_VIEWS,
@@ -32,46 +32,7 @@ from alexnet.data.presets import (
 from alexnet.data.seeding import generator
 from alexnet.errors import UserError
 
-
-@dataclass(frozen=True)
-class InputNorm:
-    """How pixels are normalised: the paper's mean image, or per-channel mean/std (0-255 units).
-
-    Stored in checkpoints, so evaluation and prediction normalise exactly as training did.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    mean_image: torch.Tensor | None = None  # C x S x S; when set, subtract it (no std division)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"mean": list(self.mean), "std": list(self.std), "mean_image": self.mean_image}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> InputNorm:
-        return cls(tuple(d["mean"]), tuple(d["std"]), d.get("mean_image"))  # type: ignore[arg-type]
-
-
-# The largest image side (and crop) a checkpoint or an exported model may ask inputs to be
-# resized to; the paper's is 256. Checked before any image is resized: a damaged or hostile
-# file's 10^6 would make every prediction allocate terabytes.
-MAX_IMAGE_SIDE = 1024
-
-
-def input_convention_error(channels: int, image_size: int, crop: int, norm: InputNorm) -> str | None:
-    """Why a stored input convention (a checkpoint's ``data``, an ONNX file's metadata) cannot be
-    used, in a few words naming the field; None when it can."""
-    if not 1 <= image_size <= MAX_IMAGE_SIDE:
-        return f"image_size is {image_size}, outside 1..{MAX_IMAGE_SIDE}"
-    if not 1 <= crop <= image_size:
-        return f"crop is {crop}, outside 1..image_size ({image_size})"
-    if len(norm.mean) != channels or len(norm.std) != channels:
-        return f"the normalisation has {len(norm.mean)} means and {len(norm.std)} stds for {channels} channels"
-    if not all(math.isfinite(v) for v in (*norm.mean, *norm.std)) or not all(s > 0 for s in norm.std):
-        return "the normalisation has a mean or std that is not finite, or a std <= 0"
-    if norm.mean_image is not None and tuple(norm.mean_image.shape) != (channels, image_size, image_size):
-        return f"the mean image is not {channels}x{image_size}x{image_size}"
-    return None
+__all__ = ["MAX_IMAGE_SIDE", "InputNorm", "InputPipeline", "input_convention_error"]
 
 
 class InputPipeline:

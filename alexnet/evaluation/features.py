@@ -49,6 +49,13 @@ def open_session(run: str | Path, data: str | None = None, device_name: str = "a
     """Load ``run``'s model and open ``data`` (default: the data it was trained on)."""
     device = resolve_device(device_name)
     loaded = load_model(run, device)
+    return session_for(loaded, data, resolve_precision(precision_name, device, loaded.name))
+
+
+def session_for(loaded: LoadedModel, data: str | None, precision: str) -> Session:
+    """A loaded model (on its device) and ``data`` (default: the data it was trained on), checked
+    to fit each other."""
+    run, device = loaded.source, next(loaded.model.parameters()).device
     data = data or loaded.data_source
     if not data:
         raise UserError(f"{run} does not say what data it was trained on; pass --data")
@@ -62,7 +69,7 @@ def open_session(run: str | Path, data: str | None = None, device_name: str = "a
         raise UserError(f"{loaded.source} was trained on {loaded.crop}x{loaded.crop} crops but {data} gives "
                         f"{dataset.eval_crop}x{dataset.eval_crop}; pass the --data it was trained on")  # fmt: skip
     pipeline = InputPipeline(dataset, device, channels_last=False, seed=0, norm=loaded.norm)
-    return Session(loaded, dataset, data, device, resolve_precision(precision_name, device, loaded.name), pipeline)
+    return Session(loaded, dataset, data, device, precision, pipeline)
 
 
 def check_split(session: Session, split: str) -> int:

@@ -27,7 +27,7 @@ import torch
 from alexnet.errors import UserError
 from alexnet.evaluation.features import FEATURE_LAYER, Session, extract_features
 from alexnet.io import atomic_write_json
-from alexnet.runfolder import run_folder_lock
+from alexnet.runfolder import last_checkpoint, run_folder_lock
 
 INDEX_DIR = "retrieval"
 INDEX_VERSION = 1
@@ -97,7 +97,7 @@ def index_paths(run: str | Path, split: str, layer: str = FEATURE_LAYER) -> tupl
 def checkpoint_file(run: str | Path) -> Path:
     """The checkpoint file that ``run`` (folder or file) stands for."""
     run = Path(run)
-    return run / "checkpoints" / "last.pt" if run.is_dir() else run
+    return last_checkpoint(run) if run.is_dir() else run
 
 
 def identity(session: Session, run: str | Path, split: str, layer: str) -> dict[str, object]:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from alexnet.experiments.plans import Plan
-from alexnet.experiments.runner import read_metrics, view_result_path
+from alexnet.experiments.runner import view_result_path
+from alexnet.runfolder import read_metrics
 
 NOISE_FACTOR = 2.0  # standard errors a difference must exceed to count as real
 

@@ -39,12 +39,17 @@ from alexnet.experiments.paper_size import ensure_prepared
 from alexnet.experiments.plans import Plan, PlannedRun
 from alexnet.io import atomic_write_json
 from alexnet.models import canonical
-from alexnet.runfolder import LOCK_NAME, FolderInUse, run_folder_lock
+from alexnet.runfolder import (
+    CONFIG,
+    LOCK_NAME,
+    FolderInUse,
+    last_checkpoint,
+    read_config,
+    read_metrics,
+    run_folder_lock,
+)
 from alexnet.training.trainer import TrainConfig, train
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-CHECKPOINT = Path("checkpoints") / "last.pt"
 COPIED_FROM = "copied-from.json"
 # The settings that define a run's result; runtime ones (progress bar, decoding threads) may differ.
 _DEFINING = ("data", "recipe", "seed", "model_options")
@@ -75,30 +80,21 @@ class RunEvent:
     source: Path | None = None
 
 
-def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run (``[]`` if it has none yet)."""
-    path = Path(folder) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_status(run: PlannedRun) -> str:
     """``done``, ``partial`` (a checkpoint to resume from) or ``new``."""
     folder = run.folder
     _check_same_run(folder, run.config)
     if len(read_metrics(folder)) >= run.config.recipe.epochs:
         return "done"
-    return "partial" if (folder / CHECKPOINT).is_file() else "new"
+    return "partial" if last_checkpoint(folder).is_file() else "new"
 
 
 def _check_same_run(folder: Path, cfg: TrainConfig) -> None:
-    path = folder / CONFIG
-    if not path.is_file():
+    if not (folder / CONFIG).is_file():
         return
-    saved = _saved_config(path)
+    saved = _saved_config(folder)
     if saved is None:
-        raise UserError(f"{path} is unreadable; remove {folder} or choose another --out")
+        raise UserError(f"{folder / CONFIG} is unreadable; remove {folder} or choose another --out")
     wanted = _as_saved(cfg)
     # epochs may grow, as with `train --resume --epochs`: the first epochs are the same run's.
     saved, wanted = _network_spelled_out(saved, epochs=False), _network_spelled_out(wanted, epochs=False)
@@ -112,11 +108,11 @@ def _check_same_run(folder: Path, cfg: TrainConfig) -> None:
         )
 
 
-def _saved_config(path: Path) -> dict[str, Any] | None:
+def _saved_config(folder: Path) -> dict[str, Any] | None:
     """The ``config`` of a run folder's ``config.json`` (``None`` if unreadable)."""
     try:
-        saved = json.loads(path.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = (read_config(folder) or {}).get("config")
+    except UserError:
         return None
     return saved if isinstance(saved, dict) else None
 
@@ -148,8 +144,8 @@ def find_copy_source(run: PlannedRun, root: Path) -> Path | None:
         folder = path.parent
         if folder.resolve() == run.folder.resolve() or len(read_metrics(folder)) != run.config.recipe.epochs:
             continue
-        saved = _saved_config(path)
-        if saved is not None and (folder / CHECKPOINT).is_file() and _copy_identity(saved) == wanted:
+        saved = _saved_config(folder)
+        if saved is not None and last_checkpoint(folder).is_file() and _copy_identity(saved) == wanted:
             return folder
     return None
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from alexnet import models
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.convention import InputConvention, InputNorm
 from alexnet.errors import UserError
 from alexnet.evaluation import imagenet_class_names
 from alexnet.interop.caffe_proto import V1_TYPES, messages
@@ -394,5 +394,7 @@ def import_caffe(
     classes = list(imagenet_class_names()) if num_classes == 1000 else [str(i) for i in range(num_classes)]
     provenance = {"from": "caffe", "prototxt": str(prototxt), "caffemodel": str(caffemodel),
                   "mean": str(mean) if mean else None, "format": fmt, "net_name": net.name}  # fmt: skip
-    ckpt = write_run(out, model, "alexnet", options, classes, 3, image_size, CROP, norm, f"caffe:{Path(caffemodel).name}", provenance, force)
+    # conv1's input channels were turned from Caffe's BGR to RGB above: the run takes RGB pixels.
+    convention = InputConvention(3, image_size, CROP, norm, channel_order="RGB", pixel_scale=255.0)
+    ckpt = write_run(out, model, "alexnet", options, classes, convention, f"caffe:{Path(caffemodel).name}", provenance, force)
     return ImportResult(str(out), str(ckpt), fmt, num_classes, float(lrn_k), lrn_order, mean_text, options)

@@ -8,10 +8,10 @@ effective coefficient times ``size`` whatever our model's ``lrn_convention``. A 
 (``lrn_scope="tower"``) becomes ``Split`` -> one ``LRN`` per tower -> ``Concat`` (ONNX's LRN has
 no groups). Grouped convolutions stay ``Conv`` with ``group = 2``.
 
-The preprocessing (decode, short side, crop, mean image or per-channel mean/std) is written as
-JSON into the model's metadata (key :data:`~alexnet.interop.preprocessing.METADATA_KEY`), with
-the class names (``alexnet.classes``) and the model name, so ``alexnet predict model.onnx``
-needs nothing else.
+The model's input convention (:class:`~alexnet.data.convention.InputConvention`: short side,
+crop, channel order, mean image or per-channel mean/std) is written as JSON into the model's
+metadata (key :data:`METADATA_KEY`), with the class names (``alexnet.classes``) and the model
+name, so ``alexnet predict model.onnx`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.data.convention import InputConvention, eval_transform
+from alexnet.data.images import load_image
 from alexnet.errors import UserError
-from alexnet.evaluation import LoadedModel, load_image, load_model
-from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing
+from alexnet.evaluation import LoadedModel, load_model
 from alexnet.io import atomic_write
 from alexnet.models.lrn import LocalResponseNorm
 
@@ -41,6 +42,7 @@ CHECK_IMAGES = 8
 # net on raw 0-255 pixels (random weights in the tests) reaches; reordering a sum moves that much.
 CHECK_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+METADATA_KEY = "alexnet.preprocessing"  # the InputConvention record, as JSON
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -103,7 +105,7 @@ def onnx_bytes(loaded: LoadedModel, opset: int = OPSET) -> bytes:
         )  # fmt: skip
     proto = onnx.load_from_string(buffer.getvalue())
     meta = {
-        METADATA_KEY: Preprocessing.of(loaded).to_json(),
+        METADATA_KEY: loaded.convention.to_json(),
         "alexnet.model": loaded.name,
         "alexnet.classes": json.dumps(list(loaded.classes)),
         "alexnet.source": Path(loaded.source).name,  # a file that travels names no folder of this machine
@@ -119,12 +121,13 @@ def onnx_bytes(loaded: LoadedModel, opset: int = OPSET) -> bytes:
     return proto.SerializeToString()
 
 
-def check_images(pre: Preprocessing, files: list[str] | None, count: int = CHECK_IMAGES) -> torch.Tensor:
+def check_images(convention: InputConvention, files: list[str] | None, count: int = CHECK_IMAGES) -> torch.Tensor:
     """The uint8 batch the export check runs: ``files`` decoded, or ``count`` fixed noise images."""
+    c = convention
     if files:
-        return torch.stack([load_image(f, pre.channels, pre.image_size, pre.crop) for f in files])
+        return torch.stack([load_image(f, c) for f in files])
     gen = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (count, pre.channels, pre.crop, pre.crop), generator=gen, dtype=torch.uint8)
+    return torch.randint(0, 256, (count, c.channels, c.crop, c.crop), generator=gen, dtype=torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,7 @@ def export_onnx(
     start = time.perf_counter()
     data = onnx_bytes(loaded)
     seconds = time.perf_counter() - start
-    pre = Preprocessing.of(loaded)
-    x = pre.normalize(check_images(pre, check_files))
+    x = eval_transform(loaded.convention).normalize(check_images(loaded.convention, check_files))
     with torch.inference_mode():
         expected = loaded.model(x).numpy()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -175,7 +177,8 @@ def export_onnx(
 
 
 class OnnxModel:
-    """An exported model under onnxruntime, with the preprocessing and classes from its metadata."""
+    """An exported model under onnxruntime, with the input convention and classes from its metadata
+    (:class:`alexnet.inference.OnnxPredictor` predicts with it)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         _, ort = _require_onnx()
@@ -193,48 +196,20 @@ class OnnxModel:
         if METADATA_KEY not in meta:
             raise UserError(f"{path} has no alexnet preprocessing metadata; export it with `alexnet export`")
         try:
-            self.preprocessing = Preprocessing.from_json(meta[METADATA_KEY])
+            self.convention = InputConvention.from_json(meta[METADATA_KEY])
             classes = json.loads(meta.get("alexnet.classes", "[]"))
-        except (UserError, ValueError) as e:  # name the file: the message alone does not say which
-            raise UserError(f"{path}: {e}") from None
+        except ValueError as e:  # name the file: the message alone does not say which
+            raise UserError(f"{path}: unusable preprocessing metadata ({e})") from None
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise UserError(f"{path}: its alexnet.classes metadata is not a list of names")
         self.name = meta.get("alexnet.model", "onnx")
-        self.classes: tuple[str, ...] = tuple(classes)
         self.source = str(path)
-
-    def as_loaded(self) -> LoadedModel:
-        """This model in the shape ``load_model`` gives (CPU, fp32): its ``model`` takes the
-        normalised float batch and returns torch logits, so the server serves it like a checkpoint."""
-        pre, session = self.preprocessing, self.session
-
-        class _Runtime(nn.Module):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.float().cpu().numpy()})[0])
-
-        probe = _Runtime()(torch.zeros(1, pre.channels, pre.crop, pre.crop))  # the class count, when unnamed
-        classes = self.classes or tuple(str(i) for i in range(probe.shape[1]))
-        return LoadedModel(model=_Runtime(), name=self.name, classes=classes, channels=pre.channels,
-                           image_size=pre.image_size, crop=pre.crop, norm=pre.norm, source=self.source)  # fmt: skip
+        if not classes:  # unnamed: numbered, as many as the graph has outputs
+            c = self.convention
+            classes = [str(i) for i in range(self.logits(torch.zeros(1, c.channels, c.crop, c.crop, dtype=torch.uint8)).shape[1])]
+        self.classes: tuple[str, ...] = tuple(classes)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 ``N,C,crop,crop`` images -> ``N x classes`` logits."""
-        x = self.preprocessing.normalize(batch).numpy()
+        x = eval_transform(self.convention).normalize(batch).numpy()
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-    def predict(self, images: list[str], topk: int = 5) -> list[dict[str, Any]]:
-        """Top-``topk`` classes of image files, in :func:`alexnet.evaluation.predict`'s format."""
-        pre = self.preprocessing
-        batch = torch.stack([load_image(p, pre.channels, pre.image_size, pre.crop) for p in images])
-        probs = torch.from_numpy(self.logits(batch)).softmax(dim=1)
-        top = probs.topk(min(topk, probs.shape[1]), dim=1)
-        names = self.classes or tuple(str(i) for i in range(probs.shape[1]))
-        return [
-            {
-                "image": str(path),
-                "predictions": [
-                    {"class": names[i], "index": int(i), "prob": float(p)} for p, i in zip(top.values[n], top.indices[n])
-                ],
-            }
-            for n, path in enumerate(images)
-        ]

@@ -2,7 +2,7 @@
 
 ``eval``, ``predict``, ``export``, ``serve`` and ``--init-from`` read it like a trained run's:
 the checkpoint holds the weights, the model name and options, the classes and the input
-normalisation; it has no optimizer state, so it cannot be resumed (there is nothing to resume).
+convention record; it has no optimizer state, so it cannot be resumed (there is nothing to resume).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from alexnet.checkpoint import Checkpoint, DataSpec, save_checkpoint
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.convention import InputConvention
 from alexnet.errors import UserError
 from alexnet.runfolder import (
     IMPORTED_RUN,
@@ -31,17 +31,15 @@ def write_run(
     model_name: str,
     model_options: dict[str, Any],
     classes: list[str],
-    channels: int,
-    image_size: int,
-    crop: int,
-    norm: InputNorm,
+    convention: InputConvention,
     data_name: str,
     provenance: dict[str, Any],
     force: bool = False,
 ) -> Path:
     """Write ``model`` as a run folder at ``out``; returns the checkpoint path.
 
-    ``classes`` are label-ordered names or ids (ImageNet WNIDs display as names);
+    ``classes`` are label-ordered names or ids (ImageNet WNIDs display as names); ``convention``
+    is the input the weights expect, stored in the checkpoint as every trained run's is;
     ``provenance`` (where the weights came from) goes into ``config.json``. Like every command
     that writes a run folder it holds the folder's lock, and it writes only into a new or empty
     folder, or over an imported run with ``force`` (:func:`check_out`): a trained run, a
@@ -51,7 +49,7 @@ def write_run(
     ckpt = last_checkpoint(out)
     with run_folder_lock(out):
         check_out(out, force)
-        _write(out, ckpt, model, model_name, model_options, classes, channels, image_size, crop, norm, data_name, provenance)
+        _write(out, ckpt, model, model_name, model_options, classes, convention, data_name, provenance)
     return ckpt
 
 
@@ -63,11 +61,11 @@ def check_out(out: str | Path, force: bool = False) -> None:
 
 def _write(
     out: Path, ckpt: Path, model: nn.Module, model_name: str, model_options: dict[str, Any], classes: list[str],
-    channels: int, image_size: int, crop: int, norm: InputNorm, data_name: str, provenance: dict[str, Any],
+    convention: InputConvention, data_name: str, provenance: dict[str, Any],
 ) -> None:
     try:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        data = DataSpec(name=data_name, channels=channels, image_size=image_size, crop=crop, synthetic=False, norm=norm)
+        data = DataSpec.of(data_name, False, convention)
         save_checkpoint(ckpt, Checkpoint(weights=model.state_dict(), model_name=model_name, model_options=model_options,
                                          classes=tuple(classes), data=data, config={"imported": provenance}))  # fmt: skip
         write_config(out, {"imported": provenance, "model": model_name, "model_options": model_options})

@@ -12,6 +12,12 @@ from torchvision.models import AlexNet as TorchvisionAlexNet
 
 from alexnet.models.init import initialize
 
+# The input convention torchvision's ImageNet weights were trained with (its transforms'
+# ``ImageClassification``): mean/std in 0-255 units, short side 256, centre 224 crop, RGB.
+TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+TORCHVISION_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+TORCHVISION_IMAGE_SIZE, TORCHVISION_CROP = 256, 224
+
 
 class AlexNetOWT(TorchvisionAlexNet):
     """torchvision's AlexNet (64-192-384-256-256, no LRN, no groups) with our init options."""

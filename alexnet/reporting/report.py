@@ -40,15 +40,25 @@ from alexnet.data.dataset import Dataset
 from alexnet.errors import UserError
 from alexnet.evaluation import evaluate_checkpoints
 from alexnet.evaluation.confusion import confusion_matrix, most_confused, per_class_errors
-from alexnet.evaluation.features import Session, features_of, images_at, open_session, predict_split
+from alexnet.evaluation.features import Session, features_of, images_at, predict_split, session_for
 from alexnet.evaluation.hierarchy import Hierarchy
 from alexnet.evaluation.kernels import colour_specificity, conv1_kernels
 from alexnet.evaluation.retrieval import load_or_build_index
+from alexnet.inference import open_predictor
 from alexnet.io import atomic_write_text
 from alexnet.reporting import grids, plots
 from alexnet.reporting.html import Page, Section
 from alexnet.reporting.layers import layers_section
-from alexnet.runfolder import run_folder_lock
+from alexnet.runfolder import (
+    CHECKPOINTS,
+    CONFIG,
+    LAST,
+    METRICS,
+    last_checkpoint,
+    read_config,
+    read_metrics,
+    run_folder_lock,
+)
 
 SECTIONS = ("run", "curves", "figure3", "layers", "figure4-left", "figure4-right", "per-class", "confusion",
             "confused-pairs", "severity")  # fmt: skip
@@ -100,16 +110,13 @@ def read_run(path: str | Path) -> RunFolder:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a run folder; pass the --out folder of `alexnet train`, `demo` or `baseline`")
-    config: dict[str, Any] = {}
-    if (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{path / 'config.json'} cannot be read ({e})") from None
-    network = (path / "checkpoints" / "last.pt").is_file()
+    config = read_config(path) or {}
+    network = last_checkpoint(path).is_file()
     if not network and not config:
-        raise UserError(f"{path} holds neither checkpoints/last.pt nor config.json; it is not a run folder")
-    history = _read_metrics(path)
+        raise UserError(f"{path} holds neither {CHECKPOINTS}/{LAST} nor {CONFIG}; it is not a run folder")
+    history = read_metrics(path)
+    if not history:
+        raise UserError(f"{path} has no metrics yet ({METRICS}); let the run finish an epoch first")
     predictions = None
     if not network and (path / PREDICTIONS).is_file():
         try:
@@ -120,23 +127,6 @@ def read_run(path: str | Path) -> RunFolder:
     return RunFolder(path, config, history, network, predictions)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    jsonl, single = path / "metrics.jsonl", path / "metrics.json"
-    try:
-        if jsonl.is_file():
-            history = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        elif single.is_file():
-            data = json.loads(single.read_text())
-            history = data if isinstance(data, list) else [data]
-        else:
-            history = []
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"the metrics of {path} cannot be read ({e})") from None
-    if not history:
-        raise UserError(f"{path} has no metrics yet (metrics.jsonl); let the run finish an epoch first")
-    return history
-
-
 def build_report(run_path: str | Path, options: ReportOptions = ReportOptions(),
                  log: Callable[[str], None] = print) -> Path:  # fmt: skip
     """Write the report of ``run_path`` (see the module docstring); returns its path."""
@@ -145,7 +135,7 @@ def build_report(run_path: str | Path, options: ReportOptions = ReportOptions(),
     out = Path(options.out) if options.out else run.path / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out must be an .html file, got {out}")
-    session = open_session(run.path, options.data, options.device, options.precision) if run.network else None
+    session = _network_session(run, options) if run.network else None
     kind = "network" if run.network else "baseline"
     page = Page(f"alexnet report: {run.path.name}", f"{kind} run {run.path} · written {time.strftime('%Y-%m-%d %H:%M')}")
     _run_section(page.section("run", "The run"), run, session, options)
@@ -168,6 +158,12 @@ def build_report(run_path: str | Path, options: ReportOptions = ReportOptions(),
     except OSError as e:
         raise UserError(f"cannot write the report {out}: {e.strerror or e}") from None
     return out
+
+
+def _network_session(run: RunFolder, options: ReportOptions) -> Session:
+    """The run's network (opened by the one predictor) on the data it is reported on."""
+    predictor = open_predictor(run.path, options.device, options.precision)
+    return session_for(predictor.require_network("the report of a network run"), options.data, predictor.precision)
 
 
 # --------------------------------------------------------------------------- sections
@@ -212,7 +208,7 @@ def _run_section(s: Section, run: RunFolder, session: Session | None, options: R
     s.table(["", ""], rows)
     if (options.views or options.ensemble) and run.network and session is not None:
         views = options.views or "centre"
-        result = evaluate_checkpoints([str(run.path), *options.ensemble], session.data, "val", device_name=options.device,
+        result = evaluate_checkpoints([session.loaded, *options.ensemble], session.data, "val", device_name=options.device,
                                       precision_name=options.precision, views=views)  # fmt: skip
         what = f"{len(result['models'])} model(s), {views} ({result['crops']} view(s) per image)"
         s.table(["evaluation", "top-1 error", "top-5 error", "images"],

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -36,10 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from alexnet.errors import UserError
-from alexnet.evaluation import load_image, load_model
-from alexnet.interop.preprocessing import Preprocessing
-from alexnet.precision import resolve_precision
-from alexnet.runtime import autocast, resolve_device
+from alexnet.inference import open_predictor
 
 try:  # at module level: FastAPI resolves the handlers' (string) annotations in this namespace
     from fastapi import FastAPI, Query, Request
@@ -77,33 +73,22 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-class Predictor:
-    """One model in memory; thread-safe prediction on uint8 image batches."""
+class ServedModel:
+    """The model a server serves (any kind :func:`alexnet.inference.open_predictor` opens), with the
+    server's checks on uploads; prediction is the predictor's, thread-safe."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        if cfg.source.lower().endswith(".onnx"):  # an `alexnet export` file, as `predict` takes it: onnxruntime, CPU, fp32
-            from alexnet.interop.onnx_model import OnnxModel
-
-            self.device, self.loaded, self.precision = torch.device("cpu"), OnnxModel(cfg.source).as_loaded(), "fp32"
-        else:
-            self.device = resolve_device(cfg.device)
-            self.loaded = load_model(cfg.source, self.device)
-            self.precision = resolve_precision(cfg.precision, self.device, self.loaded.name)
-        self.pre = Preprocessing.of(self.loaded)
-        self._lock = threading.Lock()
+        self.predictor = open_predictor(cfg.source, cfg.device, cfg.precision)
+        self.name, self.classes = self.predictor.name, self.predictor.classes
+        c = self.predictor.convention
         with torch.inference_mode():  # first call allocates; do it before the first request
-            self.topk(torch.zeros(1, self.pre.channels, self.pre.crop, self.pre.crop, dtype=torch.uint8), 1)
+            self.topk(torch.zeros(1, c.channels, c.crop, c.crop, dtype=torch.uint8), 1)
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /v1/model`` returns."""
-        m = self.loaded
-        return {
-            "name": m.name, "classes": list(m.classes), "num_classes": len(m.classes), "input_size": m.crop,
-            # the run's name, not its path: the server's folders are nobody's business
-            "image_size": m.image_size, "channels": m.channels, "source": Path(m.source).name, "device": str(self.device),
-            "precision": self.precision,
-        }  # fmt: skip
+        """What ``GET /v1/model`` returns (the run's name, not its path: the server's folders are
+        nobody's business)."""
+        return self.predictor.info()
 
     def decode(self, data: bytes, name: str) -> torch.Tensor:
         """An uploaded file -> uint8 ``C x crop x crop``, or an :class:`ApiError` saying why not."""
@@ -124,26 +109,16 @@ class Predictor:
             raise ApiError(415, f"{name}: unsupported image format {fmt} (accepted: {', '.join(FORMATS)})")
         if w * h > self.cfg.max_pixels:
             raise ApiError(413, f"{name}: image too large ({w}x{h} pixels; the limit is {self.cfg.max_pixels} pixels)")
-        # The one decoding home (alexnet.evaluation.load_image), on the bytes already in memory.
-        try:
+        try:  # the model's own eval transform, on the bytes already in memory
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                return load_image(name, self.pre.channels, self.pre.image_size, self.pre.crop, data)
+                return self.predictor.decode(data, name)
         except (UserError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ApiError(400, f"{name}: the image cannot be decoded (truncated or corrupt {fmt})") from None
 
-    @torch.inference_mode()
     def topk(self, batch: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
-        """Top-``k`` classes of each image of a uint8 batch (one forward pass)."""
-        x = self.pre.normalize(batch.to(self.device))
-        with self._lock, autocast(self.device, self.precision):
-            probs = self.loaded.model(x).float().softmax(dim=1).cpu()
-        top = probs.topk(k, dim=1)
-        names = self.loaded.classes
-        return [
-            [{"class": names[i], "index": int(i), "probability": float(p)} for p, i in zip(values, indices)]
-            for values, indices in zip(top.values, top.indices)
-        ]
+        """Top-``k`` records of each image of a uint8 batch (one forward pass)."""
+        return self.predictor.top_k(batch, k)
 
 
 class BodyLimit:
@@ -199,7 +174,7 @@ def create_app(cfg: ServeConfig) -> Any:
     # Pillow's own guard (an error at twice the limit, a warning above it, which decode() turns
     # into an error) also covers formats whose size is only known while decoding.
     Image.MAX_IMAGE_PIXELS = cfg.max_pixels
-    predictor = Predictor(cfg)
+    predictor = ServedModel(cfg)
     page = resources.files("alexnet.serving").joinpath("page.html").read_text()
     app = FastAPI(title="alexnet", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -240,7 +215,7 @@ def create_app(cfg: ServeConfig) -> Any:
     @app.post("/v1/predict")
     async def predict(request: Request, k: int | None = Query(None, ge=1, description="classes per image")) -> dict[str, Any]:
         start = time.perf_counter()
-        classes = len(predictor.loaded.classes)
+        classes = len(predictor.classes)
         k = min(5, classes) if k is None else k
         if k > classes:
             raise ApiError(422, f"k: must be between 1 and {classes} (the model's classes), got {k}")
@@ -262,8 +237,8 @@ def create_app(cfg: ServeConfig) -> Any:
         results = await run_in_threadpool(predictor.topk, torch.stack(images), k)
         ms = (time.perf_counter() - start) * 1000
         if len(results) == 1:
-            return {"model": predictor.loaded.name, "topk": results[0], "ms": ms}
-        return {"model": predictor.loaded.name, "results": [{"file": n, "topk": r} for (n, _), r in zip(uploads, results)], "ms": ms}
+            return {"model": predictor.name, "topk": results[0], "ms": ms}
+        return {"model": predictor.name, "results": [{"file": n, "topk": r} for (n, _), r in zip(uploads, results)], "ms": ms}
 
     return BodyLimit(app, cfg.max_body)
 

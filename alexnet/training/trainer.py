@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
-import json
 import os
 import platform
 import signal
@@ -50,9 +49,20 @@ from alexnet.data.pipeline import InputPipeline
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
 from alexnet.evaluation.metrics import Meter, evaluate
-from alexnet.io import atomic_write_json, atomic_write_text
 from alexnet.precision import Choice, choose
-from alexnet.runfolder import BEST, FOREIGN_TO_TRAINING, LAST, folder_contents, run_folder_lock
+from alexnet.runfolder import (
+    BEST,
+    CHECKPOINTS,
+    FOREIGN_TO_TRAINING,
+    LAST,
+    checkpoints_dir,
+    folder_contents,
+    last_checkpoint,
+    read_config,
+    run_folder_lock,
+    write_config,
+    write_metrics,
+)
 from alexnet.runtime import (
     OtherLoad,
     busy_cores_warning,
@@ -153,7 +163,7 @@ def train(
             cfg.out, take=ctx.is_main and not lock_held, agree=lambda failed: any_rank([failed], ctx, device)[0]
         ):
             if resume:
-                start = Path(resume_from) if resume_from is not None else Path(cfg.out) / "checkpoints" / LAST
+                start = Path(resume_from) if resume_from is not None else last_checkpoint(cfg.out)
             else:
                 start = None
                 # A run is never mixed into another command's folder; said before the data loads.
@@ -192,7 +202,7 @@ class _Run:
 
     @property
     def ckpt_dir(self) -> Path:
-        return Path(self.cfg.out) / "checkpoints"
+        return checkpoints_dir(self.cfg.out)
 
     @property
     def reduce_sum(self) -> Any:
@@ -334,9 +344,10 @@ def _runtime_choice(cfg: TrainConfig, ctx: DistContext, device: torch.device, re
     precision, channels_last = cfg.precision, cfg.channels_last
     if resume_from is not None:
         try:
-            resolved = json.loads((Path(cfg.out) / "config.json").read_text()).get("resolved", {})
-        except (OSError, ValueError):
+            resolved = (read_config(cfg.out) or {}).get("resolved", {})
+        except UserError:
             resolved = {}
+        resolved = resolved if isinstance(resolved, dict) else {}
         if precision == "auto" and resolved.get("precision") in ("fp32", "bf16"):
             precision = resolved["precision"]
         if channels_last is None and isinstance(resolved.get("channels_last"), bool):
@@ -594,18 +605,18 @@ def find_resume_point(target: str | Path, fall_back: bool = False) -> ResumePoin
     """
     target = Path(target)
     if target.is_file():
-        if target.parent.name != "checkpoints":
+        if target.parent.name != CHECKPOINTS:
             raise UserError(f"{target} is not inside a run's checkpoints/ folder; give the run folder to --resume")
         ckpt = read_checkpoint(target)
         ckpt.require_training_state()
         return ResumePoint(target.parent.parent, target, _saved_config(ckpt))
     if not target.is_dir():
-        if target.parent.name == "checkpoints" and target.parent.is_dir():  # a step checkpoint pruned since
+        if target.parent.name == CHECKPOINTS and target.parent.is_dir():  # a step checkpoint pruned since
             kept = ", ".join(p.name for _, p in step_checkpoints(target.parent)) or "none"
             raise UserError(f"checkpoint not found: {target} (step checkpoints kept: {kept}); "
                             f"give one of those or the run folder {target.parent.parent}")  # fmt: skip
         raise UserError(f"run folder not found: {target}")
-    last = target / "checkpoints" / LAST
+    last = last_checkpoint(target)
     if not last.exists():
         raise UserError(f"{target} has no checkpoints/{LAST}: nothing to resume (start it with --out {target})")
     try:
@@ -713,8 +724,8 @@ def _write_config(
     warm_start: dict[str, str] | None = None,
     choice: Choice | None = None,
 ) -> None:
-    atomic_write_json(
-        out / "config.json",
+    write_config(
+        out,
         {
             "config": cfg.to_dict(),
             "resolved": {
@@ -737,7 +748,7 @@ def _write_config(
 
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the checkpointed history, so it always matches last.pt."""
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    write_metrics(out, history)
 
 
 def _format_record(r: dict[str, Any], epochs: int) -> str:

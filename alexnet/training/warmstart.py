@@ -41,6 +41,7 @@ from alexnet.data.dataset import Dataset
 from alexnet.data.pipeline import InputNorm
 from alexnet.data.resize import MAX_ENLARGEMENT, fit_input_size
 from alexnet.errors import UserError
+from alexnet.runfolder import read_config
 
 FREEZE_CHOICES = ("none", "conv", "features")
 # Layers (paper names, as in ``layers_by_role``) kept fixed by each --freeze choice. "features"
@@ -79,7 +80,7 @@ class Weights:
 
 def read_weights(path: str | Path) -> Weights:
     """Read an alexnet checkpoint / run folder or a torchvision AlexNet state_dict (no code runs)."""
-    from alexnet.evaluation import TORCHVISION_CROP, TORCHVISION_IMAGE_SIZE, TORCHVISION_MEAN, TORCHVISION_STD
+    from alexnet.models.owt import TORCHVISION_CROP, TORCHVISION_IMAGE_SIZE, TORCHVISION_MEAN, TORCHVISION_STD
 
     file = checkpoint_path(path)  # a run folder -> its last.pt; messages name what the user gave
     raw = read_raw(file)  # read once; a damaged or foreign file is a one-line error here
@@ -359,11 +360,9 @@ def prepare(
 
 def _recorded_notes(checkpoint: Path) -> dict[str, str]:
     """What the run's start adapted, from its ``config.json`` (a resumed run keeps the record)."""
-    import json
-
     try:
-        notes = json.loads((Path(checkpoint).parent.parent / "config.json").read_text(encoding="utf-8"))["warm_start"]
-    except (OSError, ValueError, KeyError, TypeError):
+        notes = (read_config(Path(checkpoint).parent.parent) or {}).get("warm_start")
+    except UserError:
         return {}
     return {str(k): str(v) for k, v in notes.items()} if isinstance(notes, dict) else {}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from alexnet import models
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.convention import InputConvention, InputNorm
 from alexnet.interop.runs import write_run
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -43,7 +43,7 @@ def make_run(out: Path, num_classes: int = 4) -> Path:
     torch.manual_seed(0)
     norm = InputNorm((120.0, 115.0, 100.0), (60.0, 58.0, 62.0))
     write_run(out, models.create("alexnet-small", num_classes), "alexnet-small", {}, [f"c{i}" for i in range(num_classes)],
-              3, 32, 28, norm, "test", {"from": "tests"})  # fmt: skip
+              InputConvention(3, 32, 28, norm), "test", {"from": "tests"})  # fmt: skip
     return out
 
 

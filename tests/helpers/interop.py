@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from alexnet import models
-from alexnet.data.pipeline import InputNorm
+from alexnet.data.convention import InputConvention, InputNorm
 from alexnet.interop.runs import write_run
 from tests.helpers.cli import FASHION_DIR, HAS_FASHION
 
@@ -26,7 +26,8 @@ def make_run(out: Path, name: str = "alexnet-small", num_classes: int = 4, mean_
     norm = InputNorm((120.0, 115.0, 100.0), (60.0, 58.0, 62.0),
                      torch.rand(3, image_size, image_size, generator=gen) * 255 if mean_image else None)  # fmt: skip
     classes = list(CLASSES) if num_classes == len(CLASSES) else [f"class{i}" for i in range(num_classes)]
-    write_run(out, model, name, dict(options or {}), classes, 3, image_size, crop, norm, "test", {"from": "tests"})
+    write_run(out, model, name, dict(options or {}), classes, InputConvention(3, image_size, crop, norm), "test",
+              {"from": "tests"})
     return out
 
 
