@@ -245,6 +245,21 @@ def test_report_options_ten_crop_row_and_no_retrieval(tiny_run: Path, tmp_path: 
     assert "nearest training images" not in {i["alt"] for i in page.images}
 
 
+def test_report_draws_a_saved_probe(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "probe", str(tiny_run), "--layers", "conv1,conv5,fc7", "--train-images", "32", "--no-progress")
+    assert code == 0, err
+    out = tmp_path / "probe.html"
+    code, _, err = cli(capsys, "report", str(tiny_run), "--no-retrieval", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    probe = out.read_text().split('<section id="probe">')[1].split("</section>")[0]
+    page = _Collect()
+    page.feed(probe)
+    assert [i["alt"] for i in page.images] == ["probe accuracy per layer"]
+    for name in ("conv1", "conv5", "fc7", "hog", "pixels"):
+        assert f"<td>{name}</td>" in probe
+    assert "earlier checkpoint" not in probe
+
+
 def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "baseline"
     run.mkdir()
@@ -257,7 +272,8 @@ def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys
     assert code == 0, err
     text = (run / "report.html").read_text()
     for what in ("it has no learned convolution kernels", "it has no fc7 layer", "it is not trained by epochs",
-                 "a linear SVM on hand-made features (HOG, SIFT, pixels) has no learned layers to show"):
+                 "a linear SVM on hand-made features (HOG, SIFT, pixels) has no learned layers to show",
+                 "it has no layers to probe"):
         assert "Not meaningful for a baseline run: " + what in text
     assert "hog+linear-svm" in text and "25.00%" in text
     page = _Collect()

@@ -29,6 +29,7 @@ COMMANDS = (
     "alexnet.cli.serve_cmd",
     "alexnet.cli.demo_cmd",
     "alexnet.cli.report_cmd",
+    "alexnet.cli.probe_cmd",
     "alexnet.cli.features_cmd",
     "alexnet.cli.similar_cmd",
     "alexnet.cli.prepare_cmd",

@@ -4,18 +4,21 @@ to the unit's receptive field, with the unit's response."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from alexnet.baselines.probe import ProbeResult, probe_path
 from alexnet.data.presets import centre_crop
 from alexnet.errors import UserError
 from alexnet.evaluation.features import Session, images_at
 from alexnet.evaluation.receptive import Field, receptive_fields
+from alexnet.evaluation.retrieval import identity
 from alexnet.evaluation.units import TopUnits, load_or_mine
-from alexnet.reporting import grids
+from alexnet.reporting import grids, plots
 from alexnet.reporting.html import Section
 
 ACTIVE, VARIED = 3, 3  # units shown per layer: the most active, then the most varied
@@ -87,3 +90,30 @@ def layers_section(s: Section, session: Session, run: Path, progress: bool, log:
            f"with the largest mean response over the validation split, then the {VARIED} whose response varies most "
            "between images (largest standard deviation). Mined in one pass over the split, cached in the run's layers/ "
            f"folder{' (mined now)' if mined else ''}.")  # fmt: skip
+
+
+def probe_section(s: Section, run: Path, session: Session) -> None:
+    """Fill ``s`` from ``alexnet probe``'s saved result: accuracy per layer beside HOG and pixels."""
+    path = probe_path(run)
+    try:
+        result = ProbeResult.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        s.note(f"No probe yet: `alexnet probe {run}` fits a linear SVM on every layer and writes {path}; "
+               "the report then shows it here.")  # fmt: skip
+        return
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        s.note(f"{path} cannot be read ({e}); run `alexnet probe` again.")
+        return
+    layers = [r for r in result.rows if r.name not in ("hog", "pixels")]
+    references = {r.name: r.test_acc for r in result.rows if r.name in ("hog", "pixels")}
+    if layers:
+        s.image(plots.probe_accuracy([r.name for r in layers], [r.test_acc for r in layers], references), "probe accuracy per layer")
+    s.table(["features", "what", "dims", "train accuracy", "test accuracy"],
+            [(r.name, r.shape, r.dims, f"{r.train_acc:.2%}", f"{r.test_acc:.2%}") for r in result.rows])  # fmt: skip
+    current = identity(session, run, "val", ",".join(r.name for r in result.rows))
+    stale = result.identity.get("checkpoint_sha256") != current["checkpoint_sha256"]
+    s.note(f"`alexnet probe`: a linear SVM fitted on each layer's activations (after the ReLU; conv maps average-pooled) "
+           f"of {result.train_images:,} training images of {result.data}, scored on {result.val_images:,} validation images; "
+           "HOG and pixels: the same SVM on the 2011 features of the same images.")  # fmt: skip
+    if stale:
+        s.text("This probe was computed from an earlier checkpoint of the run; run `alexnet probe` again.", "warn")

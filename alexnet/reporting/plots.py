@@ -118,3 +118,18 @@ def histogram(values: np.ndarray, title: str, xlabel: str) -> bytes:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return to_png(fig)
+
+
+def probe_accuracy(layers: Sequence[str], accuracy: Sequence[float], references: dict[str, float]) -> bytes:
+    """Test accuracy of a linear probe per layer (line), each reference (HOG, pixels) a dashed level."""
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    ax.plot(range(len(layers)), [100 * a for a in accuracy], "o-", color=CORRECT, label="layer + linear SVM")
+    for (name, value), style in zip(references.items(), ("--", ":", "-.")):
+        ax.axhline(100 * value, color=OTHER if name != "hog" else "#a23b00", linestyle=style, label=f"{name} + linear SVM")
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set(ylabel="test accuracy (%)", title="how linearly separable each layer is")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return to_png(fig)

@@ -8,6 +8,7 @@ Sections (each says why when it has no meaning for the run at hand, e.g. a basel
 ``figure3``        conv1 kernels by tower with each tower's colour specificity (section 6.1)
 ``layers``         every layer's receptive field; for a few units of conv1..conv5 their top-9
                    validation patches (Zeiler & Fergus 2014), mined once and cached
+``probe``          ``alexnet probe``'s linear-SVM accuracy per layer beside HOG and pixels, when saved
 ``figure4-left``   validation images with their top-5 guesses
 ``figure4-right``  validation images with their nearest training images by fc7 distance
 ``per-class``      per-class top-1/top-5 error
@@ -48,7 +49,7 @@ from alexnet.inference import open_predictor
 from alexnet.io import atomic_write_text
 from alexnet.reporting import grids, plots
 from alexnet.reporting.html import Page, Section
-from alexnet.reporting.layers import layers_section
+from alexnet.reporting.layers import layers_section, probe_section
 from alexnet.runfolder import (
     CHECKPOINTS,
     CONFIG,
@@ -60,7 +61,7 @@ from alexnet.runfolder import (
     run_folder_lock,
 )
 
-SECTIONS = ("run", "curves", "figure3", "layers", "figure4-left", "figure4-right", "per-class", "confusion",
+SECTIONS = ("run", "curves", "figure3", "layers", "probe", "figure4-left", "figure4-right", "per-class", "confusion",
             "confused-pairs", "severity")  # fmt: skip
 BASELINE_NOTE = "Not meaningful for a baseline run: {what}."
 
@@ -142,6 +143,7 @@ def build_report(run_path: str | Path, options: ReportOptions = ReportOptions(),
     _curves_section(page.section("curves", "Training curves"), run)
     _figure3_section(page.section("figure3", "Figure 3: conv1 kernels by tower"), session)
     _layers_section(page.section("layers", "What each layer learned: top-9 patches per unit"), run, session, options, log)
+    _probe_section(page.section("probe", "How linearly separable each layer is (linear probes)"), run, session)
     preds = _predictions(run, session, options)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(preds.labels), size=min(options.samples, len(preds.labels)), replace=False)) if preds else None
@@ -267,6 +269,13 @@ def _layers_section(s: Section, run: RunFolder, session: Session | None, options
         s.note(BASELINE_NOTE.format(what="a linear SVM on hand-made features (HOG, SIFT, pixels) has no learned layers to show"))
         return
     layers_section(s, session, run.path, options.progress, log)
+
+
+def _probe_section(s: Section, run: RunFolder, session: Session | None) -> None:
+    if session is None:
+        s.note(BASELINE_NOTE.format(what="it has no layers to probe; its own accuracy is in the run section"))
+        return
+    probe_section(s, run.path, session)
 
 
 def _predictions(run: RunFolder, session: Session | None, options: ReportOptions) -> Predictions | None:
