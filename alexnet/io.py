@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -144,3 +145,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically replace ``path`` with ``obj`` as indented JSON."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_with_link(src: str | Path, dst: str | Path) -> None:
+    """``dst`` becomes another name for ``src``'s current content (a hard link; a copy where the
+    file system has none), replacing ``dst`` by rename. A file that is itself always replaced by
+    rename (a run's ``last.pt``) leaves the link with the old content: the link costs no write
+    when taken, but holds a full copy once ``src`` has moved on."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)

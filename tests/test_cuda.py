@@ -9,9 +9,9 @@ import torch
 
 from alexnet import models
 from alexnet.models.lrn import LocalResponseNorm, reference_lrn
+from alexnet.training.build import make_optimizer
 from alexnet.training.loop import train_step
 from alexnet.training.recipes import PAPER
-from alexnet.training.trainer import make_optimizer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 

@@ -136,8 +136,8 @@ def test_output_curvature_is_the_top_eigenvalue_of_the_output_layers_hessian() -
 
 
 def test_auto_init_keeps_section_5s_init_only_where_sgd_is_stable_with_it() -> None:
+    from alexnet.training.build import settle_init
     from alexnet.training.recipes import get_recipe
-    from alexnet.training.trainer import _settle_init
 
     recipe = get_recipe("paper")
     assert recipe.init == "auto"
@@ -148,11 +148,11 @@ def test_auto_init_keeps_section_5s_init_only_where_sgd_is_stable_with_it() -> N
     assert output_curvature(few, x) > 20 * output_curvature(many, x)  # ~||fc7||^2 / classes
     # An lr a quarter of the 1,000-class net's limit: stable there, 5x past the 10-class net's.
     recipe = recipe.with_overrides(lr=stable_lr(output_curvature(many, x), recipe.momentum) / 4)
-    init, note = _settle_init(recipe, few, x)
+    init, note = settle_init(recipe, few, x)
     assert init == "caffe" and "--init paper forces it" in note
-    init, note = _settle_init(recipe, many, x)
+    init, note = settle_init(recipe, many, x)
     assert init == "paper" and note.startswith("init: section 5's")
-    init, note = _settle_init(recipe.with_overrides(init="paper"), few, x)  # asked for by name: kept, with a warning
+    init, note = settle_init(recipe.with_overrides(init="paper"), few, x)  # asked for by name: kept, with a warning
     assert init == "paper" and note.startswith("warning:") and "--init caffe" in note
 
 

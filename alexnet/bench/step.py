@@ -15,7 +15,7 @@ Configurations (``CONFIG_NAMES``):
   picks on this machine (:mod:`alexnet.precision`; bf16 autocast only where the hardware runs
   it natively and faster, channels_last unless measured slower),
   :func:`alexnet.runtime.tune_cpu_allocator` (CPU) or cuDNN autotuning (CUDA), and the trainer's
-  optimizer (:func:`alexnet.training.trainer.make_optimizer`, fused SGD, paper recipe).
+  optimizer (:func:`alexnet.training.build.make_optimizer`, fused SGD, paper recipe).
 * ``torchvision``: torchvision's alexnet with exactly ``ours``' settings, precision included
   (the fair comparison; 224 px models only).
 * ``ours-fp32`` / ``ours-bf16``: ``ours`` in the precision ``auto`` did not pick (``alexnet
@@ -178,7 +178,7 @@ def _optimizer(cfg: Config, model: Any, device: Any) -> Any:
 
     if cfg.optimizer == "default":
         return torch.optim.SGD(model.parameters(), lr=PAPER.lr, momentum=PAPER.momentum, weight_decay=PAPER.weight_decay)
-    from alexnet.training.trainer import make_optimizer
+    from alexnet.training.build import make_optimizer
 
     return make_optimizer(model, PAPER, PAPER.lr, device)
 

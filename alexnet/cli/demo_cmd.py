@@ -32,8 +32,8 @@ from alexnet.data.fashion_mnist import DEFAULT_DIR
 from alexnet.data.idx import IDX_FILES
 from alexnet.errors import UserError
 from alexnet.runfolder import check_folder_path, last_checkpoint, read_metrics
+from alexnet.training.config import TrainConfig
 from alexnet.training.recipes import SMALL
-from alexnet.training.trainer import TrainConfig
 
 # Fashion-MNIST's benchmark (zalandoresearch/fashion-mnist README): best scikit-learn
 # classifier, SVC with C=10 and an RBF kernel, 89.7% test accuracy.

@@ -25,15 +25,11 @@ from alexnet.models import available
 from alexnet.models.init import INIT_SCHEMES
 from alexnet.runfolder import last_checkpoint
 from alexnet.runtime import default_workers
+from alexnet.training.config import DEFAULT_KEEP_CHECKPOINTS, TrainConfig
 from alexnet.training.recipes import EVAL_VIEW_NAMES, NORMALIZATIONS, RECIPES, SCHEDULES, get_recipe, recipe_fields
-from alexnet.training.trainer import (
-    DEFAULT_KEEP_CHECKPOINTS,
-    NonFiniteLoss,
-    TrainConfig,
-    TrainingInterrupted,
-    find_resume_point,
-    train,
-)
+from alexnet.training.resume import find_resume_point
+from alexnet.training.signals import TrainingInterrupted
+from alexnet.training.trainer import NonFiniteLoss, train
 
 DATA_HELP = (
     "fashion-mnist[:DIR] | mnist:DIR | synthetic[:classes=10,size=32,train=2048,val=512] | "

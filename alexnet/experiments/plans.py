@@ -20,8 +20,8 @@ from alexnet.data.subset import SEPARATOR
 from alexnet.errors import UserError
 from alexnet.experiments.paper_size import is_prepared, prepared_folder
 from alexnet.runtime import default_workers
+from alexnet.training.config import TrainConfig
 from alexnet.training.recipes import PAPER, SMALL, Recipe
-from alexnet.training.trainer import TrainConfig
 
 BUDGETS = ("quick", "full")
 DEFAULT_DATA = "fashion-mnist"

@@ -48,7 +48,8 @@ from alexnet.runfolder import (
     read_metrics,
     run_folder_lock,
 )
-from alexnet.training.trainer import TrainConfig, train
+from alexnet.training.config import TrainConfig
+from alexnet.training.trainer import train
 
 COPIED_FROM = "copied-from.json"
 # The settings that define a run's result; runtime ones (progress bar, decoding threads) may differ.
