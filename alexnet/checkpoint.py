@@ -412,15 +412,20 @@ def _parse_data(data: dict[str, Any]) -> DataSpec:
     synthetic = data.get("synthetic", False)
     if not isinstance(name, str) or not isinstance(synthetic, bool):
         raise _Bad("data.name or data.synthetic has the wrong type")
+    flat = _parse_flat_convention(data)  # every checkpoint has these fields (the record came later)
     record = data.get("convention")
-    if record is None:  # written before the record: derived from the fields every checkpoint has
-        return DataSpec.of(name, synthetic, _parse_flat_convention(data))
+    if record is None:  # written before the record: derived from the fields
+        return DataSpec.of(name, synthetic, flat)
     if not isinstance(record, dict):
         raise _Bad("data.convention is not a record")
     try:
-        return DataSpec.of(name, synthetic, InputConvention.from_dict(record))
+        convention = InputConvention.from_dict(record)
     except ValueError as e:
         raise _Bad(f"data.convention: {e}") from None
+    plain = InputConvention(convention.channels, convention.image_size, convention.crop, convention.norm)
+    if not plain.same_as(flat):  # a hand-edited file: which of the two would the model want?
+        raise _Bad("data.convention disagrees with data's channels, image_size, crop or normalisation")
+    return DataSpec.of(name, synthetic, convention)
 
 
 def _parse_flat_convention(data: dict[str, Any]) -> InputConvention:

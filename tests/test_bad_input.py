@@ -93,13 +93,14 @@ def test_one_class_folder_prepares_with_a_warning(world: Path, capsys: pytest.Ca
 def test_predict_reads_stdin_and_empty_stdin_is_one_line(
     world: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from alexnet.evaluation.predict import predict
+    from alexnet.inference import open_predictor
 
     buf = io.BytesIO()
     Image.new("RGB", (30, 30), (10, 200, 10)).save(buf, "PNG")
     (world / "green.png").write_bytes(buf.getvalue())
-    from_stdin = predict(str(world / "run"), ["-"], stdin=io.BytesIO(buf.getvalue()), precision_name="fp32")
-    from_file = predict(str(world / "run"), [str(world / "green.png")], precision_name="fp32")
+    model = open_predictor(world / "run", precision="fp32")
+    from_stdin = model.predict(["-"], stdin=io.BytesIO(buf.getvalue()))
+    from_file = model.predict([str(world / "green.png")])
     assert from_stdin[0]["image"] == "<stdin>" and from_stdin[0]["predictions"] == from_file[0]["predictions"]
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))  # `alexnet predict RUN - < /dev/null`
     assert_one_line_error((main(["predict", str(world / "run"), "-"]), capsys.readouterr().err), "empty file")

@@ -95,7 +95,7 @@ VALUES = st.one_of(
 )  # fmt: skip
 FIELDS = ["model", "model_name", "model_options", "num_classes", "classes", "data", "kind", "format_version", "progress",
           "rng", "optimizer", "data.channels", "data.image_size", "data.crop", "data.mean", "data.std", "data.mean_image",
-          "model.features.conv1.weight", "model_options.widths", "model_options.towers", "model_options.activation",
+          "data.convention", "model.features.conv1.weight", "model_options.widths", "model_options.towers", "model_options.activation",
           "progress.history", "progress.meter", "model_options.bogus"]  # fmt: skip
 
 

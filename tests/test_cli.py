@@ -123,7 +123,7 @@ def test_predict_errors_and_output(tiny_run: Path, tmp_path: Path, capsys: pytes
     Image.new("RGB", (60, 40), (200, 30, 30)).save(image)
     assert main(["predict", str(tiny_run), str(image), "--topk", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    probs = [p["prob"] for p in result[0]["predictions"]]
+    probs = [p["probability"] for p in result[0]["predictions"]]
     assert len(probs) == 2 and probs[0] >= probs[1] and result[0]["predictions"][0]["class"].startswith("class_")
 
 

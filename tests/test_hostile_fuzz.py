@@ -47,7 +47,8 @@ def run_fuzz(body: str, work: Path, examples: int) -> None:
 def test_checkpoint_fields_at_any_magnitude_load_or_give_one_line(tmp_path: Path) -> None:
     run_fuzz("""
         from PIL import Image
-        from alexnet.evaluation import load_image, load_model
+        from alexnet.data.images import load_image
+        from alexnet.evaluation import load_model
         from tests.helpers.hostile import make_run
 
         raw = torch.load(make_run(work / "run") / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
@@ -76,7 +77,7 @@ def test_checkpoint_fields_at_any_magnitude_load_or_give_one_line(tmp_path: Path
                 seen["refused"] += 1
                 return
             seen["loaded"] += 1
-            x = load_image(image, m.channels, m.image_size, m.crop).unsqueeze(0).float()
+            x = load_image(image, m.convention).unsqueeze(0).float()
             assert m.model(x).shape == (1, len(m.classes))  # what loads, predicts
 
         check()

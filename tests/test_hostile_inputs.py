@@ -256,15 +256,20 @@ def _set(*path: str, value: object) -> object:
     return edit
 
 
+def _data(**fields: object) -> object:
+    """An edit of the data settings, made alike in the flat fields and the input convention record."""
+    return lambda d: (d["data"].update(fields), d["data"]["convention"].update(fields))
+
+
 CHECKPOINTS = {
     "10^9 classes, no names": (lambda d: (_set("num_classes", value=10**9)(d), _set("classes", value=[])(d)),
                                "num_classes is 1000000000"),
-    "image_size 10^6": (_set("data", "image_size", value=10**6), "image_size is 1000000"),
-    "crop larger than the image": (_set("data", "crop", value=64), "crop is 64"),
-    "2-channel normalisation, 3-channel net": (
-        lambda d: d["data"].update(channels=2, mean=[1.0, 2.0], std=[1.0, 1.0]), "does not take the 2-channel"),
-    "mean not finite": (_set("data", "mean", value=[float("nan"), 1.0, 1.0]), "not finite"),
-    "std zero": (_set("data", "std", value=[0.0, 1.0, 1.0]), "std"),
+    "image_size 10^6": (_data(image_size=10**6), "image_size is 1000000"),
+    "crop larger than the image": (_data(crop=64), "crop is 64"),
+    "2-channel normalisation, 3-channel net": (_data(channels=2, mean=[1.0, 2.0], std=[1.0, 1.0]), "does not take the 2-channel"),
+    "mean not finite": (_data(mean=[float("nan"), 1.0, 1.0]), "not finite"),
+    "std zero": (_data(std=[0.0, 1.0, 1.0]), "std"),
+    "the record disagrees with the fields": (_set("data", "crop", value=24), "data.convention disagrees"),
 }  # fmt: skip
 
 
@@ -293,7 +298,7 @@ def test_hostile_onnx_metadata_is_one_line_naming_the_file(tmp_path: Path, image
                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from alexnet.interop.preprocessing import METADATA_KEY
+    from alexnet.interop.onnx_model import METADATA_KEY
 
     exported = tmp_path / "model.onnx"
     code, _, err = cli(capsys, "export", str(make_run(tmp_path / "run")), "--out", str(exported))
@@ -458,7 +463,7 @@ def test_predict_refuses_devices_fifos_and_endless_stdin(tmp_path: Path, capsys:
                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import importlib
 
-    predict_module = importlib.import_module("alexnet.evaluation.predict")  # the module, not the function
+    predict_module = importlib.import_module("alexnet.data.images")
 
     run = make_run(tmp_path / "run")
     os.mkfifo(tmp_path / "fifo.png")

@@ -21,9 +21,10 @@ import torch
 pytest.importorskip("google.protobuf")
 
 from alexnet import models
-from alexnet.evaluation import load_image, load_model
+from alexnet.data.convention import eval_transform
+from alexnet.data.images import load_image
+from alexnet.evaluation import load_model
 from alexnet.interop.caffe import import_caffe
-from alexnet.interop.preprocessing import Preprocessing
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.interop import real_images, run_main
 
@@ -242,9 +243,10 @@ def test_import_matches_caffe_semantics(v1: bool, caffenet: bool, images: list[s
 
     loaded = load_model(tmp_path / "run", torch.device("cpu"))
     assert (loaded.name, loaded.image_size, loaded.crop, len(loaded.classes)) == ("alexnet", 256, 227, CLASSES)
-    batch = torch.stack([load_image(f, 3, loaded.image_size, loaded.crop) for f in images])  # RGB uint8
+    assert loaded.convention.channel_order == "RGB" and loaded.norm.mean_image is not None  # conv1 was turned to RGB
+    batch = torch.stack([load_image(f, loaded.convention) for f in images])  # RGB uint8
     with torch.inference_mode():
-        ours = loaded.model(Preprocessing.of(loaded).normalize(batch)).double().numpy()
+        ours = loaded.model(eval_transform(loaded.convention).normalize(batch)).double().numpy()
 
     reference = caffe_reference(batch, mean_bgr, layers)
     assert np.abs(reference).max() > 1.0  # a live signal, not all zeros
@@ -255,7 +257,7 @@ def test_import_matches_caffe_semantics(v1: bool, caffenet: bool, images: list[s
         swapped = models.create("alexnet", CLASSES, lrn_k=1.0, lrn_scope="all", widths=WIDTHS, fc_width=FC)
         swapped.load_state_dict(other.model.state_dict())
         with torch.inference_mode():
-            wrong = swapped.eval()(Preprocessing.of(loaded).normalize(batch)).double().numpy()
+            wrong = swapped.eval()(eval_transform(loaded.convention).normalize(batch)).double().numpy()
         assert np.abs(wrong - reference).max() > 1e-3 * np.abs(reference).max()
 
 
@@ -288,8 +290,7 @@ def test_caffenet_import_exports_to_onnx_and_matches_caffe(images: list[str], tm
 
     # onnxruntime against the float64 Caffe reference, on the same real (colour) pictures.
     ort_model = OnnxModel(onnx_path)
-    pre = ort_model.preprocessing
-    batch = torch.stack([load_image(f, 3, pre.image_size, pre.crop) for f in images])
+    batch = torch.stack([load_image(f, ort_model.convention) for f in images])
     reference = caffe_reference(batch, mean_bgr, layers)
     got = ort_model.logits(batch).astype(np.float64)
     assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()

@@ -12,9 +12,11 @@ import torch
 pytest.importorskip("onnxruntime")
 import onnx
 
-from alexnet.evaluation import load_image, load_model, predict
-from alexnet.interop.onnx_model import OnnxModel, export_onnx
-from alexnet.interop.preprocessing import METADATA_KEY, Preprocessing
+from alexnet.data.convention import eval_transform
+from alexnet.data.images import load_image
+from alexnet.evaluation import load_model
+from alexnet.inference import open_predictor
+from alexnet.interop.onnx_model import METADATA_KEY, OnnxModel, export_onnx
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.interop import make_run, real_images, run_main
 
@@ -36,11 +38,10 @@ def test_export_matches_pytorch_on_real_images(name: str, mean_image: bool, imag
     # Independently of the export's own check: our PyTorch model vs onnxruntime, 8 real images.
     torch_model = load_model(run, torch.device("cpu"))
     ort_model = OnnxModel(out)
-    pre = ort_model.preprocessing
-    assert (pre.channels, pre.image_size, pre.crop) == (torch_model.channels, torch_model.image_size, torch_model.crop)
-    batch = torch.stack([load_image(f, pre.channels, pre.image_size, pre.crop) for f in images])
+    assert ort_model.convention.same_as(torch_model.convention)  # the record survives the export
+    batch = torch.stack([load_image(f, ort_model.convention) for f in images])
     with torch.inference_mode():
-        expected = torch_model.model(Preprocessing.of(torch_model).normalize(batch)).numpy()
+        expected = torch_model.model(eval_transform(torch_model.convention).normalize(batch)).numpy()
     got = ort_model.logits(batch)
     assert got.shape == (8, 10)
     assert np.abs(got - expected).max() <= 1e-4
@@ -72,9 +73,9 @@ def test_per_tower_lrn_exports_as_split_lrn_concat(order: str, images: list[str]
     torch_model = load_model(run, torch.device("cpu"))
     assert torch_model.model.lrn_scope == "tower" and torch_model.model.features.norm1.groups == 2
     ort_model = OnnxModel(tmp_path / "tower.onnx")
-    batch = torch.stack([load_image(f, 3, ort_model.preprocessing.image_size, ort_model.preprocessing.crop) for f in images])
+    batch = torch.stack([load_image(f, ort_model.convention) for f in images])
     with torch.inference_mode():
-        expected = torch_model.model(Preprocessing.of(torch_model).normalize(batch)).numpy()
+        expected = torch_model.model(eval_transform(torch_model.convention).normalize(batch)).numpy()
     assert np.abs(ort_model.logits(batch) - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     # ONNX's LRN has no groups: one LRN per tower, the halves joined again before pool (or conv2).
     nodes = onnx.load(str(tmp_path / "tower.onnx")).graph.node
@@ -90,10 +91,11 @@ def test_predict_onnx_cli_agrees_with_pytorch(images: list[str], tmp_path: Path,
     code, stdout, err = run_main(capsys, "predict", str(out), *images[:2], "--json", "--topk", "3")
     assert code == 0, err
     via_onnx = json.loads(stdout)
-    via_torch = predict(str(run), images[:2], topk=3, precision_name="fp32")
+    via_torch = open_predictor(run, precision="fp32").predict(images[:2], 3)
     for a, b in zip(via_onnx, via_torch):
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
-        assert [p["prob"] for p in a["predictions"]] == pytest.approx([p["prob"] for p in b["predictions"]], abs=1e-5)
+        assert [p["probability"] for p in a["predictions"]] == pytest.approx([p["probability"] for p in b["predictions"]],
+                                                                            abs=1e-5)  # fmt: skip
         assert a["predictions"][0]["class"] in ("cat", "dog", "ship", "tree")
 
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from alexnet.data.convention import InputConvention, InputNorm
+from alexnet.data.images import expand_images, load_image
 from alexnet.data.prepare import Settings, prepare
 from alexnet.data.prepare.convert import model_pixels
 from alexnet.data.prepared import PreparedDataset
 from alexnet.errors import UserError
-from alexnet.evaluation.predict import expand_images, load_image
 
 SIZE = 32
 
@@ -45,10 +46,10 @@ def test_prepare_and_predict_decode_an_rgba_image_with_the_same_function(tmp_pat
     np.testing.assert_array_equal(stored, expected)
 
     crop = 28
-    seen = load_image(src / "a" / "rgba.png", 3, SIZE, crop)  # what predict feeds the model
+    seen = load_image(src / "a" / "rgba.png", InputConvention(3, SIZE, crop, InputNorm((0.0,) * 3, (1.0,) * 3)))  # what predict feeds the model
     top = (SIZE - crop) // 2
     assert torch.equal(seen, torch.from_numpy(expected[top : top + crop, top : top + crop].copy()).permute(2, 0, 1))
-    grey = load_image(src / "a" / "rgba.png", 1, SIZE, SIZE)  # one-channel models: the same pixels as luma
+    grey = load_image(src / "a" / "rgba.png", InputConvention(1, SIZE, SIZE, InputNorm((0.0,), (1.0,))))  # one-channel models: the same pixels as luma
     assert grey.shape == (1, SIZE, SIZE) and (grey[0, :, : SIZE // 3] == 255).all()
 
 

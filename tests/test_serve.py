@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from alexnet.evaluation import predict
+from alexnet.inference import open_predictor
 from tests.helpers.interop import CLASSES, Server, make_run, real_images
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -87,13 +87,13 @@ def test_health_model_and_page(server: Server, run: Path) -> None:
 
 
 def test_predict_raw_body_and_multipart_batch_match_in_process_predict(server: Server, run: Path, images: list[str]) -> None:
-    expected = predict(str(run), images, topk=4, precision_name="fp32")
+    expected = open_predictor(run, precision="fp32").predict(images, 4)
     status, _, body = call(server, "POST", "/v1/predict", Path(images[0]).read_bytes(), {"Content-Type": "image/png"})
     assert status == 200, body
     assert body["model"] == "alexnet-small" and body["ms"] > 0
     assert [p["index"] for p in body["topk"]] == [p["index"] for p in expected[0]["predictions"]]  # k: all 4 classes
     assert sum(p["probability"] for p in body["topk"]) == pytest.approx(1.0, abs=1e-5)
-    assert [p["probability"] for p in body["topk"]] == pytest.approx([p["prob"] for p in expected[0]["predictions"]], abs=1e-5)
+    assert [p["probability"] for p in body["topk"]] == pytest.approx([p["probability"] for p in expected[0]["predictions"]], abs=1e-5)
 
     data, headers = multipart([(Path(f).name, Path(f).read_bytes()) for f in images])
     status, _, body = call(server, "POST", "/v1/predict?k=2", data, headers)
@@ -207,7 +207,7 @@ def test_concurrent_requests_all_succeed_with_the_same_answer(server: Server, im
 def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     picture = real_images(tmp_path_factory.mktemp("browser"), 1)[0]
-    expected = predict(str(run), [picture], topk=4, precision_name="fp32")[0]["predictions"]
+    expected = open_predictor(run, precision="fp32").predict([picture], 4)[0]["predictions"]
     shot = tmp_path_factory.mktemp("screenshot") / "serve-page.png"  # look at it: pytest --basetemp=DIR
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -228,7 +228,7 @@ def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory
         finally:
             browser.close()
     assert labels == [p["class"] for p in expected]
-    assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * p["prob"] for p in expected], abs=0.06)
+    assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * p["probability"] for p in expected], abs=0.06)
     assert shot.stat().st_size > 1000
     assert bars_after_error == 0  # the page shows the API's error instead of stale bars
 

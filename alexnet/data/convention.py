@@ -95,13 +95,13 @@ class InputConvention:
     image_size: int
     crop: int
     norm: InputNorm
-    channel_order: str = ""  # "" = the order the channel count implies: RGB, or L for one channel
+    channel_order: str = ""  # "" = the order the channel count implies: L for one channel, else RGB
     pixel_scale: float = 255.0
     resize: str = field(default=RESIZE, repr=False)
 
     def __post_init__(self) -> None:
         if not self.channel_order:
-            object.__setattr__(self, "channel_order", "RGB" if self.channels == 3 else "L")
+            object.__setattr__(self, "channel_order", "L" if self.channels == 1 else "RGB")
 
     def error(self) -> str | None:
         """Why this record cannot be used (a damaged or hostile file's), or None."""

@@ -33,7 +33,7 @@ BATCH = 64  # images per forward pass: a folder of thousands of images stays in 
 NETWORK, IMPORTED, CHECKPOINT, TORCHVISION, ONNX = "network", "imported", "checkpoint", "torchvision", "onnx"
 KIND_WORDS = {
     NETWORK: "a trained run", IMPORTED: "an imported run", CHECKPOINT: "a checkpoint file",
-    TORCHVISION: "a torchvision weights file", ONNX: "an exported ONNX model", BASELINE: "a baseline run (features + SVM)",
+    TORCHVISION: "a torchvision weights file", ONNX: "an exported ONNX model", BASELINE: "a baseline run (no network)",
 }  # fmt: skip
 
 

@@ -199,7 +199,7 @@ class OnnxModel:
             self.convention = InputConvention.from_json(meta[METADATA_KEY])
             classes = json.loads(meta.get("alexnet.classes", "[]"))
         except ValueError as e:  # name the file: the message alone does not say which
-            raise UserError(f"{path}: unusable preprocessing metadata ({e})") from None
+            raise UserError(f"{path}: unreadable or unusable preprocessing metadata ({e})") from None
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise UserError(f"{path}: its alexnet.classes metadata is not a list of names")
         self.name = meta.get("alexnet.model", "onnx")
