@@ -30,6 +30,7 @@ COMMANDS = (
     "alexnet.cli.demo_cmd",
     "alexnet.cli.report_cmd",
     "alexnet.cli.probe_cmd",
+    "alexnet.cli.explain_cmd",
     "alexnet.cli.features_cmd",
     "alexnet.cli.similar_cmd",
     "alexnet.cli.prepare_cmd",
