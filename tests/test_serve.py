@@ -3,6 +3,7 @@ HTTP, concurrent clients, and the page driven by Playwright in Debian's Chromium
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -109,9 +110,9 @@ def test_wrong_k_is_422(server: Server, images: list[str], k: str) -> None:
     assert_error(status, ctype, body, 422, "k")
 
 
-def _send_large(server: Server, size: int, chunked: bool) -> tuple[int, dict]:
+def _send_large(server: Server, size: int, chunked: bool, path: str = "/v1/predict") -> tuple[int, dict]:
     """POST ``size`` bytes without waiting to finish sending: the server may answer early."""
-    head = "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
     head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
     chunk = b"\xff" * (256 * 1024)
     with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:
@@ -203,6 +204,33 @@ def test_concurrent_requests_all_succeed_with_the_same_answer(server: Server, im
     assert len({json.dumps(a[2]["topk"]) for a in answers}) == 1
 
 
+def test_explain_gradcam_and_occlusion(server: Server, run: Path, images: list[str]) -> None:
+    top1 = open_predictor(run, precision="fp32").predict(images[:1], 1)[0]["predictions"][0]
+    status, _, body = call(server, "POST", "/v1/explain", Path(images[0]).read_bytes(), {"Content-Type": "image/png"})
+    assert status == 200, body
+    assert body["method"] == "gradcam" and body["index"] == top1["index"] and body["class"] == top1["class"]
+    assert body["probability"] == pytest.approx(top1["probability"], abs=1e-5) and body["ms"] > 0 and "map" not in body
+    assert body["overlay"].startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(body["overlay"].split(",", 1)[1]))) as im:
+        assert im.size == (252, 252)  # 28 px at 9x
+    data, headers = multipart([(Path(f).name, Path(f).read_bytes()) for f in images[:2]])
+    status, _, body = call(server, "POST", "/v1/explain?method=occlusion&class=1&map=true", data, headers)
+    assert status == 200, body
+    assert [r["file"] for r in body["results"]] == [Path(f).name for f in images[:2]]
+    assert all(r["index"] == 1 and len(r["map"]) == 28 and len(r["map"][0]) == 28 for r in body["results"])
+
+
+def test_explain_has_the_limits_of_predict(server: Server, images: list[str]) -> None:
+    image = Path(images[0]).read_bytes()
+    assert_error(*call(server, "POST", "/v1/explain?class=4", image), 422, "out of range")
+    assert_error(*call(server, "POST", "/v1/explain?method=lime", image), 422, "method")
+    assert_error(*call(server, "POST", "/v1/explain", b"just text\n" * 10), 415, "not an image")
+    data, headers = multipart([(f"f{i}.png", image) for i in range(17)])
+    assert_error(*call(server, "POST", "/v1/explain", data, headers), 413, "too many files")
+    status, body = _send_large(server, 20 * 1024 * 1024, False, "/v1/explain")
+    assert status == 413 and "too large" in body["error"]
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -220,6 +248,14 @@ def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory
             labels = page.locator("#top5 li.prediction .label").all_text_contents()
             widths = page.locator("#top5 li.prediction .bar").evaluate_all("bars => bars.map(b => b.style.width)")
             page.screenshot(path=str(shot), full_page=True)
+            page.check("#explain")  # the overlay toggle: Grad-CAM of the top class over the image
+            page.wait_for_selector("#overlay[src^='data:image/png']", state="visible", timeout=60_000)
+            overlay_class = page.get_attribute("#overlay", "data-class")
+            preview_hidden = page.is_hidden("#preview")
+            page.screenshot(path=str(shot.with_name("serve-page-overlay.png")), full_page=True)
+            page.uncheck("#explain")
+            page.wait_for_selector("#overlay", state="hidden")
+            preview_back = page.is_visible("#preview")
             not_image = Path(picture).with_name("notes.txt")
             not_image.write_text("not a picture\n")
             page.set_input_files("#file", str(not_image))
@@ -228,6 +264,7 @@ def test_page_in_chromium_shows_top5(server: Server, run: Path, tmp_path_factory
         finally:
             browser.close()
     assert labels == [p["class"] for p in expected]
+    assert overlay_class == expected[0]["class"] and preview_hidden and preview_back
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * p["probability"] for p in expected], abs=0.06)
     assert shot.stat().st_size > 1000
     assert bars_after_error == 0  # the page shows the API's error instead of stale bars

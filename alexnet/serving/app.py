@@ -8,6 +8,11 @@ Endpoints:
   pass) or a raw image body. One image: ``{"model", "topk": [{"class", "index",
   "probability"}], "ms"}``; several: ``{"model", "results": [{"file", "topk"}], "ms"}``
   (``ms``: server time for decoding and the forward pass);
+* ``POST /v1/explain?method=gradcam|occlusion&class=INDEX&map=false``: the same uploads; where
+  in each image the prediction (or class ``INDEX``) comes from (:mod:`alexnet.reporting.explain`):
+  ``{"model", "method", "class", "index", "probability", "overlay": PNG data URI, "ms"}`` (+ ``map``,
+  rows of numbers, with ``map=true``); several files: ``{"model", "results": [{"file", ...}], "ms"}``.
+  A model without layers (baseline, ONNX) or a class out of range is a 422;
 * ``GET /healthz``: ``{"status": "ok"}``; ``GET /v1/model``: name, classes, input size, source.
 
 Limits, each a JSON ``{"error": ...}`` with its status and never a stack trace: request body
@@ -29,7 +34,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -119,6 +124,20 @@ class ServedModel:
     def topk(self, batch: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         """Top-``k`` records of each image of a uint8 batch (one forward pass)."""
         return self.predictor.top_k(batch, k)
+
+    def explain(self, pixels: torch.Tensor, method: str, target: int | None, with_map: bool) -> dict[str, Any]:
+        """One decoded image's saliency record with its overlay as a PNG data URI; 422 when the
+        model cannot be explained (no layers) or ``target`` is no class."""
+        import base64
+
+        from alexnet.reporting.explain import explain_pixels, overlay_png
+
+        try:
+            e = explain_pixels(self.predictor, pixels, method, target)
+        except UserError as err:
+            raise ApiError(422, str(err)) from None
+        picture = overlay_png(pixels, e.heat, self.predictor.convention.channel_order == "BGR")
+        return e.to_dict(with_map) | {"overlay": "data:image/png;base64," + base64.b64encode(picture).decode("ascii")}
 
 
 class BodyLimit:
@@ -219,6 +238,30 @@ def create_app(cfg: ServeConfig) -> Any:
         k = min(5, classes) if k is None else k
         if k > classes:
             raise ApiError(422, f"k: must be between 1 and {classes} (the model's classes), got {k}")
+        uploads = await read_uploads(request)
+        images = [await run_in_threadpool(predictor.decode, data, name) for name, data in uploads]
+        results = await run_in_threadpool(predictor.topk, torch.stack(images), k)
+        ms = (time.perf_counter() - start) * 1000
+        if len(results) == 1:
+            return {"model": predictor.name, "topk": results[0], "ms": ms}
+        return {"model": predictor.name, "results": [{"file": n, "topk": r} for (n, _), r in zip(uploads, results)], "ms": ms}
+
+    @app.post("/v1/explain")
+    async def explain(request: Request, method: Literal["gradcam", "occlusion"] = "gradcam",
+                      target: int | None = Query(None, alias="class", ge=0, description="class index (default: predicted)"),
+                      with_map: bool = Query(False, alias="map", description="also the map as rows of numbers"),
+                      ) -> dict[str, Any]:  # fmt: skip
+        start = time.perf_counter()
+        uploads = await read_uploads(request)
+        images = [await run_in_threadpool(predictor.decode, data, name) for name, data in uploads]
+        results = [await run_in_threadpool(predictor.explain, image, method, target, with_map) for image in images]
+        ms = (time.perf_counter() - start) * 1000
+        if len(results) == 1:
+            return {"model": predictor.name} | results[0] | {"ms": ms}
+        return {"model": predictor.name, "results": [{"file": n} | r for (n, _), r in zip(uploads, results)], "ms": ms}
+
+    async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
+        """The images of a request: every file of a multipart form, or the raw body."""
         uploads: list[tuple[str, bytes]] = []
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             try:
@@ -233,12 +276,7 @@ def create_app(cfg: ServeConfig) -> Any:
                 raise ApiError(400, "the form has no file; send the image as a file field or as the raw body")
         else:
             uploads.append(("body", await request.body()))
-        images = [await run_in_threadpool(predictor.decode, data, name) for name, data in uploads]
-        results = await run_in_threadpool(predictor.topk, torch.stack(images), k)
-        ms = (time.perf_counter() - start) * 1000
-        if len(results) == 1:
-            return {"model": predictor.name, "topk": results[0], "ms": ms}
-        return {"model": predictor.name, "results": [{"file": n, "topk": r} for (n, _), r in zip(uploads, results)], "ms": ms}
+        return uploads
 
     return BodyLimit(app, cfg.max_body)
 
