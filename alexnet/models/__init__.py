@@ -11,21 +11,5 @@ name               what                                                         
 =================  ===========================================================  =====
 """
 
-from alexnet.models.registry import (
-    LEGACY_DEFAULTS,
-    MODELS,
-    ModelInfo,
-    available,
-    canonical,
-    count_parameters,
-    create,
-    explicit_options,
-    info,
-    model_options,
-    saved_options,
-)
-
-__all__ = [
-    "LEGACY_DEFAULTS", "MODELS", "ModelInfo", "available", "canonical", "count_parameters", "create", "explicit_options",
-    "info", "model_options", "saved_options",
-]
+from alexnet.models.registry import *  # the registry's __all__: the public API
+from alexnet.models.registry import __all__ as __all__

@@ -17,6 +17,11 @@ from alexnet.models.alexnet import PAPER_SHAPE, SMALL_SHAPE, AlexNet
 from alexnet.models.depth import AlexNetDepth
 from alexnet.models.fourlayer import FourLayerNet
 
+__all__ = [
+    "LEGACY_DEFAULTS", "MODELS", "ModelInfo", "available", "canonical", "count_parameters", "create", "explicit_options",
+    "info", "model_options", "saved_options",
+]
+
 
 @dataclass(frozen=True)
 class ModelInfo:
