@@ -52,6 +52,11 @@ class InputNorm:
     def from_dict(cls, d: dict[str, object]) -> InputNorm:
         return cls(tuple(d["mean"]), tuple(d["std"]), d.get("mean_image"))  # type: ignore[arg-type]
 
+    @classmethod
+    def identity(cls, channels: int) -> InputNorm:
+        """No normalisation: raw pixels (a baseline's features, a Caffe net imported without a mean)."""
+        return cls((0.0,) * channels, (1.0,) * channels)
+
     def same_as(self, other: InputNorm) -> bool:
         """Equal statistics (dataclass ``==`` cannot compare the mean image tensors)."""
         if (self.mean_image is None) != (other.mean_image is None):

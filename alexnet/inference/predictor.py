@@ -205,8 +205,7 @@ class BaselinePredictor(Predictor):
         self.name, self.source, self.classes = c["settings"]["features"], str(run), self.model.classes
         self.data_source = c["settings"]["data"]
         # Features are computed on the raw pixels: no normalisation.
-        self.convention = InputConvention(c["channels"], c["image_size"], c["crop"],
-                                          InputNorm((0.0,) * c["channels"], (1.0,) * c["channels"]))  # fmt: skip
+        self.convention = InputConvention(c["channels"], c["image_size"], c["crop"], InputNorm.identity(c["channels"]))
 
     def outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.model.scores(batch).float()

@@ -283,6 +283,29 @@ def import_caffe(
     # bvlc_alexnet normalises then pools (the paper), CaffeNet pools then normalises: the layer
     # after relu1 tells which; layer 2 must then do the same.
     lrn_order = "pool-norm" if len(compute) > 2 and compute[2].type == "Pooling" else "norm-pool"
+    placed = list(zip(compute, SEQUENCES[lrn_order]))
+    blobs, lrn_k = _paper_layers(compute, lrn_order, weights, f"{caffemodel} has no weights for layer {{!r}} of {prototxt}")
+    side = _input_side(net, layers)
+    if side is not None and side != CROP:
+        raise UserError(f"{prototxt} takes {side}x{side} input; the paper's AlexNet takes {CROP}x{CROP}")
+    options, num_classes = _model_options(blobs, placed, lrn_k, lrn_order)
+    model = models.create("alexnet", num_classes, **options)
+    _load_blobs(model, blobs, placed)
+    image_size, norm, mean_text = _input_norm(mean)
+    classes = list(imagenet_class_names()) if num_classes == 1000 else [str(i) for i in range(num_classes)]
+    provenance = {"from": "caffe", "prototxt": str(prototxt), "caffemodel": str(caffemodel),
+                  "mean": str(mean) if mean else None, "format": fmt, "net_name": net.name}  # fmt: skip
+    # conv1's input channels were turned from Caffe's BGR to RGB (_load_blobs): the run takes RGB pixels.
+    convention = InputConvention(3, image_size, CROP, norm, channel_order="RGB", pixel_scale=255.0)
+    ckpt = write_run(out, model, "alexnet", options, classes, convention, f"caffe:{Path(caffemodel).name}", provenance, force)
+    return ImportResult(str(out), str(ckpt), fmt, num_classes, float(lrn_k), lrn_order, mean_text, options)
+
+
+def _paper_layers(
+    compute: list[Layer], lrn_order: str, weights: dict[str, list[Any]], no_weights: str
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], float]:
+    """The weight and bias blobs of each role (conv1 ... fc8) and the LRN's k, checking that the
+    layers are the paper's in ``lrn_order``; ``no_weights`` words a layer without weights."""
     sequence = SEQUENCES[lrn_order]
     blobs: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     lrn_k: float | None = None
@@ -295,50 +318,69 @@ def import_caffe(
             raise _misfit(layer, f"expected {kind} in {role}'s place{order}")
         if kind in ("Convolution", "InnerProduct"):
             if layer.name not in weights:
-                raise UserError(f"{caffemodel} has no weights for layer {layer.name!r} of {prototxt}")
+                raise UserError(no_weights.format(layer.name))
             found = weights[layer.name]
             w = _squeeze_legacy(blob_array(found[0]), 4 if kind == "Convolution" else 2)
             b = _squeeze_legacy(blob_array(found[1]), 1) if len(found) > 1 else None
             blobs[role] = (w, b)
         if kind == "Convolution":
-            p = layer.proto.convolution_param
-            try:
-                kernel, stride, pad = _conv_geometry(p)
-            except ValueError:
-                raise _misfit(layer, "non-square kernel, stride or padding") from None
-            expected = {"conv1": (11, 4, 0), "conv2": (5, 1, 2)}.get(role, (3, 1, 1))
-            if (kernel, stride, pad) != expected:
-                raise _misfit(layer, f"kernel/stride/pad {kernel}/{stride}/{pad}, expected {expected[0]}/{expected[1]}/{expected[2]}")
-            if len(p.dilation) and set(p.dilation) != {1}:
-                raise _misfit(layer, "dilated convolution")
+            _check_convolution(layer, role)
         elif kind == "LRN":
-            p = layer.proto.lrn_param
-            if p.norm_region != 0 or p.local_size != 5 or not np.isclose(p.alpha, 1e-4) or not np.isclose(p.beta, 0.75):
-                raise _misfit(layer, f"LRN size {p.local_size}, alpha {p.alpha:g}, beta {p.beta:g} (the paper's: 5, 1e-4, 0.75 across channels)")
-            if lrn_k is not None and p.k != lrn_k:
-                raise _misfit(layer, f"k = {p.k:g} differs from norm1's {lrn_k:g}")
-            lrn_k = float(p.k)
+            lrn_k = _checked_lrn_k(layer, lrn_k)
         elif kind == "Pooling":
-            p = layer.proto.pooling_param
-            try:
-                geometry = _conv_geometry(p)
-            except ValueError:
-                raise _misfit(layer, "non-square pooling") from None
-            if p.pool != 0 or p.global_pooling or geometry != (3, 2, 0):
-                raise _misfit(layer, "expected max pooling 3x3 stride 2 (section 3.4)")
+            _check_pooling(layer)
     if len(compute) > len(sequence):
         raise _misfit(compute[len(sequence)], "the paper's AlexNet ends with fc8")
-    side = _input_side(net, layers)
-    if side is not None and side != CROP:
-        raise UserError(f"{prototxt} takes {side}x{side} input; the paper's AlexNet takes {CROP}x{CROP}")
+    assert lrn_k is not None  # both sequences hold two LRN layers
+    return blobs, lrn_k
 
+
+def _check_convolution(layer: Layer, role: str) -> None:
+    p = layer.proto.convolution_param
+    try:
+        kernel, stride, pad = _conv_geometry(p)
+    except ValueError:
+        raise _misfit(layer, "non-square kernel, stride or padding") from None
+    expected = {"conv1": (11, 4, 0), "conv2": (5, 1, 2)}.get(role, (3, 1, 1))
+    if (kernel, stride, pad) != expected:
+        raise _misfit(layer, f"kernel/stride/pad {kernel}/{stride}/{pad}, expected {expected[0]}/{expected[1]}/{expected[2]}")
+    if len(p.dilation) and set(p.dilation) != {1}:
+        raise _misfit(layer, "dilated convolution")
+
+
+def _checked_lrn_k(layer: Layer, lrn_k: float | None) -> float:
+    """The LRN layer's k, checking its other parameters are the paper's and k is norm1's (``lrn_k``)."""
+    p = layer.proto.lrn_param
+    if p.norm_region != 0 or p.local_size != 5 or not np.isclose(p.alpha, 1e-4) or not np.isclose(p.beta, 0.75):
+        raise _misfit(layer, f"LRN size {p.local_size}, alpha {p.alpha:g}, beta {p.beta:g} (the paper's: 5, 1e-4, 0.75 across channels)")
+    if lrn_k is not None and p.k != lrn_k:
+        raise _misfit(layer, f"k = {p.k:g} differs from norm1's {lrn_k:g}")
+    return float(p.k)
+
+
+def _check_pooling(layer: Layer) -> None:
+    p = layer.proto.pooling_param
+    try:
+        geometry = _conv_geometry(p)
+    except ValueError:
+        raise _misfit(layer, "non-square pooling") from None
+    if p.pool != 0 or p.global_pooling or geometry != (3, 2, 0):
+        raise _misfit(layer, "expected max pooling 3x3 stride 2 (section 3.4)")
+
+
+def _model_options(
+    blobs: dict[str, tuple[np.ndarray, np.ndarray | None]], placed: list[tuple[Layer, tuple[str, str]]], lrn_k: float,
+    lrn_order: str,
+) -> tuple[dict[str, Any], int]:
+    """The ``alexnet`` model options and class count the blobs' shapes imply (checked against the
+    paper's groups and the prototxt's)."""
     # Widths from the blobs: conv weights are out x in/groups x k x k, fc weights out x in.
     widths = tuple(int(blobs[f"conv{i}"][0].shape[0]) for i in range(1, 6))
     in_channels = int(blobs["conv1"][0].shape[1])
     previous = (in_channels, *widths[:4])
     for i, role in enumerate(("conv1", "conv2", "conv3", "conv4", "conv5")):
         per_group = int(blobs[role][0].shape[1])
-        layer = next(layer for layer, (r, _) in zip(compute, sequence) if r == role)
+        layer = _layer_of(placed, role)
         if per_group == 0 or previous[i] % per_group:
             raise _misfit(layer, f"weights {blobs[role][0].shape} do not divide the {previous[i]} input channels")
         groups = previous[i] // per_group
@@ -347,11 +389,10 @@ def import_caffe(
         if layer.proto.convolution_param.group != groups:
             raise _misfit(layer, f"group {layer.proto.convolution_param.group} in the prototxt, {groups} by the weights")
     if in_channels != 3:
-        raise _misfit(compute[0], f"{in_channels} input channels; Caffe's AlexNet reads 3 (BGR)")
+        raise _misfit(placed[0][0], f"{in_channels} input channels; Caffe's AlexNet reads 3 (BGR)")
     if any(w % 2 for w in widths):
-        raise _misfit(compute[0], f"widths {widths} must be even (two towers)")
+        raise _misfit(placed[0][0], f"widths {widths} must be even (two towers)")
     fc_width = int(blobs["fc6"][0].shape[0])
-    num_classes = int(blobs["fc8"][0].shape[0])
     options: dict[str, Any] = {"lrn_k": lrn_k, "lrn_scope": "all"}  # Caffe's LRN ignores groups
     if lrn_order != "norm-pool":
         options["lrn_order"] = lrn_order
@@ -359,7 +400,16 @@ def import_caffe(
         options["widths"] = list(widths)
     if fc_width != PAPER_SHAPE.fc_width:
         options["fc_width"] = fc_width
-    model = models.create("alexnet", num_classes, **options)
+    return options, int(blobs["fc8"][0].shape[0])
+
+
+def _layer_of(placed: list[tuple[Layer, tuple[str, str]]], role: str) -> Layer:
+    return next(layer for layer, (r, _) in placed if r == role)
+
+
+def _load_blobs(model: torch.nn.Module, blobs: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                placed: list[tuple[Layer, tuple[str, str]]]) -> None:  # fmt: skip
+    """Copy the blobs into ``model``'s layers, conv1's input channels turned from BGR to RGB."""
     roles = model.layers_by_role()
     state = {}
     for role, (w, b) in blobs.items():
@@ -367,19 +417,20 @@ def import_caffe(
         if role == "conv1":  # BGR -> RGB: Caffe's first input channel is blue
             w = w[:, ::-1]
         if tuple(w.shape) != tuple(target.weight.shape):
-            layer = next(layer for layer, (r, _) in zip(compute, sequence) if r == role)
-            raise _misfit(layer, f"weights {tuple(w.shape)}, expected {tuple(target.weight.shape)}")
+            raise _misfit(_layer_of(placed, role), f"weights {tuple(w.shape)}, expected {tuple(target.weight.shape)}")
         state[id(target.weight)] = torch.from_numpy(np.ascontiguousarray(w))
         bias = np.zeros(w.shape[0], np.float32) if b is None else b
         if tuple(bias.shape) != tuple(target.bias.shape):
-            layer = next(layer for layer, (r, _) in zip(compute, sequence) if r == role)
-            raise _misfit(layer, f"bias {tuple(bias.shape)}, expected {tuple(target.bias.shape)}")
+            raise _misfit(_layer_of(placed, role), f"bias {tuple(bias.shape)}, expected {tuple(target.bias.shape)}")
         state[id(target.bias)] = torch.from_numpy(np.ascontiguousarray(bias))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(state[id(p)])
 
-    image_size, norm, mean_text = DEFAULT_IMAGE_SIZE, InputNorm((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "none (raw 0-255 pixels)"
+
+def _input_norm(mean: str | Path | None) -> tuple[int, InputNorm, str]:
+    """The input size, normalisation and its description that the ``mean`` file (if any) implies."""
+    image_size, norm, mean_text = DEFAULT_IMAGE_SIZE, InputNorm.identity(3), "none (raw 0-255 pixels)"
     if mean is not None:
         bgr = load_mean(mean)
         rgb = np.ascontiguousarray(bgr[::-1])  # Caffe's means are BGR like its input
@@ -391,10 +442,4 @@ def import_caffe(
             channel = tuple(float(v) for v in rgb.reshape(3, -1).mean(axis=1))
             norm = InputNorm(channel, (1.0, 1.0, 1.0), torch.from_numpy(rgb))
             mean_text = f"mean image {rgb.shape[1]}x{rgb.shape[2]}"
-    classes = list(imagenet_class_names()) if num_classes == 1000 else [str(i) for i in range(num_classes)]
-    provenance = {"from": "caffe", "prototxt": str(prototxt), "caffemodel": str(caffemodel),
-                  "mean": str(mean) if mean else None, "format": fmt, "net_name": net.name}  # fmt: skip
-    # conv1's input channels were turned from Caffe's BGR to RGB above: the run takes RGB pixels.
-    convention = InputConvention(3, image_size, CROP, norm, channel_order="RGB", pixel_scale=255.0)
-    ckpt = write_run(out, model, "alexnet", options, classes, convention, f"caffe:{Path(caffemodel).name}", provenance, force)
-    return ImportResult(str(out), str(ckpt), fmt, num_classes, float(lrn_k), lrn_order, mean_text, options)
+    return image_size, norm, mean_text

@@ -80,15 +80,16 @@ class Weights:
 
 def read_weights(path: str | Path) -> Weights:
     """Read an alexnet checkpoint / run folder or a torchvision AlexNet state_dict (no code runs)."""
-    from alexnet.models.owt import TORCHVISION_CROP, TORCHVISION_IMAGE_SIZE, TORCHVISION_MEAN, TORCHVISION_STD
+    from alexnet.evaluation.loading import torchvision_convention
 
     file = checkpoint_path(path)  # a run folder -> its last.pt; messages name what the user gave
     raw = read_raw(file)  # read once; a damaged or foreign file is a one-line error here
     if isinstance(raw, dict) and raw.get("kind") != KIND and "features.0.weight" in raw:
         if "classifier.6.weight" not in raw:
             raise UserError(f"{path} looks like a torchvision AlexNet state_dict but has no classifier.6 (fc8)")
-        return Weights(str(path), "alexnet-owt", raw, {}, (), raw["features.0.weight"].shape[1], TORCHVISION_IMAGE_SIZE,
-                       TORCHVISION_CROP, InputNorm(TORCHVISION_MEAN, TORCHVISION_STD))  # fmt: skip
+        tv = torchvision_convention()
+        return Weights(str(path), "alexnet-owt", raw, {}, (), raw["features.0.weight"].shape[1], tv.image_size, tv.crop,
+                       tv.norm)  # fmt: skip
     ckpt = Checkpoint.from_dict(raw, str(file)).to_dict()
     data = ckpt["data"]
     return Weights(
