@@ -15,6 +15,7 @@ from alexnet.baselines.svm import LinearSVM, SvmParams
 from alexnet.cli import main
 from alexnet.data import BatchPlan
 from alexnet.evaluation.features import open_session
+from alexnet.runfolder import BASELINE_KIND
 from tests.helpers.cli import assert_one_line_error, cli_main
 
 SYN = "synthetic:classes=3,size=28,train=48,val=30,channels=1"
@@ -79,9 +80,18 @@ def test_probe_command_prints_the_table_and_saves_it(tiny_run: Path, capsys: pyt
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in saved["rows"])
 
 
+def test_probe_on_other_classes_than_the_models(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = "synthetic:classes=5,size=28,train=40,val=20,channels=1,seed=3"
+    code, out, err = cli_main(capsys, "probe", str(tiny_run), "--data", other, "--layers", "fc7", "--json", "--no-progress")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["data"] == other and [r["name"] for r in result["rows"]] == ["fc7", "hog", "pixels"]
+
+
 def test_probe_bad_input_is_one_line(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(cli_main(capsys, "probe", str(tiny_run), "--layers", "conv9")[::2], "unknown layer conv9")
     baseline = tmp_path / "baseline"
     baseline.mkdir()
-    (baseline / "config.json").write_text(json.dumps({"kind": "baseline"}))
+    (baseline / "config.json").write_text(json.dumps({"kind": BASELINE_KIND}))
     assert_one_line_error(cli_main(capsys, "probe", str(baseline))[::2], "no layers to probe")
+    assert_one_line_error(cli_main(capsys, "probe", str(tmp_path / "missing"))[::2], "")

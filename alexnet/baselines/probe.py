@@ -199,7 +199,7 @@ def probe(session: Session, cfg: ProbeConfig = ProbeConfig(), progress: bool = T
     val = _extract(session, "val", n_val, cfg, extractors, progress)
     shapes = _layer_shapes(session, cfg)
     rows = []
-    classes = len(session.loaded.classes)
+    classes = session.dataset.info.num_classes  # the data's: a probe may look at other classes than the model's
     for name in (*cfg.layers, *BASELINE_ROWS):
         started = time.perf_counter()
         x_train = np.asarray(train.arrays[name], dtype=np.float32)

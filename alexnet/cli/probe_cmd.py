@@ -30,15 +30,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from alexnet.baselines.probe import ProbeConfig, probe, save_probe
     from alexnet.errors import UserError
-    from alexnet.evaluation.features import open_session
-    from alexnet.runfolder import last_checkpoint
+    from alexnet.evaluation.features import session_for
+    from alexnet.inference import open_predictor
+    from alexnet.runfolder import BASELINE, run_kind
 
     layers = tuple(name.strip() for name in args.layers.split(",") if name.strip())
     if not layers:
         raise UserError("--layers needs at least one layer, e.g. conv1,conv5,fc7")
-    if not last_checkpoint(args.run).is_file():
-        raise UserError(f"{args.run} holds no network (checkpoints/last.pt): a baseline run has no layers to probe")
-    session = open_session(args.run, args.data, args.device, args.precision)
+    if run_kind(args.run) == BASELINE:
+        raise UserError(f"{args.run} is a baseline run: a linear SVM on hand-made features has no layers to probe")
+    predictor = open_predictor(args.run, args.device, args.precision)
+    # Any classes: a probe fits its own classifier on the features (an ImageNet net on other data).
+    session = session_for(predictor.require_network("probe"), args.data, predictor.precision, same_classes=False)
     cfg = ProbeConfig(layers=layers, train_images=args.train_images, max_dims=args.max_dims)
     log = (lambda _msg: None) if args.json else print
     result = probe(session, cfg, progress=show_progress(args), log=log)

@@ -52,15 +52,15 @@ def open_session(run: str | Path, data: str | None = None, device_name: str = "a
     return session_for(loaded, data, resolve_precision(precision_name, device, loaded.name))
 
 
-def session_for(loaded: LoadedModel, data: str | None, precision: str) -> Session:
+def session_for(loaded: LoadedModel, data: str | None, precision: str, same_classes: bool = True) -> Session:
     """A loaded model (on its device) and ``data`` (default: the data it was trained on), checked
-    to fit each other."""
+    to fit each other (``same_classes=False``: any classes, for work on features such as probes)."""
     run, device = loaded.source, next(loaded.model.parameters()).device
     data = data or loaded.data_source
     if not data:
         raise UserError(f"{run} does not say what data it was trained on; pass --data")
     dataset, _ = fit_input_to_model(loaded, open_dataset(data, workers=min(os.cpu_count() or 1, 8)), data)
-    if len(loaded.classes) != dataset.info.num_classes or loaded.channels != dataset.info.channels:
+    if (same_classes and len(loaded.classes) != dataset.info.num_classes) or loaded.channels != dataset.info.channels:
         raise UserError(
             f"{loaded.source} expects {len(loaded.classes)} classes of {loaded.channels}-channel images but {data} has "
             f"{dataset.info.num_classes} classes of {dataset.info.channels}-channel images; pass the --data it was trained on"
