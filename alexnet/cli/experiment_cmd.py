@@ -31,13 +31,18 @@ from alexnet.experiments import (
     to_markdown,
     write_outputs,
 )
+from alexnet.experiments.curve_report import analyse_curves, curves_markdown, write_curve_outputs
+from alexnet.experiments.curve_runner import PointEvent, point_status, run_curve_plan
 from alexnet.experiments.runner import find_copy_source
+from alexnet.experiments.scaling import CURVE_EXPERIMENTS, CurvePlan, make_curve_plan, parse_sizes, size_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="re-measure one of the paper's claims (resumable)", description=__doc__)
-    p.add_argument("name", metavar="NAME", choices=[*EXPERIMENTS, "all"], help=f"{' | '.join(EXPERIMENTS)} | all (every one but "
-                   f"{', '.join(n for n, e in EXPERIMENTS.items() if not e.in_all)})")
+    p.add_argument("name", metavar="NAME", choices=[*EXPERIMENTS, *CURVE_EXPERIMENTS, "all"],
+                   help=f"{' | '.join(EXPERIMENTS)} | all (every one but {', '.join(n for n, e in EXPERIMENTS.items() if not e.in_all)}); "
+                   "learning curves: data-scaling (test error vs images per class, 2011 systems beside the network) | "
+                   "transfer (features learned on Fashion-MNIST classes 0-4 reused on 5-9)")  # fmt: skip
     p.add_argument("--data", default=DEFAULT_DATA, help=f"data source as for `alexnet train` (default {DEFAULT_DATA})")
     p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS, help=f"seeds per arm (default {DEFAULT_SEEDS})")
     p.add_argument("--budget", choices=BUDGETS, default="quick",
@@ -47,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="relu-vs-tanh: training-error threshold (fraction); dropout: training-loss threshold")  # fmt: skip
     p.add_argument("--arms", type=lambda text: tuple(a for a in text.split(",") if a), default=None, metavar="A,B",
                    help="train only these arms (the baseline arm among them; default all)")  # fmt: skip
+    p.add_argument("--sizes", type=_sizes, default=None, metavar="N,N,...",
+                   help="data-scaling/transfer: training images per class (whole numbers or all; default per budget)")
+    p.add_argument("--systems", default=None, metavar="S,S,...",
+                   help="data-scaling: hog,hog-rbf,sift-fv,alexnet-small; transfer: scratch,frozen-fc7,fine-tune,hog "
+                        "(default per budget)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (one object per experiment)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar inside runs")
     p.add_argument("--plan", action="store_true", help="print the runs and their settings; train nothing")
@@ -55,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name in CURVE_EXPERIMENTS:
+        return run_curves(args)
+    if args.sizes or args.systems:
+        raise UserError("--sizes and --systems go with data-scaling and transfer")
     names = [n for n, e in EXPERIMENTS.items() if e.in_all] if args.name == "all" else [args.name]
     if args.arms and args.name == "all":
         raise UserError("--arms picks arms of one experiment; name it instead of all")
@@ -92,6 +106,52 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outputs[0] if len(names) == 1 and outputs else outputs))
     return 0
+
+
+def _sizes(text: str) -> tuple[int | None, ...]:
+    try:
+        return parse_sizes(text)
+    except UserError as e:  # argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    """``data-scaling`` / ``transfer``: every point, then the analysis and the outputs."""
+    from alexnet.experiments.scaling import parse_systems
+
+    if args.arms or args.threshold is not None:
+        raise UserError(f"--arms and --threshold are not options of {args.name}; use --systems and --sizes")
+    systems = parse_systems(args.systems, args.name) if args.systems is not None else None
+    plan = make_curve_plan(args.name, args.data, args.budget, args.out, sizes=args.sizes, systems=systems,
+                           seeds=args.seeds, device=args.device, precision=args.precision,
+                           progress=show_progress(args))  # fmt: skip
+    if args.plan:
+        _print_curve_plan(plan)
+        return 0
+    _say(f"[{plan.name}] {len(plan.sources) + len(plan.points)} runs ({plan.budget_name}: {plan.budget.describe()}) in {plan.out}")
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the results
+        run_curve_plan(plan, on_event=lambda e: _say(_describe_point(plan.name, e)))
+    result = analyse_curves(plan)
+    written = write_curve_outputs(result, plan.out)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(curves_markdown(result))
+    print(f"written: {', '.join(written.values())}")
+    return 0
+
+
+def _print_curve_plan(plan: CurvePlan) -> None:
+    print(f"{plan.name}: {plan.budget_name} ({plan.budget.describe()}), systems {', '.join(plan.systems)}, "
+          f"{len(plan.seeds)} seed(s)")  # fmt: skip
+    for p in (*plan.sources, *plan.points):
+        state = {"new": "to run", "partial": "to resume"}.get(point_status(p), "done")
+        print(f"  {p.system:<13} n={size_name(p.n):<5} seed {p.seed}  [{state}]  {p.command()}")
+
+
+def _describe_point(name: str, e: PointEvent) -> str:
+    verb = {"skip": "already finished, skipped", "resume": "resuming", "start": "running", "done": "done"}[e.state]
+    return f"[{name}] {e.index + 1}/{e.total}: {e.point.system} n={size_name(e.point.n)} seed {e.point.seed}: {verb}  ({e.point.folder})"
 
 
 def _print_plan(plan: Plan) -> None:

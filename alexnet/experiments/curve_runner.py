@@ -1,0 +1,118 @@
+"""Run a :class:`~alexnet.experiments.scaling.CurvePlan`: skip finished points, resume the rest.
+
+A network point is finished when its ``metrics.jsonl`` holds every epoch (``runner.run_status``:
+a checkpoint is resumed exactly, a folder of other settings stops with one line); a baseline
+point when its ``metrics.json`` exists (``alexnet baseline`` resumes its own stages). After each
+point the process CPU seconds it took are kept in ``COST`` beside the run (``resumed``: true when
+part of the work was done by an earlier, killed invocation, so the count is a lower bound).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexnet.baselines import fit_baseline
+from alexnet.errors import UserError
+from alexnet.experiments.plans import PlannedRun
+from alexnet.experiments.runner import read_metrics, run_status
+from alexnet.experiments.scaling import CurvePlan, Point
+from alexnet.io import atomic_write_json
+from alexnet.runfolder import run_folder_lock
+from alexnet.training.trainer import train
+
+COST = "experiment-cost.json"
+BASELINE_METRICS = "metrics.json"
+
+
+@dataclass(frozen=True)
+class PointEvent:
+    """Progress for the caller: ``state`` is ``skip``, ``start``, ``resume`` or ``done``."""
+
+    state: str
+    index: int
+    total: int
+    point: Point
+
+
+def point_status(point: Point) -> str:
+    """``done``, ``partial`` (work to resume) or ``new``."""
+    if point.train is not None:
+        return run_status(PlannedRun(point.system, point.seed, point.train))
+    if (point.folder / BASELINE_METRICS).is_file():
+        return "done"
+    return "partial" if (point.folder / "config.json").is_file() else "new"
+
+
+def run_curve_plan(plan: CurvePlan, on_event: Callable[[PointEvent], None] | None = None) -> None:
+    """Train and fit every unfinished point of ``plan`` (the transfer source nets first)."""
+    emit = on_event or (lambda _e: None)
+    todo = (*plan.sources, *plan.points)
+    for i, point in enumerate(todo):
+        state = point_status(point)
+        if state == "done":
+            emit(PointEvent("skip", i, len(todo), point))
+            continue
+        if point.needs is not None and point_status(_source_of(plan, point)) != "done":
+            raise UserError(f"{point.folder} starts from {point.needs}, which is unfinished")
+        emit(PointEvent("resume" if state == "partial" else "start", i, len(todo), point))
+        cpu, wall = time.process_time(), time.perf_counter()
+        _run_point(point, resume=state == "partial")
+        atomic_write_json(point.folder / COST, {"cpu_seconds": time.process_time() - cpu,
+                                                "wall_seconds": time.perf_counter() - wall, "resumed": state != "new"})  # fmt: skip
+        emit(PointEvent("done", i, len(todo), point))
+
+
+def _source_of(plan: CurvePlan, point: Point) -> Point:
+    return next(s for s in plan.sources if s.folder == point.needs)
+
+
+def _run_point(point: Point, resume: bool) -> None:
+    if point.baseline is not None:
+        fit_baseline(point.baseline, point.folder, progress=False)
+        return
+    assert point.train is not None
+    with run_folder_lock(point.folder):
+        train(point.train, resume=resume, lock_held=True)
+    if len(read_metrics(point.folder)) < point.train.recipe.epochs:
+        raise UserError(
+            f"{point.folder} stopped short of {point.train.recipe.epochs} epochs; run the same command again"
+        )
+
+
+def point_result(point: Point) -> dict[str, Any]:
+    """What a finished point measured: test error, training error, CPU and wall seconds, FLOPs."""
+    cost = _json(point.folder / COST)
+    if point.train is not None:
+        records = read_metrics(point.folder)
+        last = records[-1] if records else {}
+        config = _json(point.folder / "config.json")
+        per_image = config.get("resolved", {}).get("train_flops_per_image")  # 3x forward, also for frozen layers
+        flops = per_image * last["step"] * point.train.recipe.batch_size if per_image and last else None
+        test, train_err, wall = last.get("val_top1_err"), last.get("train_top1_err"), last.get("train_seconds_total")
+    else:
+        m = _json(point.folder / BASELINE_METRICS)
+        test, train_err, wall = m.get("val_top1_err"), m.get("train_top1_err"), m.get("train_seconds_total")
+        # the L-BFGS fit only (each iteration: scores and gradient, two n x d x k products of 2 FLOPs
+        # per multiply-add); feature extraction is not counted, so a lower bound
+        dims, iters, k = m.get("feature_dim"), m.get("lbfgs_iterations"), _classes(point)
+        flops = 4.0 * m["train_n"] * dims * k * iters if dims and iters and k else None
+    return {"system": point.system, "n": point.n, "seed": point.seed, "test_err": test, "train_err": train_err,
+            "wall_seconds": wall, "cpu_seconds": cost.get("cpu_seconds"), "cpu_partial": cost.get("resumed", True),
+            "flops": flops, "folder": str(point.folder), "command": point.command()}  # fmt: skip
+
+
+def _classes(point: Point) -> int | None:
+    return len(_json(point.folder / "config.json").get("classes", [])) or None
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

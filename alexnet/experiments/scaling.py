@@ -1,0 +1,257 @@
+"""Learning curves as plans: ``data-scaling`` (error against images per class, 2011 systems
+beside the network) and ``transfer`` (features learned on some classes reused on the others).
+
+Every point is an ordinary run of a public command: ``alexnet baseline`` (a :class:`BaselineConfig`)
+or ``alexnet train`` (a :class:`TrainConfig`), on a nested, class-balanced subset named in the
+data source itself (``SOURCE@per-class=N,draw=S,val=M``, :mod:`alexnet.data.subset`): seed S
+draws its own subsets, nested in N, and every N and system is tested on the same test images.
+:func:`train_command` and :func:`baseline_command` print the command that reproduces a point.
+
+The network's recipe at N (:func:`network_recipe`): the ablations' pinned recipe with a batch
+of at most 1/50 of the training set (8 images at least), and epochs raised
+until the run has at least ``min_steps`` optimizer steps. A fixed epoch count would give 10
+images per class 1-2 steps per epoch and measure the optimizer's budget, not the data; with the
+floor every size trains until its training error is ~0. The rate is the project's step-scaled
+rule (:func:`~alexnet.training.lr_finder.step_scaled_lr`: the recipe's rate x (steps / 1,872) ** 0.5
+for shorter runs), as ``alexnet train`` applies it by default.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from alexnet.baselines import DEFAULT_L2, BaselineConfig
+from alexnet.data.subset import SEPARATOR
+from alexnet.errors import UserError
+from alexnet.experiments.plans import SMALL_ABLATION
+from alexnet.training.lr_finder import step_scaled_lr
+from alexnet.training.recipes import SMALL, Recipe
+from alexnet.training.trainer import TrainConfig
+
+NETWORK = "alexnet-small"
+HAND_CRAFTED = ("hog", "hog-rbf", "sift-fv")
+SCALING_SYSTEMS = (*HAND_CRAFTED, NETWORK)
+# transfer: the network from scratch, a linear classifier on the source net's frozen fc7
+# (`--freeze features`), fine-tuning all layers (`--init-from`), HOG + linear SVM
+TRANSFER_SYSTEMS = ("scratch", "frozen-fc7", "fine-tune", "hog")
+TRAINED = (NETWORK, "scratch", "frozen-fc7", "fine-tune")
+TRANSFER_SOURCE, TRANSFER_TARGET = (0, 4), (5, 9)  # Fashion-MNIST classes: learn on 0-4, reuse on 5-9
+MAX_BATCH = SMALL_ABLATION.batch_size
+# The network's batch is at most 1/50 of the training set (at least 8): small sets take many
+# small steps rather than many epochs, whose per-epoch validation would dominate the cost.
+IMAGES_PER_BATCH = 50
+
+
+@dataclass(frozen=True)
+class CurveBudget:
+    """One budget of a curve experiment: the sizes (images per class; ``None`` = the whole split),
+    default systems and seeds, the test images (``None`` = the whole test split), the network's
+    epochs at the largest sizes and its floor on optimizer steps, and (transfer) the source net's
+    images per class."""
+
+    sizes: tuple[int | None, ...]
+    systems: tuple[str, ...]
+    seeds: int
+    val: int | None
+    epochs: int
+    min_steps: int
+    source_per_class: int | None = None
+
+    def describe(self) -> str:
+        test = f"{self.val:,} test images" if self.val else "the whole test split"
+        src = "" if self.source_per_class is None else f", source net on {self.source_per_class:,} images/class"
+        return (f"sizes {', '.join(size_name(n) for n in self.sizes)} per class, {test}, network >= {self.epochs} "
+                f"epochs and >= {self.min_steps} steps{src}")  # fmt: skip
+
+
+# quick: <= 10 minutes on 2 idle cores (docs/RESULTS.md has the measured time); full: the setting to report.
+CURVE_BUDGETS: dict[str, dict[str, CurveBudget]] = {
+    "data-scaling": {
+        "quick": CurveBudget((10, 30, 100, 300), ("hog", "hog-rbf", NETWORK), 3, 2000, 4, 1000),
+        "full": CurveBudget((10, 30, 100, 300, 1000, 3000, None), SCALING_SYSTEMS, 3, None, 15, 3000),
+    },
+    "transfer": {
+        "quick": CurveBudget((10, 30, 100, 300), TRANSFER_SYSTEMS, 3, 2000, 4, 1000, source_per_class=1000),
+        "full": CurveBudget((10, 30, 100, 300, 1000, None), TRANSFER_SYSTEMS, 3, None, 15, 3000),
+    },
+}
+CURVE_EXPERIMENTS = tuple(CURVE_BUDGETS)
+
+
+def size_name(n: int | None) -> str:
+    return "all" if n is None else str(n)
+
+
+def parse_sizes(text: str) -> tuple[int | None, ...]:
+    """``10,30,100,all`` as sizes (``all`` = ``None``), ascending; a :class:`UserError` if malformed."""
+    sizes: list[int | None] = []
+    for item in text.split(","):
+        if item == "all":
+            sizes.append(None)
+        elif item.isdigit() and int(item) >= 1:
+            sizes.append(int(item))
+        else:
+            raise UserError(
+                f"bad --sizes item {item!r}; give images per class as whole numbers >= 1 or all, e.g. 10,100,all"
+            )
+    if len(set(sizes)) != len(sizes):
+        raise UserError(f"--sizes lists a size twice: {text}")
+    return tuple(sorted(sizes, key=lambda n: math.inf if n is None else n))
+
+
+def parse_systems(text: str, experiment: str) -> tuple[str, ...]:
+    """``hog,alexnet-small`` as systems of ``experiment``; a :class:`UserError` naming the choices."""
+    known = SCALING_SYSTEMS if experiment == "data-scaling" else TRANSFER_SYSTEMS
+    systems = tuple(s for s in text.split(",") if s)
+    if not systems or (unknown := [s for s in systems if s not in known]):
+        raise UserError(
+            f"unknown --systems {', '.join(unknown) if systems else '(none)'} for {experiment}; choose from {','.join(known)}"
+        )
+    return systems
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a curve: ``system`` at ``n`` images per class, seed ``seed``; exactly one of
+    ``train`` / ``baseline`` is set. ``needs``: the run folder it starts from (transfer)."""
+
+    system: str
+    n: int | None
+    seed: int
+    folder: Path
+    train: TrainConfig | None = None
+    baseline: BaselineConfig | None = None
+    needs: Path | None = None
+
+    def command(self) -> str:
+        return train_command(self.train) if self.train is not None else baseline_command(self.baseline, self.folder)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CurvePlan:
+    """A curve experiment resolved: its source runs (transfer), then its points."""
+
+    name: str
+    data: str
+    budget_name: str
+    budget: CurveBudget
+    sizes: tuple[int | None, ...]
+    systems: tuple[str, ...]
+    seeds: tuple[int, ...]
+    out: Path
+    sources: tuple[Point, ...]
+    points: tuple[Point, ...]
+    all_size: int  # images per class that "all" stands for (curves and fits need a number)
+
+    def numeric(self, n: int | None) -> int:
+        return self.all_size if n is None else min(n, self.all_size)
+
+
+def subset_source(data: str, n: int | None, draw: int, val: int | None, classes: tuple[int, int] | None = None) -> str:
+    """``data`` cut to ``classes``, ``n`` images per class of draw ``draw`` and ``val`` test images."""
+    parts = [f"classes={classes[0]}-{classes[1]}"] if classes else []
+    parts += [f"per-class={n}", f"draw={draw}"] if n is not None else []
+    parts += [f"val={val}"] if val is not None else []
+    return f"{data}{SEPARATOR}{','.join(parts)}" if parts else data
+
+
+def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe = SMALL_ABLATION) -> Recipe:
+    """``base`` adapted to a training set of ``train_images`` (the rule of the module docstring)."""
+    batch = MAX_BATCH
+    while batch > 8 and batch * IMAGES_PER_BATCH > train_images:
+        batch //= 2
+    if batch > train_images:
+        raise UserError(f"{train_images} training images are fewer than a batch of {batch}; use larger --sizes")
+    steps_per_epoch = train_images // batch
+    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    lr = float(
+        f"{step_scaled_lr(base.lr, SMALL.lr_reference_steps, epochs * steps_per_epoch):.3g}"
+    )  # readable commands
+    return base.with_overrides(batch_size=batch, epochs=epochs, lr=lr)
+
+
+def _train_point(system: str, n: int | None, seed: int, data: str, images: int, budget: CurveBudget, folder: Path,
+                 runtime: dict[str, object], **warm: object) -> Point:  # fmt: skip
+    recipe = network_recipe(images, budget.epochs, budget.min_steps)
+    cfg = TrainConfig(data=data, recipe=recipe, out=str(folder), seed=seed, workers=0, **runtime, **warm)  # type: ignore[arg-type]
+    return Point(system, n, seed, folder, train=cfg, needs=Path(str(warm["init_from"])) if warm else None)
+
+
+def make_curve_plan(name: str, data: str, budget_name: str = "quick", out: str | Path = "runs/experiments",
+                    sizes: tuple[int | None, ...] | None = None, systems: tuple[str, ...] | None = None,
+                    seeds: int | None = None, device: str = "auto", precision: str = "auto",
+                    progress: bool = True) -> CurvePlan:  # fmt: skip
+    """The runs of ``data-scaling`` or ``transfer`` (budget defaults where an option is ``None``)."""
+    from alexnet.data import open_dataset
+
+    if name not in CURVE_BUDGETS:
+        raise UserError(f"unknown curve experiment {name!r}; choose one of {', '.join(CURVE_BUDGETS)}")
+    budget = CURVE_BUDGETS[name][budget_name]
+    sizes, systems = sizes or budget.sizes, systems or budget.systems
+    seeds_n = budget.seeds if seeds is None else seeds
+    root, runtime = Path(out) / name, {"device": device, "precision": precision, "progress": progress}
+    info = open_dataset(data)
+    per_class = info.num_samples("train") // info.info.num_classes  # "all": the whole split (balanced in Fashion-MNIST)
+    target = TRANSFER_TARGET if name == "transfer" else None
+    if target and info.info.num_classes <= target[1]:
+        raise UserError(f"transfer learns on classes 0-4 and reuses on 5-9; {data} has {info.info.num_classes} classes")
+    classes = (target[1] - target[0] + 1) if target else info.info.num_classes
+    sources, points = [], []
+    for seed in range(seeds_n):
+        source_folder = root / "source" / f"seed-{seed}"
+        if name == "transfer":
+            src_data = subset_source(data, budget.source_per_class, seed, budget.val, TRANSFER_SOURCE)
+            src_images = (budget.source_per_class or per_class) * (TRANSFER_SOURCE[1] + 1)
+            sources.append(_train_point("source", budget.source_per_class, seed, src_data, src_images, budget,
+                                        source_folder, runtime))  # fmt: skip
+        for n in sizes:
+            point_data = subset_source(data, n, seed, budget.val, target)
+            images = (n or per_class) * classes
+            for system in systems:
+                folder = root / system / f"n-{size_name(n)}" / f"seed-{seed}"
+                if system in HAND_CRAFTED:
+                    cfg = BaselineConfig(data=point_data, features=system, seed=seed, l2=DEFAULT_L2[system])
+                    points.append(Point(system, n, seed, folder, baseline=cfg))
+                elif system == "frozen-fc7":
+                    points.append(_train_point(system, n, seed, point_data, images, budget, folder, runtime,
+                                               init_from=str(source_folder), freeze="features"))  # fmt: skip
+                elif system == "fine-tune":
+                    points.append(_train_point(system, n, seed, point_data, images, budget, folder, runtime,
+                                               init_from=str(source_folder)))  # fmt: skip
+                else:  # the network from scratch
+                    points.append(_train_point(system, n, seed, point_data, images, budget, folder, runtime))
+    return CurvePlan(name, data, budget_name, budget, tuple(sizes), tuple(systems), tuple(range(seeds_n)), root,
+                     tuple(sources), tuple(points), per_class)  # fmt: skip
+
+
+def train_command(cfg: TrainConfig) -> str:
+    """The ``alexnet train`` command line that trains ``cfg`` (every recipe field that differs
+    from the ``small`` recipe, the lr given so that it is used as is)."""
+    args = ["alexnet", "train", "--data", cfg.data, "--seed", str(cfg.seed), "--out", cfg.out]
+    for f in fields(Recipe):
+        value = getattr(cfg.recipe, f.name)
+        if f.name != "name" and (value != getattr(SMALL, f.name) or f.name == "lr"):
+            args += [f"--{f.name.replace('_', '-')}", _flag_value(value)]
+    for key, value in cfg.model_options.items():
+        args += [f"--{key.replace('_', '-')}", _flag_value(value)]
+    if cfg.init_from:
+        args += ["--init-from", cfg.init_from]
+        if cfg.freeze != "none":
+            args += ["--freeze", cfg.freeze]
+    return shlex.join(args)
+
+
+def baseline_command(cfg: BaselineConfig, out: Path) -> str:
+    """The ``alexnet baseline`` command line that fits ``cfg`` into ``out``."""
+    args = ["alexnet", "baseline", "--data", cfg.data, "--features", cfg.features, "--seed", str(cfg.seed),
+            "--l2", f"{cfg.l2:g}", "--out", str(out)]  # fmt: skip
+    return shlex.join(args)
+
+
+def _flag_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)

@@ -1,0 +1,187 @@
+"""`alexnet experiment data-scaling` / `transfer`: nested class-balanced subsets, the crossover and
+the power-law fit on curves with a known answer, the printed commands reproduce the planned runs,
+resume after a kill, and the CLI's one-line refusals. Tiny data only (synthetic, a few dozen images)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.cli import build_parser
+from alexnet.cli.train_cmd import config_from_args
+from alexnet.data import open_dataset
+from alexnet.data.subset import parse_subset
+from alexnet.errors import UserError
+from alexnet.experiments.curve_report import analyse_curves, write_curve_outputs
+from alexnet.experiments.curve_runner import PointEvent, point_status, run_curve_plan
+from alexnet.experiments.curves import crossover, crossover_over_seeds, power_law
+from alexnet.experiments.runner import read_metrics
+from alexnet.experiments.scaling import make_curve_plan, network_recipe, parse_sizes, parse_systems
+from tests.helpers.cli import assert_one_line_error, cli_main
+
+TINY = "synthetic:classes=10,size=28,train=400,val=40,channels=1"
+
+
+def _indices(source: str) -> set[bytes]:
+    images, _ = open_dataset(source).splits["train"]
+    return {bytes(img.numpy().tobytes()) for img in images}
+
+
+def test_per_class_subsets_are_nested_balanced_and_differ_by_draw() -> None:
+    small, large = (open_dataset(f"{TINY}@per-class={n},draw=1") for n in (3, 8))
+    for ds, n in ((small, 3), (large, 8)):
+        assert torch.bincount(ds.splits["train"][1], minlength=10).tolist() == [n] * 10
+    assert _indices(f"{TINY}@per-class=3,draw=1") <= _indices(f"{TINY}@per-class=8,draw=1")
+    assert _indices(f"{TINY}@per-class=3,draw=1") != _indices(f"{TINY}@per-class=3,draw=2")
+    # the same test images whatever the size and draw
+    a, b = open_dataset(f"{TINY}@per-class=3,draw=1,val=20"), open_dataset(f"{TINY}@per-class=8,draw=2,val=20")
+    assert torch.equal(a.splits["val"][0], b.splits["val"][0])
+
+
+def test_class_range_relabels_and_keeps_only_those_classes() -> None:
+    base = open_dataset(TINY)
+    ds = open_dataset(f"{TINY}@classes=5-9,per-class=4")
+    assert ds.info.classes == base.info.classes[5:] and ds.info.num_classes == 5
+    assert torch.bincount(ds.splits["train"][1]).tolist() == [4] * 5
+    assert set(ds.splits["val"][1].tolist()) <= set(range(5))
+    kept = base.splits["val"][1] >= 5
+    assert torch.equal(ds.splits["val"][0], base.splits["val"][0][kept])
+
+
+@pytest.mark.parametrize("spec", ["per-class=0", "classes=9-5", "train=10,per-class=3", "draw=2", "classes=a-b"])
+def test_bad_subset_specs_are_refused(spec: str) -> None:
+    with pytest.raises(UserError):
+        parse_subset(spec)
+
+
+def test_crossover_on_curves_with_a_known_answer() -> None:
+    sizes = [10, 100, 1000]
+    # the difference goes +0.1 -> -0.1 between 100 and 1000: halfway in log N is 10 ** 2.5
+    assert crossover(sizes, [0.5, 0.3, 0.1], [0.3, 0.2, 0.2]) == {"n": pytest.approx(10**2.5), "state": "crossed"}
+    assert crossover(sizes, [0.2, 0.1, 0.05], [0.3, 0.2, 0.1])["state"] == "ahead"
+    assert crossover(sizes, [0.5, 0.4, 0.3], [0.3, 0.2, 0.1]) == {"n": None, "state": "behind"}
+    seeds = crossover_over_seeds(sizes, [[0.5, 0.3, 0.1], [0.5, 0.2, 0.1], [0.5, 0.4, 0.3]], [[0.3, 0.2, 0.2]] * 3)
+    crossed = [10**2.5, 100.0]  # the second seed is level at 100
+    assert seeds["mean"] == pytest.approx(np.mean(crossed)) and seeds["std"] == pytest.approx(np.std(crossed, ddof=1))
+    assert (seeds["crossed"], seeds["ahead"], seeds["behind"]) == (2, 0, 1)
+
+
+def test_power_law_fit_recovers_a_known_curve() -> None:
+    n = [10, 30, 100, 300, 1000, 3000] * 3
+    rng = np.random.default_rng(0)
+    err = [0.9 * x**-0.31 + 0.05 + rng.normal(0, 1e-4) for x in n]
+    fit = power_law(n, err)
+    assert fit is not None
+    assert fit["b"] == pytest.approx(-0.31, abs=0.01) and fit["c"] == pytest.approx(0.05, abs=0.005)
+    assert fit["rms_residual"] < 5e-4 and len(fit["residuals"]) == len(n)
+    assert power_law([10, 100, 1000], [0.5, 0.3, 0.2]) is None  # three parameters need four sizes
+
+
+def test_network_recipe_floors_the_steps_and_fits_the_batch_to_the_data() -> None:
+    small, large = network_recipe(100, epochs=4, min_steps=300), network_recipe(60_000, epochs=4, min_steps=300)
+    for r, images in ((small, 100), (large, 60_000)):
+        assert r.epochs * (images // r.batch_size) >= 300 and r.batch_size * 8 <= max(images, 64)
+    assert large.epochs == 4 and large.batch_size == 128 and small.batch_size == 8
+    assert small.lr < large.lr or small.lr == pytest.approx(large.lr, rel=0.05)
+
+
+def test_printed_commands_are_the_planned_runs(tmp_path) -> None:
+    plan = make_curve_plan("transfer", TINY, sizes=(4,), seeds=1, out=tmp_path)
+    for point in (*plan.sources, *plan.points):
+        argv = shlex.split(point.command())[1:]
+        args = build_parser().parse_args(argv)
+        if point.train is not None and point.train.init_from:  # resolving --init-from needs the trained source
+            assert (args.init_from, args.freeze or "none") == (point.train.init_from, point.train.freeze)
+            args.init_from = args.freeze = None
+            point = dataclasses.replace(point, train=dataclasses.replace(point.train, init_from=None, freeze="none"))
+        if point.train is not None:
+            cfg, _ = config_from_args(args)
+            mine, theirs = point.train.to_dict(), cfg.to_dict()
+            for runtime in ("progress", "workers", "device", "precision"):
+                mine.pop(runtime), theirs.pop(runtime)
+            assert theirs == mine
+        else:
+            assert (args.data, args.features, args.seed, args.out) == (
+                point.baseline.data,
+                point.baseline.features,
+                point.baseline.seed,
+                str(point.folder),
+            )
+
+
+def test_data_scaling_runs_resumes_after_a_kill_and_reports(tmp_path) -> None:
+    kwargs = {
+        "sizes": (4, 8, 12, 20),
+        "systems": ("hog", "alexnet-small"),
+        "seeds": 2,
+        "out": tmp_path,
+        "progress": False,
+    }
+    plan = make_curve_plan("data-scaling", TINY, **kwargs)
+    plan = _tiny(plan)
+    killed = next(p for p in plan.points if p.system == "alexnet-small")
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_first_network(e: PointEvent) -> None:
+        if e.state == "done" and e.point == killed:
+            raise Kill
+
+    with pytest.raises(Kill):
+        run_curve_plan(plan, kill_after_first_network)
+    before = read_metrics(killed.folder)
+    events: list[PointEvent] = []
+    run_curve_plan(plan, events.append)
+    assert [e.state for e in events if e.point.folder == killed.folder] == ["skip"]
+    assert read_metrics(killed.folder) == before
+    assert all(point_status(p) == "done" for p in plan.points)
+    result = analyse_curves(plan)
+    written = write_curve_outputs(result, plan.out)
+    saved = json.loads(Path(written["json"]).read_text())
+    assert {r["system"] for r in saved["rows"]} == {"hog", "alexnet-small"}
+    assert all(r["test_err"]["n"] == 2 for r in saved["rows"])
+    assert saved["crossovers"][0]["challenger"] == "alexnet-small"
+    assert all(f is None or math.isfinite(f["b"]) for f in saved["fits"].values())
+    md = Path(written["markdown"]).read_text()
+    assert "alexnet train --data" in md and "alexnet baseline --data" in md
+
+
+def _tiny(plan):
+    """The plan with a floor of 4 steps instead of the budget's (the suite stays fast)."""
+    points = tuple(
+        dataclasses.replace(p, train=dataclasses.replace(p.train, recipe=network_recipe(
+            plan.numeric(p.n) * 10, epochs=1, min_steps=4).with_overrides(model="alexnet-small")))
+        if p.train is not None else p for p in plan.points
+    )  # fmt: skip
+    return dataclasses.replace(plan, points=points)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sizes", "10,0"], "bad --sizes item '0'"),
+        (["--sizes", "10,10"], "lists a size twice"),
+        (["--systems", "hog,svm"], "unknown --systems svm"),
+        (["--arms", "a"], "not options of data-scaling"),
+    ],
+)
+def test_cli_refuses_bad_sizes_and_systems_in_one_line(argv, message, tmp_path, capsys) -> None:
+    code, _, err = cli_main(
+        capsys, "experiment", "data-scaling", "--data", TINY, "--plan", "--out", str(tmp_path), *argv
+    )
+    assert_one_line_error((code, err), message)
+
+
+def test_parsers_accept_all_and_sort() -> None:
+    assert parse_sizes("all,10,300") == (10, 300, None)
+    assert parse_systems("scratch,hog", "transfer") == ("scratch", "hog")
+    with pytest.raises(UserError, match="choose from"):
+        parse_systems("alexnet-small", "transfer")
