@@ -11,8 +11,9 @@ state_dict reads like Figure 2.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import torch
@@ -131,89 +132,24 @@ class AlexNet(nn.Module):
         fc_width: int | None = None,
     ) -> None:
         super().__init__()
-        if widths is not None:
-            widths = tuple(int(w) for w in widths)
-            if len(widths) != 5 or any(w < 2 or w % 2 for w in widths):
-                raise ValueError(f"widths must be 5 even numbers >= 2 (two towers), got {widths}")
-            shape = replace(shape, widths=widths)
-        if fc_width is not None:
-            if fc_width < 1:
-                raise ValueError(f"fc_width must be >= 1, got {fc_width}")
-            shape = replace(shape, fc_width=int(fc_width))
-        if activation not in ("relu", "tanh"):
-            raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
-        if pooling not in ("overlapping", "non-overlapping"):
-            raise ValueError(f"pooling must be 'overlapping' or 'non-overlapping', got {pooling!r}")
-        if lrn_order not in LRN_ORDERS:
-            raise ValueError(f"lrn_order must be one of {', '.join(LRN_ORDERS)}, got {lrn_order!r}")
-        if lrn_scope not in LRN_SCOPES:
-            raise ValueError(f"lrn_scope must be one of {', '.join(LRN_SCOPES)}, got {lrn_scope!r}")
-        if towers not in (1, 2):
-            raise ValueError(f"towers must be 1 or 2, got {towers!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if towers == 1:
-            w = shape.widths
-            shape = replace(shape, widths=(w[0] // 2, w[1] // 2, w[2] // 2, w[3] // 2, w[4]))
+        shape = _resolved_shape(shape, widths, fc_width, towers)
+        _check_options(activation, pooling, lrn_order, lrn_scope, dropout)
         size = image_size or shape.image_size
-        groups = towers
-        c1, c2, c3, c4, c5 = shape.widths
         # Section 3.4: "s = 2 and z = 3"; the ablation uses s = z = 2.
-        pool_k, pool_s = (3, 2) if pooling == "overlapping" else (2, 2)
-
-        def act() -> nn.Module:
-            return nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
-
-        def norm() -> nn.Module:
-            # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75, applied after the ReLU.
-            # lrn_scope="tower": one window per tower's maps (groups), as on the paper's GPUs.
-            lrn_groups = groups if lrn_scope == "tower" else 1
-            return LocalResponseNorm(5, 1e-4, 0.75, lrn_k, lrn_convention, groups=lrn_groups) if lrn else nn.Identity()
-
-        k2 = shape.conv2_kernel
+        pool = (3, 2) if pooling == "overlapping" else (2, 2)
         self.lrn_order, self.lrn_scope = lrn_order, lrn_scope
-
-        def normalise_and_pool(i: int) -> list[tuple[str, nn.Module]]:
-            # Both orders keep the names norm{i}/pool{i}: the state_dict is the same either way.
-            pair = [(f"norm{i}", norm()), (f"pool{i}", nn.MaxPool2d(pool_k, pool_s))]
-            return pair if lrn_order == "norm-pool" else pair[::-1]
-
-        self.features = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", nn.Conv2d(in_channels, c1, shape.conv1_kernel, shape.conv1_stride, shape.conv1_padding)),
-                    ("act1", act()),
-                    *normalise_and_pool(1),
-                    # Section 3.2: conv2, conv4, conv5 see only the kernel maps on their own GPU.
-                    ("conv2", nn.Conv2d(c1, c2, k2, padding=k2 // 2, groups=groups)),
-                    ("act2", act()),
-                    *normalise_and_pool(2),
-                    ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),  # "the GPUs communicate" here
-                    ("act3", act()),
-                    ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=groups)),
-                    ("act4", act()),
-                    ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=groups)),
-                    ("act5", act()),
-                    ("pool5", nn.MaxPool2d(pool_k, pool_s)),
-                ]
-            )
-        )
-        side = _pool_output((size + 2 * shape.conv1_padding - shape.conv1_kernel) // shape.conv1_stride + 1, pool_k, pool_s)
-        side = _pool_output(_pool_output(side, pool_k, pool_s), pool_k, pool_s)
+        # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75, applied after the ReLU.
+        # lrn_scope="tower": one window per tower's maps (groups), as on the paper's GPUs.
+        lrn_groups = towers if lrn_scope == "tower" else 1
+        norm = partial(LocalResponseNorm, 5, 1e-4, 0.75, lrn_k, lrn_convention, groups=lrn_groups) if lrn else nn.Identity
+        self.features = _features(shape, in_channels, towers, partial(_activation, activation), norm, lrn_order, pool)
+        side = _pool_output((size + 2 * shape.conv1_padding - shape.conv1_kernel) // shape.conv1_stride + 1, *pool)
+        side = _pool_output(_pool_output(side, *pool), *pool)
         if side < 1:
             raise ValueError(f"image_size {size} is too small for this network")
         self.feature_side = side
-        self.classifier = nn.Sequential(
-            OrderedDict(
-                drop6=nn.Dropout(dropout),
-                fc6=nn.Linear(c5 * side * side, shape.fc_width),
-                act6=act(),
-                drop7=nn.Dropout(dropout),
-                fc7=nn.Linear(shape.fc_width, shape.fc_width),
-                act7=act(),
-                fc8=nn.Linear(shape.fc_width, num_classes),
-            )
-        )
+        self.classifier = _classifier(shape.widths[4] * side * side, shape.fc_width, num_classes, dropout,
+                                      partial(_activation, activation))  # fmt: skip
         initialize(self.layers_by_role(), init)
 
     def layers_by_role(self) -> dict[str, nn.Conv2d | nn.Linear]:
@@ -231,3 +167,89 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _resolved_shape(shape: AlexNetShape, widths: Sequence[int] | None, fc_width: int | None, towers: int) -> AlexNetShape:
+    """``shape`` with the widths and fc width asked for; one tower has half the kernels in conv1-conv4."""
+    if widths is not None:
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 5 or any(w < 2 or w % 2 for w in widths):
+            raise ValueError(f"widths must be 5 even numbers >= 2 (two towers), got {widths}")
+        shape = replace(shape, widths=widths)
+    if fc_width is not None:
+        if fc_width < 1:
+            raise ValueError(f"fc_width must be >= 1, got {fc_width}")
+        shape = replace(shape, fc_width=int(fc_width))
+    if towers not in (1, 2):
+        raise ValueError(f"towers must be 1 or 2, got {towers!r}")
+    if towers == 1:
+        w = shape.widths
+        shape = replace(shape, widths=(w[0] // 2, w[1] // 2, w[2] // 2, w[3] // 2, w[4]))
+    return shape
+
+
+def _check_options(activation: str, pooling: str, lrn_order: str, lrn_scope: str, dropout: float) -> None:
+    if activation not in ("relu", "tanh"):
+        raise ValueError(f"activation must be 'relu' or 'tanh', got {activation!r}")
+    if pooling not in ("overlapping", "non-overlapping"):
+        raise ValueError(f"pooling must be 'overlapping' or 'non-overlapping', got {pooling!r}")
+    if lrn_order not in LRN_ORDERS:
+        raise ValueError(f"lrn_order must be one of {', '.join(LRN_ORDERS)}, got {lrn_order!r}")
+    if lrn_scope not in LRN_SCOPES:
+        raise ValueError(f"lrn_scope must be one of {', '.join(LRN_SCOPES)}, got {lrn_scope!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def _activation(kind: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if kind == "relu" else nn.Tanh()
+
+
+def _features(
+    shape: AlexNetShape, in_channels: int, groups: int, act: Callable[[], nn.Module], norm: Callable[[], nn.Module],
+    lrn_order: str, pool: tuple[int, int],
+) -> nn.Sequential:
+    """conv1 .. pool5, named as in the paper."""
+    c1, c2, c3, c4, c5 = shape.widths
+    k2 = shape.conv2_kernel
+
+    def normalise_and_pool(i: int) -> list[tuple[str, nn.Module]]:
+        # Both orders keep the names norm{i}/pool{i}: the state_dict is the same either way.
+        pair = [(f"norm{i}", norm()), (f"pool{i}", nn.MaxPool2d(*pool))]
+        return pair if lrn_order == "norm-pool" else pair[::-1]
+
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(in_channels, c1, shape.conv1_kernel, shape.conv1_stride, shape.conv1_padding)),
+                ("act1", act()),
+                *normalise_and_pool(1),
+                # Section 3.2: conv2, conv4, conv5 see only the kernel maps on their own GPU.
+                ("conv2", nn.Conv2d(c1, c2, k2, padding=k2 // 2, groups=groups)),
+                ("act2", act()),
+                *normalise_and_pool(2),
+                ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),  # "the GPUs communicate" here
+                ("act3", act()),
+                ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=groups)),
+                ("act4", act()),
+                ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=groups)),
+                ("act5", act()),
+                ("pool5", nn.MaxPool2d(*pool)),
+            ]
+        )
+    )
+
+
+def _classifier(inputs: int, width: int, num_classes: int, dropout: float, act: Callable[[], nn.Module]) -> nn.Sequential:
+    """fc6 .. fc8 with dropout before fc6 and fc7 (section 4.2)."""
+    return nn.Sequential(
+        OrderedDict(
+            drop6=nn.Dropout(dropout),
+            fc6=nn.Linear(inputs, width),
+            act6=act(),
+            drop7=nn.Dropout(dropout),
+            fc7=nn.Linear(width, width),
+            act7=act(),
+            fc8=nn.Linear(width, num_classes),
+        )
+    )
