@@ -185,3 +185,17 @@ def test_parsers_accept_all_and_sort() -> None:
     assert parse_systems("scratch,hog", "transfer") == ("scratch", "hog")
     with pytest.raises(UserError, match="choose from"):
         parse_systems("alexnet-small", "transfer")
+
+
+def test_transfer_trains_the_source_first_and_reuses_it(tmp_path) -> None:
+    plan = make_curve_plan("transfer", TINY, sizes=(4, 8), seeds=1, out=tmp_path, progress=False)
+    plan = _tiny(plan)
+    plan = dataclasses.replace(plan, sources=_tiny(dataclasses.replace(plan, points=plan.sources)).points)
+    run_curve_plan(plan)
+    result = analyse_curves(plan)
+    assert {r["system"] for r in result["rows"]} == {"scratch", "frozen-fc7", "fine-tune", "hog"}
+    assert all(r["test_err"]["mean"] is not None for r in result["rows"])
+    frozen = next(p for p in plan.points if p.system == "frozen-fc7")
+    saved = json.loads((frozen.folder / "config.json").read_text())["config"]
+    assert saved["init_from"] == str(plan.sources[0].folder) and saved["freeze"] == "features"
+    assert {(c["challenger"], c["incumbent"]) for c in result["crossovers"]} >= {("scratch", "frozen-fc7")}
