@@ -25,7 +25,7 @@ import os
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -278,12 +278,48 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
                   file=sys.stderr)  # fmt: skip
         cfg = replace(cfg, landmarks=train_n)
     crop = ds.eval_crop
+    make_extractor(cfg.features, crop, cfg, ds.info.channels)  # unknown names fail before anything is written
+    _claim_config(out, cfg, ds)
+    stages_path = out / "stages.json"
+    stages: dict[str, Any] = _read_json(stages_path) if stages_path.exists() else {}
+
+    def finished(stage: str, **info: Any) -> None:
+        stages[stage] = info
+        atomic_write_json(stages_path, stages)
+
+    # 1. fit the extractor on a sample of training images (a no-op for HOG and pixels)
+    if not (out / "extractor.npz").exists():
+        _fit_extractor(out, ds, cfg, progress, finished)
+    extractor = _load_extractor(out, cfg.features)
+
+    # 2-3. features of both splits, streamed to disk
+    for split in ("train", "val"):
+        path = out / "features" / f"{split}.npy"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            seconds = write_features(path, ds, split, extractor, cfg, crop, progress)
+            n = ds.num_samples(split)
+            finished(f"features_{split}", seconds=seconds, images=n, images_per_sec=n / max(seconds, 1e-9))
+    x_train, y_train = _load_features(out / "features" / "train.npy")
+
+    # 4. the linear SVM
+    if len(np.unique(y_train)) < 2:
+        raise UserError(f"{cfg.data}: every training image has the same label; a classifier needs at least 2 classes")
+    if not (out / "classifier.npz").exists():
+        start = time.perf_counter()
+        svm = LinearSVM(SvmParams(l2=cfg.l2, max_iter=cfg.max_iter)).fit(x_train, y_train, ds.info.num_classes, progress)
+        _save_npz(out / "classifier.npz", svm.arrays())
+        finished("classifier", seconds=time.perf_counter() - start, lbfgs_iterations=svm.iterations)
+    return _write_metrics(out, cfg, ds, _load_svm(out), (x_train, y_train), stages, stages_path)
+
+
+def _claim_config(out: Path, cfg: BaselineConfig, ds: Dataset) -> None:
+    """Write the run's config, or check that the one there has the same settings (a resumed fit)."""
     run_config = {
         "kind": KIND, "format_version": FORMAT_VERSION, "settings": asdict(cfg),
         "classes": list(ds.info.classes), "channels": ds.info.channels, "image_size": ds.info.image_size,
-        "crop": crop, "synthetic": ds.info.synthetic,
+        "crop": ds.eval_crop, "synthetic": ds.info.synthetic,
     }  # fmt: skip
-    make_extractor(cfg.features, crop, cfg, ds.info.channels)  # unknown names fail before anything is written
     config_path = out / CONFIG
     if config_path.exists():
         if not is_baseline_run(out):
@@ -299,51 +335,31 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         raise UserError(f"{out} exists and is not a baseline run folder; choose another --out")
     else:
         atomic_write_json(config_path, run_config)
-    stages_path = out / "stages.json"
-    stages: dict[str, Any] = _read_json(stages_path) if stages_path.exists() else {}
 
-    def finished(stage: str, **info: Any) -> None:
-        stages[stage] = info
-        atomic_write_json(stages_path, stages)
 
-    # 1. fit the extractor on a sample of training images (a no-op for HOG and pixels)
-    if not (out / "extractor.npz").exists():
-        start = time.perf_counter()
-        extractor = make_extractor(cfg.features, crop, cfg, ds.info.channels)
-        count = {"hog-rbf": cfg.landmarks, "sift-fv": SiftFisher.FIT_IMAGES}.get(cfg.features)
-        sample = _sample(ds, count, cfg.seed, crop, cfg.batch_size) if count else None
-        if isinstance(extractor, SiftFisher) and sample is not None:
-            extractor.fit(sample, progress=progress)  # PCA and EM: a bar over the EM iterations
-        elif sample is not None:
-            extractor.fit(sample)
-        atomic_write_json(out / "extractor.json", extractor.config())
-        _save_npz(out / "extractor.npz", extractor.arrays())
-        finished("extractor", seconds=time.perf_counter() - start)
-    extractor = _load_extractor(out, cfg.features)
+def _fit_extractor(out: Path, ds: Dataset, cfg: BaselineConfig, progress: bool, finished: Callable[..., None]) -> None:
+    """Fit the extractor on a sample of training images (a no-op for HOG and pixels) and save it."""
+    start = time.perf_counter()
+    extractor = make_extractor(cfg.features, ds.eval_crop, cfg, ds.info.channels)
+    count = {"hog-rbf": cfg.landmarks, "sift-fv": SiftFisher.FIT_IMAGES}.get(cfg.features)
+    sample = _sample(ds, count, cfg.seed, ds.eval_crop, cfg.batch_size) if count else None
+    if isinstance(extractor, SiftFisher) and sample is not None:
+        extractor.fit(sample, progress=progress)  # PCA and EM: a bar over the EM iterations
+    elif sample is not None:
+        extractor.fit(sample)
+    atomic_write_json(out / "extractor.json", extractor.config())
+    _save_npz(out / "extractor.npz", extractor.arrays())
+    finished("extractor", seconds=time.perf_counter() - start)
 
-    # 2-3. features of both splits, streamed to disk
-    for split in ("train", "val"):
-        path = out / "features" / f"{split}.npy"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            seconds = write_features(path, ds, split, extractor, cfg, crop, progress)
-            n = ds.num_samples(split)
-            finished(f"features_{split}", seconds=seconds, images=n, images_per_sec=n / max(seconds, 1e-9))
-    x_train, y_train = _load_features(out / "features" / "train.npy")
+
+def _write_metrics(
+    out: Path, cfg: BaselineConfig, ds: Dataset, svm: LinearSVM, train: tuple[np.ndarray, np.ndarray],
+    stages: dict[str, Any], stages_path: Path,
+) -> dict[str, Any]:
+    """5. The metrics, and the validation predictions that `alexnet report` draws (per-class
+    errors, confusion, Figure 4 left)."""
+    x_train, y_train = train
     x_val, y_val = _load_features(out / "features" / "val.npy")
-
-    # 4. the linear SVM
-    if len(np.unique(y_train)) < 2:
-        raise UserError(f"{cfg.data}: every training image has the same label; a classifier needs at least 2 classes")
-    if not (out / "classifier.npz").exists():
-        start = time.perf_counter()
-        svm = LinearSVM(SvmParams(l2=cfg.l2, max_iter=cfg.max_iter)).fit(x_train, y_train, ds.info.num_classes, progress)
-        _save_npz(out / "classifier.npz", svm.arrays())
-        finished("classifier", seconds=time.perf_counter() - start, lbfgs_iterations=svm.iterations)
-    svm = _load_svm(out)
-
-    # 5. metrics, and the validation predictions that `alexnet report` draws (per-class errors,
-    # confusion, Figure 4 left)
     with _reading(out / "classifier.npz"):  # a classifier that does not fit the features: one line
         train_top1, _ = topk_errors(svm.decision_function(x_train), torch.from_numpy(y_train))
         val_scores = svm.decision_function(x_val)
