@@ -105,6 +105,21 @@ def load(port: int, body: bytes, requests: int, concurrency: int, max_seconds: f
     return result
 
 
+def _wait_until_healthy(server: subprocess.Popen[str], port: int, seconds: float = 300) -> None:
+    """Return once the server on ``port`` answers /healthz; a :class:`UserError` if it exits or takes too long."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if server.poll() is not None:
+            raise UserError(f"the server exited: {(server.stderr.read() if server.stderr else '').strip()[-300:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UserError(f"the server did not start within {seconds:g} s") from None
+            time.sleep(0.3)
+
+
 def benchmark(run_folder: str | None, model: str, requests: int, levels: list[int], iters: int, max_seconds: float,
               precision: str) -> dict[str, Any]:  # fmt: skip
     """Serve ``run_folder`` (default: a freshly initialised ``model``) and measure in-process PyTorch and
@@ -154,17 +169,7 @@ def benchmark(run_folder: str | None, model: str, requests: int, levels: list[in
             [sys.executable, "-m", "alexnet", "serve", str(run_dir), "--port", str(port), "--device", "cpu",
              "--precision", precision], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise UserError(f"the server exited: {(server.stderr.read() if server.stderr else '').strip()[-300:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise UserError("the server did not start within 300 s") from None
-                time.sleep(0.3)
+        _wait_until_healthy(server, port)
         load(port, image, 5, 1, 30)  # warm-up
         levels_out = [load(port, image, requests, c, max_seconds) for c in levels]
     finally:
