@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def test_per_class_subsets_are_nested_balanced_and_differ_by_draw() -> None:
         assert torch.bincount(ds.splits["train"][1], minlength=10).tolist() == [n] * 10
     assert _indices(f"{TINY}@per-class=3,draw=1") <= _indices(f"{TINY}@per-class=8,draw=1")
     assert _indices(f"{TINY}@per-class=3,draw=1") != _indices(f"{TINY}@per-class=3,draw=2")
+    repeated = open_dataset(f"{TINY}@per-class=3,draw=1,repeat=4").splits["train"]
+    assert torch.equal(repeated[0], small.splits["train"][0].repeat(4, 1, 1, 1))
     # the same test images whatever the size and draw
     a, b = open_dataset(f"{TINY}@per-class=3,draw=1,val=20"), open_dataset(f"{TINY}@per-class=8,draw=2,val=20")
     assert torch.equal(a.splits["val"][0], b.splits["val"][0])
@@ -85,11 +88,14 @@ def test_power_law_fit_recovers_a_known_curve() -> None:
 
 
 def test_network_recipe_floors_the_steps_and_fits_the_batch_to_the_data() -> None:
-    small, large = network_recipe(100, epochs=4, min_steps=300), network_recipe(60_000, epochs=4, min_steps=300)
-    for r, images in ((small, 100), (large, 60_000)):
-        assert r.epochs * (images // r.batch_size) >= 300 and r.batch_size * 8 <= max(images, 64)
-    assert large.epochs == 4 and large.batch_size == 128 and small.batch_size == 8
-    assert small.lr < large.lr or small.lr == pytest.approx(large.lr, rel=0.05)
+    (small, small_k), (large, large_k) = (network_recipe(n, epochs=4, min_steps=1000) for n in (100, 60_000))
+    assert (small.batch_size, small_k, large.batch_size, large_k) == (8, 20, 128, 1)
+    for r, images in ((small, 100 * small_k), (large, 60_000)):
+        assert r.epochs * (images // r.batch_size) >= 1000 and r.epochs >= 4
+    assert large.epochs == 4 and small.lr <= large.lr
+    plan = make_curve_plan("data-scaling", TINY, sizes=(4,), systems=("hog", "alexnet-small"), seeds=1)
+    hog, net = plan.points
+    assert hog.baseline.data + ",repeat=50" == net.train.data  # the same images; the network's epoch repeats them
 
 
 def test_printed_commands_are_the_planned_runs(tmp_path) -> None:
@@ -157,8 +163,8 @@ def test_data_scaling_runs_resumes_after_a_kill_and_reports(tmp_path) -> None:
 def _tiny(plan):
     """The plan with a floor of 4 steps instead of the budget's (the suite stays fast)."""
     points = tuple(
-        dataclasses.replace(p, train=dataclasses.replace(p.train, recipe=network_recipe(
-            plan.numeric(p.n) * 10, epochs=1, min_steps=4).with_overrides(model="alexnet-small")))
+        dataclasses.replace(p, train=dataclasses.replace(p.train, data=re.sub(r",repeat=\d+", "", p.train.data),
+                            recipe=p.train.recipe.with_overrides(epochs=1, batch_size=8)))
         if p.train is not None else p for p in plan.points
     )  # fmt: skip
     return dataclasses.replace(plan, points=points)

@@ -8,7 +8,9 @@ Keys after ``@`` (comma-separated, any subset of them):
   permutation per class keyed by the class and ``S`` alone, so for one draw the subsets are
   nested (the first N of a fixed order: 10 per class lie inside 30 per class) and class-balanced;
 * ``train=N`` / ``val=M``: the first N (M) samples (the whole split if it is smaller) of a
-  permutation keyed by the split name alone.
+  permutation keyed by the split name alone;
+* ``repeat=K``: the training images K times over, so that an epoch (one validation pass) of a
+  small set is K passes over it, each copy with its own random crops and flips.
 
 So every run, arm and seed that names the same subset trains on exactly the same images, and
 ``val=M`` gives every training size the same test images. The per-channel statistics are
@@ -26,8 +28,10 @@ from alexnet.data.seeding import generator
 from alexnet.errors import UserError
 
 SEPARATOR = "@"
-_KEYS = ("classes", "per-class", "draw", "train", "val")
-_USAGE = f"use train=N,val=M,per-class=N,draw=S (whole numbers >= 1, draw >= 0) or classes=A-B after {SEPARATOR}"
+_KEYS = ("classes", "per-class", "draw", "train", "val", "repeat")
+_USAGE = (
+    f"use train=N,val=M,per-class=N,draw=S,repeat=K (whole numbers >= 1, draw >= 0) or classes=A-B after {SEPARATOR}"
+)
 
 
 def parse_subset(spec: str) -> dict[str, int | tuple[int, int]]:
@@ -80,6 +84,10 @@ def subset(dataset: Dataset, sizes: dict[str, int | tuple[int, int]]) -> TensorD
             images, labels = splits[split]
             order = _permutation(split, len(labels))[: int(sizes[split])].sort().values  # type: ignore[call-overload]
             splits[split] = (images[order], labels[order])
+    if "repeat" in sizes:
+        images, labels = splits["train"]
+        k = int(sizes["repeat"])  # type: ignore[arg-type]
+        splits["train"] = (images.repeat(k, 1, 1, 1), labels.repeat(k))
     mean, std = channel_stats(splits["train"][0])
     label = ",".join(_label(k, v, splits) for k, v in sizes.items())
     info = replace(dataset.info, name=f"{dataset.info.name}{SEPARATOR}{label}", classes=classes, mean=mean, std=std)
@@ -100,7 +108,7 @@ def per_class_indices(labels: torch.Tensor, n: int, draw: int) -> torch.Tensor:
 def _label(key: str, value: int | tuple[int, int], splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
     if isinstance(value, tuple):
         return f"{key}={value[0]}-{value[1]}"
-    return f"{key}={len(splits[key][1])}" if key in ("train", "val") else f"{key}={value}"
+    return f"{key}={min(value, len(splits[key][1]))}" if key in ("train", "val") else f"{key}={value}"
 
 
 def _permutation(split: str, n: int) -> torch.Tensor:

@@ -8,10 +8,11 @@ draws its own subsets, nested in N, and every N and system is tested on the same
 :func:`train_command` and :func:`baseline_command` print the command that reproduces a point.
 
 The network's recipe at N (:func:`network_recipe`): the ablations' pinned recipe with a batch
-of at most 1/50 of the training set (8 images at least), and epochs raised
+of at most 1/50 of the training set (8 images at least), the set repeated until an epoch holds
+2,000 images (``@repeat=K``: one validation pass per 2,000 training images), and epochs raised
 until the run has at least ``min_steps`` optimizer steps. A fixed epoch count would give 10
 images per class 1-2 steps per epoch and measure the optimizer's budget, not the data; with the
-floor every size trains until its training error is ~0. The rate is the project's step-scaled
+floor every size gets at least that many updates. The rate is the project's step-scaled
 rule (:func:`~alexnet.training.lr_finder.step_scaled_lr`: the recipe's rate x (steps / 1,872) ** 0.5
 for shorter runs), as ``alexnet train`` applies it by default.
 """
@@ -43,6 +44,9 @@ MAX_BATCH = SMALL_ABLATION.batch_size
 # The network's batch is at most 1/50 of the training set (at least 8): small sets take many
 # small steps rather than many epochs, whose per-epoch validation would dominate the cost.
 IMAGES_PER_BATCH = 50
+# A smaller training set is repeated (``@repeat=K``) until an epoch has at least this many images:
+# one validation pass per 2,000 training images, not one per pass over 100 images.
+EPOCH_IMAGES = 2000
 
 
 @dataclass(frozen=True)
@@ -158,24 +162,28 @@ def subset_source(data: str, n: int | None, draw: int, val: int | None, classes:
     return f"{data}{SEPARATOR}{','.join(parts)}" if parts else data
 
 
-def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe = SMALL_ABLATION) -> Recipe:
-    """``base`` adapted to a training set of ``train_images`` (the rule of the module docstring)."""
+def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe = SMALL_ABLATION) -> tuple[Recipe, int]:
+    """``base`` adapted to a training set of ``train_images``, and how many times over the set is
+    repeated per epoch (``repeat=K``; the rule of the module docstring)."""
     batch = MAX_BATCH
     while batch > 8 and batch * IMAGES_PER_BATCH > train_images:
         batch //= 2
     if batch > train_images:
         raise UserError(f"{train_images} training images are fewer than a batch of {batch}; use larger --sizes")
-    steps_per_epoch = train_images // batch
+    repeat = max(1, math.ceil(EPOCH_IMAGES / train_images))
+    steps_per_epoch = train_images * repeat // batch
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    lr = float(
-        f"{step_scaled_lr(base.lr, SMALL.lr_reference_steps, epochs * steps_per_epoch):.3g}"
-    )  # readable commands
-    return base.with_overrides(batch_size=batch, epochs=epochs, lr=lr)
+    lr = step_scaled_lr(base.lr, SMALL.lr_reference_steps, epochs * steps_per_epoch)
+    return base.with_overrides(
+        batch_size=batch, epochs=epochs, lr=float(f"{lr:.3g}")
+    ), repeat  # 3 digits: readable commands
 
 
 def _train_point(system: str, n: int | None, seed: int, data: str, images: int, budget: CurveBudget, folder: Path,
                  runtime: dict[str, object], **warm: object) -> Point:  # fmt: skip
-    recipe = network_recipe(images, budget.epochs, budget.min_steps)
+    recipe, repeat = network_recipe(images, budget.epochs, budget.min_steps)
+    if repeat > 1:
+        data += f"{',' if SEPARATOR in data else SEPARATOR}repeat={repeat}"
     cfg = TrainConfig(data=data, recipe=recipe, out=str(folder), seed=seed, workers=0, **runtime, **warm)  # type: ignore[arg-type]
     return Point(system, n, seed, folder, train=cfg, needs=Path(str(warm["init_from"])) if warm else None)
 
