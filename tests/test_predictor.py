@@ -176,3 +176,16 @@ def test_eval_transform_matches_the_dataset_pipeline(mean_image: bool, layout: s
     convention = InputConvention(3, side, crop, norm)
     got = eval_transform(convention).normalize(torch.stack([load_image(f, convention) for f in files]))
     torch.testing.assert_close(got, expected.contiguous(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_server_answers_every_kind_with_the_cli_record(kind: str, models_by_kind: dict[str, Path], photos: Path) -> None:
+    from alexnet.serving.app import ServeConfig, ServedModel
+
+    photo = next(photos.glob("*.jpg"))
+    served = ServedModel(ServeConfig(source=str(models_by_kind[kind]), precision="fp32"))
+    answer = served.topk(served.decode(photo.read_bytes(), photo.name)[None], 2)[0]
+    expected = open_predictor(models_by_kind[kind], precision="fp32").predict([str(photo)], 2)[0]["predictions"]
+    assert [set(p) for p in answer] == [set(p) for p in expected] and [p["index"] for p in answer] == [p["index"] for p in expected]
+    assert [p["probability"] for p in answer] == pytest.approx([p["probability"] for p in expected], abs=1e-6)
+    assert served.info()["kind"] == open_predictor(models_by_kind[kind]).kind
