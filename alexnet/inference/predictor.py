@@ -25,12 +25,12 @@ from alexnet.data.images import STDIN, STDIN_NAME, expand_images, load_image, re
 from alexnet.errors import UserError
 from alexnet.evaluation.loading import LoadedModel, load_model
 from alexnet.precision import resolve_precision
-from alexnet.runfolder import BASELINE, run_kind
+from alexnet.runfolder import BASELINE, IMPORTED, NETWORK, run_kind
 from alexnet.runtime import autocast, resolve_device
 
 BATCH = 64  # images per forward pass: a folder of thousands of images stays in bounded memory
-# Predictor.kind values, and how a message names each.
-NETWORK, IMPORTED, CHECKPOINT, TORCHVISION, ONNX = "network", "imported", "checkpoint", "torchvision", "onnx"
+# Predictor.kind values beside run_kind's (network, imported, baseline), and how a message names each.
+CHECKPOINT, TORCHVISION, ONNX = "checkpoint", "torchvision", "onnx"
 KIND_WORDS = {
     NETWORK: "a trained run", IMPORTED: "an imported run", CHECKPOINT: "a checkpoint file",
     TORCHVISION: "a torchvision weights file", ONNX: "an exported ONNX model", BASELINE: "a baseline run (no network)",
