@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alexnet.models import lrn as lrn_mod
+from alexnet.models import lrn_kernels as lrn_mod
 from alexnet.models.lrn import LocalResponseNorm, channel_window_sum, reference_lrn
 
 # Large enough alpha that the normalisation visibly changes the result (1e-4 barely does).
