@@ -83,6 +83,11 @@ class Predictor(ABC):
         """The torch network and its convention, for torch-backed kinds; None otherwise."""
         return None
 
+    @property
+    def module(self) -> nn.Module | None:
+        """The torch network itself (eval mode, on :attr:`device`), for torch-backed kinds; else None."""
+        return None if self.network is None else self.network.model
+
     def require_network(self, what: str) -> LoadedModel:
         """The torch network, or a one-line :class:`UserError` saying that ``what`` (e.g. "similar
         (fc7 distances)") needs one and this kind of model (ONNX, baseline) has none."""
@@ -161,11 +166,6 @@ class TorchPredictor(Predictor):
     @property
     def network(self) -> LoadedModel:
         return self.loaded
-
-    @property
-    def module(self) -> nn.Module:
-        """The torch network (eval mode, on :attr:`device`)."""
-        return self.loaded.model
 
     @torch.inference_mode()
     def outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
