@@ -189,3 +189,14 @@ def test_the_server_answers_every_kind_with_the_cli_record(kind: str, models_by_
     assert [set(p) for p in answer] == [set(p) for p in expected] and [p["index"] for p in answer] == [p["index"] for p in expected]
     assert [p["probability"] for p in answer] == pytest.approx([p["probability"] for p in expected], abs=1e-6)
     assert served.info()["kind"] == open_predictor(models_by_kind[kind]).kind
+
+
+def test_eval_refuses_a_convention_the_dataset_pipeline_cannot_feed(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from alexnet import models
+
+    write_run(tmp_path / "bgr", models.create("alexnet-small", 4), "alexnet-small", {}, list("abcd"), _unusual_convention(),
+              "test", {"from": "tests"})  # fmt: skip
+    code, _, err = cli_main(capsys, "eval", str(tmp_path / "bgr"), "--data", "synthetic:classes=4,size=32,train=8,val=8")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "takes BGR pixels scaled to 0-1" in lines[0], err

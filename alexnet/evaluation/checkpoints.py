@@ -18,7 +18,13 @@ from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import SPLITS
 from alexnet.data.pipeline import InputPipeline
 from alexnet.errors import UserError
-from alexnet.evaluation.loading import LoadedModel, check_input_size, fit_input_to_model, load_model
+from alexnet.evaluation.loading import (
+    LoadedModel,
+    check_dataset_order,
+    check_input_size,
+    fit_input_to_model,
+    load_model,
+)
 from alexnet.evaluation.metrics import evaluate
 from alexnet.io import atomic_write_text
 from alexnet.precision import resolve_precision
@@ -49,6 +55,8 @@ def evaluate_checkpoints(
     tune_cpu_allocator()
     device = resolve_device(device_name)
     loaded = [p if isinstance(p, LoadedModel) else load_model(p, device) for p in paths]
+    for m in loaded:
+        check_dataset_order(m)
     precision = resolve_precision(precision_name, device, loaded[0].name)  # its model's fastest
     data = data or loaded[0].data_source
     if not data:

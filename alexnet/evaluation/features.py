@@ -23,7 +23,7 @@ from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
 from alexnet.data.pipeline import InputPipeline
 from alexnet.errors import UserError
-from alexnet.evaluation import LoadedModel, fit_input_to_model, load_model
+from alexnet.evaluation.loading import LoadedModel, check_dataset_order, fit_input_to_model, load_model
 from alexnet.io import atomic_path, atomic_write, reserve_space
 from alexnet.precision import resolve_precision
 from alexnet.runtime import autocast, resolve_device
@@ -56,6 +56,7 @@ def session_for(loaded: LoadedModel, data: str | None, precision: str, same_clas
     """A loaded model (on its device) and ``data`` (default: the data it was trained on), checked
     to fit each other (``same_classes=False``: any classes, for work on features such as probes)."""
     run, device = loaded.source, next(loaded.model.parameters()).device
+    check_dataset_order(loaded)
     data = data or loaded.data_source
     if not data:
         raise UserError(f"{run} does not say what data it was trained on; pass --data")

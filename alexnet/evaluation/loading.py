@@ -136,6 +136,15 @@ def fit_input_to_model(m: LoadedModel, dataset: Dataset, data: str) -> tuple[Dat
     return fit_input_size(dataset, m.image_size, m.crop), note
 
 
+def check_dataset_order(m: LoadedModel) -> None:
+    """Refuse, in one line, a model whose convention the dataset pipeline cannot honour: datasets
+    hold RGB (or grey) 0-255 pixels, and ``InputPipeline`` applies only the normalisation."""
+    c = m.convention
+    if c.channel_order == "BGR" or c.pixel_scale != 255.0:
+        raise UserError(f"{m.source} takes {c.channel_order} pixels scaled to 0-{c.pixel_scale:g}; datasets are fed as "
+                        "RGB 0-255, so evaluate it with predict on image files")  # fmt: skip
+
+
 def check_input_size(m: LoadedModel, dataset: Dataset, data: str) -> None:
     """Refuse data whose crops the model cannot take (a 32 px model on 64 px images), in one line."""
     side, crop = dataset.info.image_size, dataset.eval_crop
