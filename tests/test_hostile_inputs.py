@@ -147,7 +147,7 @@ def test_prepare_skips_and_names_a_fifo_and_a_symlink_loop(tmp_path: Path) -> No
 def test_a_file_swapped_for_a_fifo_after_the_scan_is_skipped_not_waited_on(tmp_path: Path) -> None:
     from alexnet.data.prepare.convert import ConversionError
     from alexnet.data.prepare.items import FileRef
-    from alexnet.data.prepare.run import _read
+    from alexnet.data.prepare.workers import _read
 
     os.mkfifo(tmp_path / "late.jpg")
     with pytest.raises(ConversionError, match="not a regular file"):
@@ -159,7 +159,7 @@ def test_sigterm_to_the_process_group_stops_a_pool_with_a_stuck_worker(tmp_path:
     script = tmp_path / "pool.py"
     script.write_text(textwrap.dedent("""
         import multiprocessing as mp, signal, sys, time
-        from alexnet.data.prepare.run import _init_worker, _kill_pool
+        from alexnet.data.prepare.workers import init_worker, kill_pool
 
         def job(i):
             if i == 0:
@@ -173,7 +173,7 @@ def test_sigterm_to_the_process_group_stops_a_pool_with_a_stuck_worker(tmp_path:
             raise Stopped
 
         signal.signal(signal.SIGTERM, stop)
-        pool = mp.get_context("fork").Pool(2, initializer=_init_worker, initargs=(None,))
+        pool = mp.get_context("fork").Pool(2, initializer=init_worker, initargs=(None,))
         try:
             try:
                 it = pool.imap_unordered(job, range(4))
@@ -183,7 +183,7 @@ def test_sigterm_to_the_process_group_stops_a_pool_with_a_stuck_worker(tmp_path:
                     except mp.TimeoutError:
                         pass
             except BaseException:
-                _kill_pool(pool)
+                kill_pool(pool)
                 raise
             finally:
                 pool.terminate()

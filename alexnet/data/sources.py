@@ -72,7 +72,7 @@ def open_dataset(source: str, workers: int = 0) -> Dataset:
         return subset(open_dataset(base, workers), parse_subset(spec))
     if os.path.isdir(source):
         from alexnet.data.prepare.manifest import MANIFEST
-        from alexnet.data.prepare.run import WORK
+        from alexnet.data.prepare.plan import WORK
         from alexnet.data.prepared import PreparedDataset
 
         if os.path.isfile(os.path.join(source, MANIFEST)):

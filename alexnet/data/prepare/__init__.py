@@ -4,8 +4,9 @@ One module per job: :mod:`~.layout` (which layout SOURCE is in), :mod:`~.ilsvrc`
 tars and devkit, :mod:`~.devkit` for meta.mat), :mod:`~.kaggle`, :mod:`~.folder`, :mod:`~.idx`,
 :mod:`~.cifar` (listing each layout), :mod:`~.tars` (reading tars in place), :mod:`~.convert`
 (decode, RGB, resize, crop, encode), :mod:`~.shards` (tar shards, atomic writes),
-:mod:`~.stats` (exact training-set statistics), :mod:`~.manifest` (the output's description)
-and :mod:`~.run` (the parallel, resumable pipeline). ``docs/prepare.md`` is the user guide.
+:mod:`~.stats` (exact training-set statistics), :mod:`~.manifest` (the output's description),
+:mod:`~.plan` (settings, shards and their digests), :mod:`~.workers` (the conversion pool) and
+:mod:`~.run` (the parallel, resumable pipeline). ``docs/prepare.md`` is the user guide.
 """
 
 from alexnet.data.prepare.layout import LAYOUTS, detect

@@ -22,19 +22,15 @@ becoming a byte pump, and a resumed run never reads the shards that are already 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
-import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import time
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,60 +39,16 @@ from PIL import ImageFile
 
 from alexnet.data.dataset import MIN_CLASSES
 from alexnet.data.prepare import manifest as mf
-from alexnet.data.prepare.convert import ENCODINGS, EXTENSIONS, ConversionError, convert
-from alexnet.data.prepare.items import SPLITS, ArrayRef, FileRef, Item, Skip, SourcePlan, TarRef
+from alexnet.data.prepare.convert import EXTENSIONS
+from alexnet.data.prepare.items import SPLITS, Skip, SourcePlan
 from alexnet.data.prepare.layout import scan
-from alexnet.data.prepare.shards import ShardWriter, shard_name
+from alexnet.data.prepare.plan import WORK, Settings, ShardTask, plan_shards, settings_digest
+from alexnet.data.prepare.shards import ShardWriter
 from alexnet.data.prepare.stats import PartialStats, finish
-from alexnet.data.prepare.tars import read_range
+from alexnet.data.prepare.workers import convert_job, count_in_process, init_worker, kill_pool
 from alexnet.errors import UserError
-from alexnet.io import MAX_IMAGE_BYTES, atomic_write, read_regular_file
+from alexnet.io import atomic_write
 from alexnet.runtime import default_workers as runtime_default_workers
-
-WORK = ".work"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What determines the output bytes (besides the inputs)."""
-
-    size: int = 256
-    encoding: str = "jpeg"
-    quality: int = 90
-    shard_size: int = 1000
-    channels: int = 3  # 3: RGB (grey sources replicated), 1: grey (``--channels 1``)
-
-    def identity(self) -> dict[str, Any]:
-        """The settings as digests see them; the default channels are left out, so datasets
-        prepared before ``--channels`` existed are still up to date."""
-        fields = asdict(self)
-        if fields["channels"] == 3:
-            del fields["channels"]
-        return fields
-
-    def check(self) -> None:
-        if not 8 <= self.size <= 4096:
-            raise UserError(f"--size must be between 8 and 4096 pixels, got {self.size}")
-        if self.encoding not in ENCODINGS:
-            raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
-        if not 1 <= self.quality <= 100:
-            raise UserError(f"--quality must be between 1 and 100, got {self.quality}")
-        if self.channels not in (1, 3):
-            raise UserError(f"--channels must be 1 (grey) or 3 (RGB), got {self.channels}")
-        if not 1 <= self.shard_size <= 1_000_000:
-            raise UserError(f"--shard-size must be between 1 and 1000000 samples, got {self.shard_size}")
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    split: str
-    index: int
-    items: tuple[Item, ...]
-    digest: str
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.split, self.index)
 
 
 @dataclass
@@ -121,124 +73,6 @@ class PrepareResult:
 def default_workers() -> int:
     """One conversion process per available core (:func:`alexnet.runtime.default_workers`)."""
     return runtime_default_workers(limit=None)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def _ref_digest(ref: Any) -> str:
-    """What identifies an input beside its origin (the path relative to SOURCE), so that a run
-    can be resumed after SOURCE was mounted somewhere else."""
-    if isinstance(ref, ArrayRef):
-        return hashlib.blake2b(np.ascontiguousarray(ref.pixels).tobytes(), digest_size=8).hexdigest()
-    if isinstance(ref, TarRef):
-        return f"{ref.offset}+{ref.size}"
-    return ""
-
-
-def plan_shards(plan: SourcePlan, settings: Settings) -> list[ShardTask]:
-    """Cut each split into shards; each task's digest names its settings and inputs."""
-    tasks = []
-    for split in SPLITS:
-        items = plan.splits[split].items
-        for index, start in enumerate(range(0, len(items), settings.shard_size)):
-            chunk = tuple(items[start : start + settings.shard_size])
-            h = hashlib.blake2b(repr((mf.VERSION, settings.identity(), split, index)).encode(), digest_size=16)
-            for it in chunk:
-                h.update(repr((it.key, it.label, it.origin, _ref_digest(it.ref))).encode())
-            tasks.append(ShardTask(split, index, chunk, h.hexdigest()))
-    return tasks
-
-
-def settings_digest(plan: SourcePlan, settings: Settings, tasks: list[ShardTask]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((plan.layout, plan.name, plan.classes, settings.identity())).encode())
-    for split in SPLITS:
-        h.update(repr([tuple(s) for s in plan.splits[split].skipped]).encode())
-    for t in tasks:
-        h.update(t.digest.encode())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- workers
-
-_progress: Any = None  # multiprocessing.Value in pool workers, a callable in-process
-_fds: dict[str, int] = {}
-
-
-def _init_worker(counter: Any) -> None:
-    global _progress
-    _progress = counter
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() must stop a worker, whatever the parent set
-    with contextlib.suppress(Exception):  # die with the main process (Linux)
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    warnings.simplefilter("ignore")
-
-
-def _tick(n: int = 1) -> None:
-    if _progress is None:
-        return
-    if callable(_progress):
-        _progress(n)
-    else:
-        with _progress.get_lock():
-            _progress.value += n
-
-
-def _read(ref: Any) -> bytes | np.ndarray:
-    if isinstance(ref, ArrayRef):
-        return ref.pixels
-    if isinstance(ref, TarRef):
-        data = read_range(ref.path, ref.offset, ref.size, _fds)
-        if len(data) < ref.size:
-            raise ConversionError(f"truncated: the tar ends {ref.size - len(data)} bytes into this file")
-        return data
-    try:  # the file may have been swapped for a FIFO or a device since the scan
-        return read_regular_file(ref.path, MAX_IMAGE_BYTES)
-    except UserError as e:
-        raise ConversionError(str(e).removeprefix(f"{ref.path} ")) from None
-
-
-def _read_order(item: Item) -> tuple[str, int]:
-    ref = item.ref
-    if isinstance(ref, TarRef):
-        return (ref.path, ref.offset)
-    return (ref.path, 0) if isinstance(ref, FileRef) else ("", 0)
-
-
-def convert_items(
-    items: tuple[Item, ...], settings: Settings, with_stats: bool
-) -> tuple[list[bytes | str], dict[str, np.ndarray] | None]:
-    """Convert ``items`` (read in storage order: sequential within a tar); for each, the
-    encoded image or the reason it was skipped, and the integer statistics of the images."""
-    results: list[bytes | str] = [""] * len(items)
-    stats = PartialStats(settings.size, channels=settings.channels) if with_stats else None
-    for i in sorted(range(len(items)), key=lambda i: _read_order(items[i])):
-        item = items[i]
-        try:
-            encoded, pixels = convert(_read(item.ref), settings.size, settings.encoding, settings.quality,
-                                      settings.channels)  # fmt: skip
-        except ConversionError as e:
-            results[i] = str(e)
-        except OSError as e:
-            results[i] = f"cannot read ({e.strerror or e})"
-        except Exception as e:  # noqa: BLE001 - a damaged file can fail a decoder in odd ways: skip it, not the run
-            results[i] = f"cannot decode ({type(e).__name__}: {e})"
-        else:
-            results[i] = encoded
-            if stats is not None:
-                stats.add(pixels)
-        _tick()
-    return results, stats.arrays() if stats is not None else None
-
-
-def _convert_job(
-    job: tuple[int, int, tuple[Item, ...], Settings, bool],
-) -> tuple[int, int, list[bytes | str], dict[str, np.ndarray] | None]:
-    shard, start, items, settings, with_stats = job
-    return (shard, start, *convert_items(items, settings, with_stats))
 
 
 def write_shard(
@@ -428,22 +262,21 @@ def _run_tasks(pending: list[ShardTask], out: Path, settings: Settings, workers:
             write_shard(out, task, results.pop(n), stats.pop(n), settings)
 
     bar = tqdm(total=total, unit="img", desc="prepare", disable=not progress, smoothing=0.05, dynamic_ncols=True)
-    global _progress
     workers = min(workers, len(jobs))
     try:
         if workers == 1:
-            _progress = bar.update
+            count_in_process(bar.update)
             try:
                 for job in jobs:
-                    collect(_convert_job(job))
+                    collect(convert_job(job))
             finally:
-                _progress = None
+                count_in_process(None)
             return total
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         counter = ctx.Value("q", 0)
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(counter,))
+        pool = ctx.Pool(workers, initializer=init_worker, initargs=(counter,))
         try:
-            it = pool.imap_unordered(_convert_job, jobs)
+            it = pool.imap_unordered(convert_job, jobs)
             for _ in range(len(jobs)):
                 while True:
                     try:
@@ -453,45 +286,13 @@ def _run_tasks(pending: list[ShardTask], out: Path, settings: Settings, workers:
                         bar.update(counter.value - bar.n)
                 bar.update(counter.value - bar.n)
         except BaseException:
-            _kill_pool(pool)
+            kill_pool(pool)
             raise
         finally:
             pool.terminate()
         return total
     finally:
         bar.close()
-
-
-def _kill_pool(pool: Any) -> None:
-    """Stop the workers of a run being stopped (Ctrl-C, SIGTERM, an error) so that
-    ``pool.terminate()`` cannot hang. A worker killed (SIGTERM sent to the whole process group)
-    while it waited for a task, or while it sent a result, dies holding the task queue's read
-    lock or the result queue's write lock, and ``terminate()`` takes both: it would wait forever.
-    So stop the thread that replaces dead workers, kill every worker, wait for it, then free a
-    lock a dead one still holds. (``_worker_handler``, ``_change_notifier``, ``_pool``,
-    ``_inqueue._rlock`` and ``_outqueue._wlock`` are CPython's, unchanged since 3.8.)"""
-    from multiprocessing.pool import TERMINATE
-
-    handler = getattr(pool, "_worker_handler", None)
-    if handler is not None:  # as terminate() starts; else a fresh worker takes the lock freed below
-        handler._state = TERMINATE
-        pool._change_notifier.put(None)
-        handler.join(timeout=5.0)
-    workers = list(getattr(pool, "_pool", []))
-    for p in workers:
-        if p.exitcode is None:
-            p.kill()
-    for p in workers:
-        p.join(timeout=5.0)
-    locks = (getattr(getattr(pool, "_inqueue", None), "_rlock", None), getattr(getattr(pool, "_outqueue", None), "_wlock", None))
-    for lock in locks:
-        if lock is None:
-            continue
-        if lock.acquire(timeout=0.5):
-            lock.release()
-        else:
-            with contextlib.suppress(ValueError):  # its holder is dead: nobody else will release it
-                lock.release()
 
 
 def _finish(
