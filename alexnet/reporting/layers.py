@@ -5,7 +5,7 @@ to the unit's receptive field, with the unit's response."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,12 @@ from alexnet.errors import UserError
 from alexnet.evaluation.features import Session, images_at
 from alexnet.evaluation.receptive import Field, receptive_fields
 from alexnet.evaluation.retrieval import identity
+from alexnet.evaluation.saliency import grad_cam, occlusion
 from alexnet.evaluation.units import TopUnits, load_or_mine
 from alexnet.reporting import grids, plots
+from alexnet.reporting.explain import overlay
 from alexnet.reporting.html import Section
+from alexnet.runtime import autocast
 
 ACTIVE, VARIED = 3, 3  # units shown per layer: the most active, then the most varied
 OUTSIDE = 128  # grey for the part of a receptive field that lies in the padding, off the image
@@ -117,3 +120,34 @@ def probe_section(s: Section, run: Path, session: Session) -> None:
            "HOG and pixels: the same SVM on the 2011 features of the same images.")  # fmt: skip
     if stale:
         s.text("This probe was computed from an earlier checkpoint of the run; run `alexnet probe` again.", "warn")
+
+
+OCCLUSION_MAX_SIDE = 64  # occlusion maps in the report only for small inputs (a 227 px map is seconds: `alexnet explain`)
+
+
+def saliency_maps(s: Section, session: Session, sample: Sequence[int], predicted: Sequence[int]) -> None:
+    """Below Figure 4 (left): where each sample's top class comes from, Grad-CAM and (small
+    inputs) occlusion, drawn over the image (:mod:`alexnet.reporting.explain`)."""
+    model = session.loaded.model.eval()
+    crop = session.loaded.crop
+    images = images_at(session.dataset, "val", list(sample))
+    pixels = centre_crop(images, crop)
+    x = session.pipeline.eval(images)
+    classes = session.loaded.classes
+    occlude = crop <= OCCLUSION_MAX_SIDE
+    rows: list[list[torch.Tensor]] = [list(pixels), [], []]
+    captions: list[list[str]] = [[classes[int(p)][:15] for p in predicted], [], []]
+    for i, target in enumerate(predicted):
+        with autocast(session.device, session.precision):
+            rows[1].append(overlay(pixels[i], grad_cam(model, x[i : i + 1], int(target))))
+            if occlude:
+                rows[2].append(overlay(pixels[i], occlusion(model, x[i : i + 1], int(target))))
+        captions[1].append("Grad-CAM")
+        captions[2].append("occlusion")
+    if not occlude:
+        rows, captions = rows[:2], captions[:2]
+    s.image(grids.image_rows(rows, captions, first_gap=0), "where the top class comes from")
+    s.note("Where each image's top class comes from (columns as above; caption: the top class): Grad-CAM on the last "
+           "convolutional layer" + (" and occlusion (the drop in its probability when a grey square hides each part, "
+                                    "Zeiler & Fergus Figure 7)" if occlude else "")
+           + "; red: evidence for the class, blue: against it. `alexnet explain RUN IMAGE` draws them for any image.")  # fmt: skip

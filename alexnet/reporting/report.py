@@ -49,7 +49,7 @@ from alexnet.inference import open_predictor
 from alexnet.io import atomic_write_text
 from alexnet.reporting import grids, plots
 from alexnet.reporting.html import Page, Section
-from alexnet.reporting.layers import layers_section, probe_section
+from alexnet.reporting.layers import layers_section, probe_section, saliency_maps
 from alexnet.runfolder import (
     CHECKPOINTS,
     CONFIG,
@@ -147,7 +147,10 @@ def build_report(run_path: str | Path, options: ReportOptions = ReportOptions(),
     preds = _predictions(run, session, options)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(preds.labels), size=min(options.samples, len(preds.labels)), replace=False)) if preds else None
-    _figure4_left(page.section("figure4-left", "Figure 4 (left): top-5 guesses"), preds, sample)
+    left = page.section("figure4-left", "Figure 4 (left): top-5 guesses")
+    _figure4_left(left, preds, sample)
+    if session is not None and preds is not None and sample is not None:
+        saliency_maps(left, session, sample.tolist(), preds.topk[sample, 0].tolist())
     _figure4_right(page.section("figure4-right", "Figure 4 (right): nearest training images by fc7 distance"),
                    run, session, preds, sample, options, log)  # fmt: skip
     _per_class_section(page.section("per-class", "Per-class error"), preds)
