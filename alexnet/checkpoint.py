@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -36,18 +35,12 @@ from torch import nn
 from alexnet.data.convention import InputConvention, InputNorm
 from alexnet.errors import UserError
 from alexnet.io import atomic_write
-from alexnet.runfolder import BASELINE_RUN, BEST, LAST, folder_contents, last_checkpoint
+from alexnet.runfolder import BASELINE_RUN, LAST, folder_contents, last_checkpoint
 
 KIND = "alexnet-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = ("kind", "format_version", "model", "model_name", "model_options", "num_classes", "classes", "data")
 TRAINING_STATE = ("epoch", "step", "step_in_epoch", "optimizer", "scheduler", "rng", "progress", "config")
-_STEP_FILE = re.compile(r"^step-(\d{8,})\.pt$")
-
-
-def step_file_name(global_step: int) -> str:
-    """The name of the step checkpoint taken after ``global_step`` steps."""
-    return f"step-{global_step:08d}.pt"
 
 
 @dataclass(frozen=True)
@@ -455,44 +448,3 @@ def _parse_meter(meter: Any) -> dict[str, float] | None:
     ):
         raise _Bad("progress.meter is not a dict of sums")
     return dict(meter)
-
-
-# --------------------------------------------------------------------------- a run's checkpoints
-
-
-def step_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    """The step checkpoints in ``ckpt_dir`` as (global step, path), oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_FILE.match(p.name))]
-    return sorted(found)
-
-
-def prune_step_checkpoints(ckpt_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` step checkpoints; returns the deleted paths."""
-    old = [p for _, p in step_checkpoints(ckpt_dir)]
-    doomed = old[: max(0, len(old) - keep)]
-    for p in doomed:
-        p.unlink(missing_ok=True)
-    return doomed
-
-
-def newest_valid_checkpoint(ckpt_dir: Path, exclude: Path | None = None) -> tuple[Path, Checkpoint] | None:
-    """The resumable checkpoint of a run with the most steps, among ``best.pt`` and the step
-    checkpoints (``exclude``: a file known to be damaged); None if there is none."""
-    candidates = [p for _, p in step_checkpoints(ckpt_dir)]
-    if (ckpt_dir / BEST).is_file():
-        candidates.append(ckpt_dir / BEST)
-    best: tuple[Path, Checkpoint] | None = None
-    for p in candidates:
-        if exclude is not None and p.resolve() == exclude.resolve():
-            continue
-        try:
-            ckpt = read_checkpoint(p)
-            ckpt.require_training_state()
-        except UserError:
-            continue
-        if best is None or ckpt.progress.global_step > best[1].progress.global_step:
-            best = (p, ckpt)
-    return best
-

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
 BASELINE_METRICS = "metrics.json"  # a baseline's one record (it has no epochs)
 LAST, BEST = "last.pt", "best.pt"  # in CHECKPOINTS: the newest state (replaced atomically), the best epoch's
 _CONFIG_LIMIT = 1 << 20  # a config is a few KB; a huge file or a FIFO in its place is not read (nor waited on)
+_STEP_FILE = re.compile(r"^step-(\d{8,})\.pt$")  # step_file_name's
 RunKind = Literal["network", "baseline", "imported"]
 NETWORK, BASELINE, IMPORTED = "network", "baseline", "imported"  # run_kind's answers
 BASELINE_KIND = "alexnet-baseline"  # config.json's "kind" in a baseline run folder (alexnet.baselines)
@@ -74,6 +76,28 @@ def make_folder(folder: str | Path, flag: str = "--out") -> Path:
         check_folder_path(folder, flag)
         raise
     return folder
+
+
+def step_file_name(global_step: int) -> str:
+    """The name of the step checkpoint taken after ``global_step`` steps."""
+    return f"step-{global_step:08d}.pt"
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """The step checkpoints in ``ckpt_dir`` as (global step, path), oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def prune_step_checkpoints(ckpt_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` step checkpoints; returns the deleted paths."""
+    old = [p for _, p in step_checkpoints(ckpt_dir)]
+    doomed = old[: max(0, len(old) - keep)]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
 
 
 def checkpoints_dir(run: str | Path) -> Path:

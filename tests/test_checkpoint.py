@@ -16,13 +16,12 @@ from alexnet.checkpoint import (
     Checkpoint,
     DataSpec,
     Progress,
-    prune_step_checkpoints,
     read_checkpoint,
     save_checkpoint,
-    step_file_name,
 )
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
+from alexnet.runfolder import prune_step_checkpoints, step_file_name
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

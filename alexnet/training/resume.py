@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet.checkpoint import Checkpoint, Progress, newest_valid_checkpoint, read_checkpoint, step_checkpoints
+from alexnet.checkpoint import Checkpoint, Progress, read_checkpoint
 from alexnet.errors import UserError
-from alexnet.runfolder import CHECKPOINTS, LAST, last_checkpoint
+from alexnet.runfolder import BEST, CHECKPOINTS, LAST, last_checkpoint, step_checkpoints
 from alexnet.training.config import TrainConfig
 from alexnet.training.distributed import DistContext
 
@@ -112,3 +112,23 @@ def restore(
     if "cuda" in mine and torch.cuda.is_available():
         torch.cuda.set_rng_state(mine["cuda"], torch.cuda.current_device())
     return ckpt.progress
+
+
+def newest_valid_checkpoint(ckpt_dir: Path, exclude: Path | None = None) -> tuple[Path, Checkpoint] | None:
+    """The resumable checkpoint of a run with the most steps, among ``best.pt`` and the step
+    checkpoints (``exclude``: a file known to be damaged); None if there is none."""
+    candidates = [p for _, p in step_checkpoints(ckpt_dir)]
+    if (ckpt_dir / BEST).is_file():
+        candidates.append(ckpt_dir / BEST)
+    best: tuple[Path, Checkpoint] | None = None
+    for p in candidates:
+        if exclude is not None and p.resolve() == exclude.resolve():
+            continue
+        try:
+            ckpt = read_checkpoint(p)
+            ckpt.require_training_state()
+        except UserError:
+            continue
+        if best is None or ckpt.progress.global_step > best[1].progress.global_step:
+            best = (p, ckpt)
+    return best

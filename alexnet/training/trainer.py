@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet import models
-from alexnet.checkpoint import Checkpoint, DataSpec, Progress, prune_step_checkpoints, save_checkpoint, step_file_name
+from alexnet.checkpoint import Checkpoint, DataSpec, Progress, save_checkpoint
 from alexnet.data import BatchPlan
 from alexnet.data.seeding import derive_seed
 from alexnet.errors import UserError
@@ -35,7 +35,9 @@ from alexnet.runfolder import (
     LAST,
     folder_contents,
     last_checkpoint,
+    prune_step_checkpoints,
     run_folder_lock,
+    step_file_name,
     write_config,
     write_metrics,
 )
