@@ -17,33 +17,37 @@ A re-run with the same ``--out`` and the same settings skips every finished stag
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import math
-import os
 import sys
 import time
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from alexnet.baselines.features import Extractor, Hog, Pixels, RbfNystroem
 from alexnet.baselines.fisher import SiftFisher
 from alexnet.baselines.hog import HogParams
+from alexnet.baselines.runfiles import (
+    RESTART,
+    image_batches,
+    is_number,
+    load_features,
+    load_npz,
+    read_json,
+    reading,
+    save_npz,
+    write_features,
+)
 from alexnet.baselines.svm import LinearSVM, SvmParams
 from alexnet.data import BatchPlan, open_dataset
 from alexnet.data.dataset import Dataset
 from alexnet.data.pipeline import MAX_IMAGE_SIDE
 from alexnet.data.presets import centre_crop
 from alexnet.errors import UserError
-from alexnet.io import atomic_write, atomic_write_json, read_regular_file
+from alexnet.io import atomic_write_json
 from alexnet.runfolder import BASELINE, BASELINE_KIND, BASELINE_METRICS, CONFIG, LOCK_NAME, run_folder_lock, run_kind
 
 KIND = BASELINE_KIND
@@ -119,63 +123,6 @@ def load_extractor(features: str, config: dict[str, Any], arrays: dict[str, np.n
 PREDICTIONS = "predictions.npz"
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
-
-
-# The largest array a baseline file may hold (sift-fv's SVM on ImageNet: 1000 x 10,240 floats,
-# 41 MB): an .npz member's header is checked against it before numpy allocates what it claims.
-MAX_ARRAY_BYTES = 1 << 30
-# A run folder's small files (config, stages, extractor settings) are a few KB.
-MAX_JSON_BYTES = 16 << 20
-_REDO = "delete it to recompute that stage, or the folder to start over"
-_RESTART = "fit the baseline again into a new --out (or delete the folder)"
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for name in z.zip.namelist():
-                with z.zip.open(name) as f:
-                    version = np.lib.format.read_magic(f)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(f)
-                if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
-                    raise ValueError(f"{name} claims a {'x'.join(map(str, shape))} array, more than {MAX_ARRAY_BYTES >> 20} MB")
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as e:
-        raise UserError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); {_REDO}") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from one of the run folder's small files, or a one-line :class:`UserError`."""
-    try:
-        value = json.loads(read_regular_file(path, MAX_JSON_BYTES))
-    except ValueError as e:  # UserError (too big, not a file) included
-        raise UserError(f"{path} is damaged ({e}); {_RESTART}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} is damaged (not a JSON object); {_RESTART}")
-    return value
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Whatever a damaged (truncated, hand-edited, hostile) stored file makes the code that reads it
-    raise becomes one line naming the file."""
-    try:
-        yield
-    except UserError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, ZeroDivisionError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}: {e}); {_REDO}") from None
-
-
 def _check_dataset(ds: Dataset, source: str) -> None:
     if ds.info.num_classes < 2:
         raise UserError(f"{source} has {ds.info.num_classes} class; a classifier needs at least 2")
@@ -186,12 +133,6 @@ def _check_dataset(ds: Dataset, source: str) -> None:
     labels = ds.labels("train") if hasattr(ds, "labels") else getattr(ds, "splits", {}).get("train", (None, None))[1]
     if labels is not None and len(torch.unique(torch.as_tensor(labels))) < 2:
         raise UserError(f"{source}: every training image has the same label; a classifier needs at least 2 classes")
-
-
-def image_batches(ds: Dataset, split: str, batch: int, crop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Centre-cropped uint8 batches of ``split`` in dataset order (the network's eval view)."""
-    for images, labels in ds.batches(split, BatchPlan(batch)):
-        yield centre_crop(images.contiguous(), crop), labels
 
 
 def _sample(ds: Dataset, count: int, seed: int, crop: int, batch: int) -> torch.Tensor:
@@ -206,49 +147,11 @@ def _sample(ds: Dataset, count: int, seed: int, crop: int, batch: int) -> torch.
     return torch.cat(taken)[:count]
 
 
-def write_features(path: Path, ds: Dataset, split: str, extractor: Extractor, cfg: BaselineConfig, crop: int,
-                   progress: bool) -> float:  # fmt: skip
-    """Stream ``split``'s features into ``path`` (.npy via a memory map, then renamed); returns
-    seconds spent. Memory: one batch of images and features."""
-    n = ds.num_samples(split)
-    tmp = path.with_name(f".{path.name}.partial")
-    labels = np.empty(n, dtype=np.int64)
-    start = time.perf_counter()
-    out = None
-    done = 0
-    with tqdm(total=n, desc=f"features {split}", unit="img", disable=not progress, leave=False) as bar:
-        for images, y in image_batches(ds, split, cfg.batch_size, crop):
-            f = extractor.transform(images).numpy()
-            if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, f.shape[1]))
-            out[done : done + len(f)] = f
-            labels[done : done + len(f)] = y.numpy()
-            done += len(f)
-            bar.update(len(f))
-    assert out is not None and done == n, (done, n)
-    out.flush()
-    del out
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    buf = io.BytesIO()
-    np.save(buf, labels)
-    atomic_write(path.with_name(path.stem + "-labels.npy"), lambda fh: fh.write(buf.getbuffer()))
-    os.replace(tmp, path)  # the labels first: a features file present means both are complete
-    return time.perf_counter() - start
-
-
-def _load_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with _reading(path):  # a truncated features file: one line, not numpy's traceback
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-        y = np.load(path.with_name(path.stem + "-labels.npy"), allow_pickle=False)
-    return x, y
-
-
 def _save_predictions(path: Path, scores: torch.Tensor, labels: np.ndarray) -> None:
     """``PREDICTIONS``: ``labels`` (N), ``topk`` (N x k class indices, best first) and ``probs``
     (N x k, the softmax of the SVM scores: a ranking aid, not a calibrated probability)."""
     top = scores.softmax(1).topk(min(5, scores.shape[1]), dim=1)
-    _save_npz(path, {"labels": labels.astype(np.int64), "topk": top.indices.numpy(), "probs": top.values.float().numpy()})
+    save_npz(path, {"labels": labels.astype(np.int64), "topk": top.indices.numpy(), "probs": top.values.float().numpy()})
 
 
 def topk_errors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -281,7 +184,7 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
     make_extractor(cfg.features, crop, cfg, ds.info.channels)  # unknown names fail before anything is written
     _claim_config(out, cfg, ds)
     stages_path = out / "stages.json"
-    stages: dict[str, Any] = _read_json(stages_path) if stages_path.exists() else {}
+    stages: dict[str, Any] = read_json(stages_path) if stages_path.exists() else {}
 
     def finished(stage: str, **info: Any) -> None:
         stages[stage] = info
@@ -297,10 +200,10 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
         path = out / "features" / f"{split}.npy"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            seconds = write_features(path, ds, split, extractor, cfg, crop, progress)
+            seconds = write_features(path, ds, split, extractor, cfg.batch_size, crop, progress)
             n = ds.num_samples(split)
             finished(f"features_{split}", seconds=seconds, images=n, images_per_sec=n / max(seconds, 1e-9))
-    x_train, y_train = _load_features(out / "features" / "train.npy")
+    x_train, y_train = load_features(out / "features" / "train.npy")
 
     # 4. the linear SVM
     if len(np.unique(y_train)) < 2:
@@ -308,7 +211,7 @@ def _fit_baseline(cfg: BaselineConfig, out: Path, progress: bool) -> dict[str, A
     if not (out / "classifier.npz").exists():
         start = time.perf_counter()
         svm = LinearSVM(SvmParams(l2=cfg.l2, max_iter=cfg.max_iter)).fit(x_train, y_train, ds.info.num_classes, progress)
-        _save_npz(out / "classifier.npz", svm.arrays())
+        save_npz(out / "classifier.npz", svm.arrays())
         finished("classifier", seconds=time.perf_counter() - start, lbfgs_iterations=svm.iterations)
     return _write_metrics(out, cfg, ds, _load_svm(out), (x_train, y_train), stages, stages_path)
 
@@ -324,11 +227,11 @@ def _claim_config(out: Path, cfg: BaselineConfig, ds: Dataset) -> None:
     if config_path.exists():
         if not is_baseline_run(out):
             raise UserError(f"{out} already holds something else (a network run?); choose another --out")
-        saved = _read_json(config_path)
+        saved = read_json(config_path)
         # Settings added since the folder was written count as their defaults.
         defaults = {f.name: f.default for f in fields(BaselineConfig) if f.default is not MISSING}
         if not isinstance(saved.get("settings", {}), dict):
-            raise UserError(f"{config_path} is damaged (its settings are not an object); {_RESTART}")
+            raise UserError(f"{config_path} is damaged (its settings are not an object); {RESTART}")
         if {**defaults, **saved.get("settings", {})} != run_config["settings"]:
             raise UserError(f"{out} holds a baseline with other settings; choose another --out or repeat its own")
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
@@ -348,7 +251,7 @@ def _fit_extractor(out: Path, ds: Dataset, cfg: BaselineConfig, progress: bool, 
     elif sample is not None:
         extractor.fit(sample)
     atomic_write_json(out / "extractor.json", extractor.config())
-    _save_npz(out / "extractor.npz", extractor.arrays())
+    save_npz(out / "extractor.npz", extractor.arrays())
     finished("extractor", seconds=time.perf_counter() - start)
 
 
@@ -359,16 +262,16 @@ def _write_metrics(
     """5. The metrics, and the validation predictions that `alexnet report` draws (per-class
     errors, confusion, Figure 4 left)."""
     x_train, y_train = train
-    x_val, y_val = _load_features(out / "features" / "val.npy")
-    with _reading(out / "classifier.npz"):  # a classifier that does not fit the features: one line
+    x_val, y_val = load_features(out / "features" / "val.npy")
+    with reading(out / "classifier.npz"):  # a classifier that does not fit the features: one line
         train_top1, _ = topk_errors(svm.decision_function(x_train), torch.from_numpy(y_train))
         val_scores = svm.decision_function(x_val)
     val_top1, val_top5 = topk_errors(val_scores, torch.from_numpy(y_val))
     _save_predictions(out / PREDICTIONS, val_scores, y_val)
     needed = {"extractor": ("seconds",), "features_train": ("seconds", "images_per_sec"),
               "classifier": ("seconds", "lbfgs_iterations")}  # fmt: skip
-    if not all(isinstance(stages.get(k), dict) and all(_is_number(stages[k].get(v)) for v in vs) for k, vs in needed.items()):
-        raise UserError(f"{stages_path} is damaged (a stage's timings are missing); {_RESTART}")
+    if not all(isinstance(stages.get(k), dict) and all(is_number(stages[k].get(v)) for v in vs) for k, vs in needed.items()):
+        raise UserError(f"{stages_path} is damaged (a stage's timings are missing); {RESTART}")
     extract = stages["features_train"]
     metrics = {
         "features": cfg.features, "description": DESCRIPTIONS[cfg.features], "data": cfg.data, "seed": cfg.seed,
@@ -408,7 +311,7 @@ def load_baseline(run: str | Path) -> LoadedBaseline:
     run = Path(run)
     if not is_baseline_run(run):
         raise UserError(f"{run} is not a baseline run folder (no {CONFIG} of kind {KIND})")
-    config = _read_json(run / CONFIG)
+    config = read_json(run / CONFIG)
     version = config.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{run} was written by a newer alexnet (format {version}); upgrade alexnet")
@@ -421,9 +324,9 @@ def load_baseline(run: str | Path) -> LoadedBaseline:
         or not isinstance(config.get("classes"), list) or not all(isinstance(c, str) for c in config["classes"])
         or not all(isinstance(config.get(k), int) and 1 <= config[k] <= MAX_IMAGE_SIDE for k in ("channels", "crop"))
     ):  # fmt: skip
-        raise UserError(f"{run / CONFIG} is damaged (its settings, classes, channels or crop); {_RESTART}")
+        raise UserError(f"{run / CONFIG} is damaged (its settings, classes, channels or crop); {RESTART}")
     loaded = LoadedBaseline(run, config, _load_extractor(run, settings["features"]), _load_svm(run))
-    with _reading(run / "classifier.npz"):  # the parts must fit each other: one image through them all
+    with reading(run / "classifier.npz"):  # the parts must fit each other: one image through them all
         scores = loaded.scores(torch.zeros(1, config["channels"], config["crop"], config["crop"], dtype=torch.uint8))
         if tuple(scores.shape) != (1, len(loaded.classes)):
             raise ValueError(f"{scores.shape[1]} scores per image for {len(loaded.classes)} classes")
@@ -431,14 +334,14 @@ def load_baseline(run: str | Path) -> LoadedBaseline:
 
 
 def _load_extractor(run: Path, features: str) -> Extractor:
-    config = _read_json(run / "extractor.json")
-    with _reading(run / "extractor.json"):
-        return load_extractor(features, config, _load_npz(run / "extractor.npz"))
+    config = read_json(run / "extractor.json")
+    with reading(run / "extractor.json"):
+        return load_extractor(features, config, load_npz(run / "extractor.npz"))
 
 
 def _load_svm(run: Path) -> LinearSVM:
-    with _reading(run / "classifier.npz"):
-        return LinearSVM.from_arrays(_load_npz(run / "classifier.npz"))
+    with reading(run / "classifier.npz"):
+        return LinearSVM.from_arrays(load_npz(run / "classifier.npz"))
 
 
 def evaluate_baseline(run: str | Path, data: str | None = None, split: str = "val", batch_size: int = 1000) -> dict[str, Any]:
