@@ -74,11 +74,11 @@ class CurveBudget:
 # quick: <= 10 minutes on 2 idle cores (docs/RESULTS.md has the measured time); full: the setting to report.
 CURVE_BUDGETS: dict[str, dict[str, CurveBudget]] = {
     "data-scaling": {
-        "quick": CurveBudget((10, 30, 100, 300), ("hog", "hog-rbf", NETWORK), 3, 2000, 4, 1000),
+        "quick": CurveBudget((10, 30, 100, 300), ("hog", "hog-rbf", NETWORK), 3, 2000, 2, 500),
         "full": CurveBudget((10, 30, 100, 300, 1000, 3000, None), SCALING_SYSTEMS, 3, None, 15, 3000),
     },
     "transfer": {
-        "quick": CurveBudget((10, 30, 100, 300), TRANSFER_SYSTEMS, 3, 2000, 4, 1000, source_per_class=1000),
+        "quick": CurveBudget((10, 30, 100), TRANSFER_SYSTEMS, 3, 2000, 2, 500, source_per_class=1000),
         "full": CurveBudget((10, 30, 100, 300, 1000, None), TRANSFER_SYSTEMS, 3, None, 15, 3000),
     },
 }
