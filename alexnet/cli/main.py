@@ -1,4 +1,4 @@
-"""The ``alexnet`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
+"""The ``alexnet`` command line's entry point: the parser of every subcommand, and the one-line errors.
 
 User errors (:class:`~alexnet.errors.UserError`, bad flags) print one line and exit 2; no
 traceback. To add a command, write a module with ``add_parser(subparsers)`` that sets
