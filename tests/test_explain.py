@@ -9,20 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.cli import main
 from alexnet.reporting.explain import overlay
 from alexnet.runfolder import BASELINE_KIND
 from tests.helpers.cli import assert_one_line_error, cli_main
-
-SYN = "synthetic:classes=3,size=28,train=24,val=12,channels=3"
+from tests.helpers.interop import make_run
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("explain") / "run"
-    assert main(["train", "--data", SYN, "--epochs", "1", "--batch-size", "8", "--lr", "0.01", "--no-progress",
-                 "--out", str(run)]) == 0  # fmt: skip
-    return run
+    return make_run(tmp_path_factory.mktemp("explain") / "run")  # alexnet-small, 4 classes, 32 px images, crop 28
 
 
 @pytest.fixture(scope="module")
@@ -80,5 +75,5 @@ def test_explain_bad_input_is_one_line(tiny_run: Path, images: list[Path], tmp_p
     (baseline / "config.json").write_text(json.dumps({"kind": BASELINE_KIND}))
     assert_one_line_error(cli_main(capsys, "explain", str(baseline), str(images[0]))[::2], "has no layers to show")
     assert_one_line_error(cli_main(capsys, "explain", str(tiny_run), str(tmp_path / "none.png"))[::2], "not found")
-    assert_one_line_error(cli_main(capsys, "explain", str(tiny_run), str(images[0]), "--class", "7")[::2], "out of range")
+    assert_one_line_error(cli_main(capsys, "explain", str(tiny_run), str(images[0]), "--class", "9")[::2], "out of range")
     assert_one_line_error(cli_main(capsys, "explain", str(tiny_run), str(images[0]), "--out", "x.jpg")[::2], ".png")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.cli import main
 from alexnet.evaluation.features import open_session
 from alexnet.evaluation.units import RunningTopK, conv_layers, load_or_mine, mine_top_units, units_paths
+from tests.helpers.interop import make_run
 
-SYN = "synthetic:classes=3,size=28,train=24,val=40,channels=1"
+SYN = "synthetic:classes=4,size=28,train=24,val=40,channels=3"  # 28 px crops: what make_run's alexnet-small takes
 
 
 def test_running_top_k_equals_a_full_sort() -> None:
@@ -43,14 +43,11 @@ def test_fewer_images_than_k_are_padded() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("units") / "run"
-    assert main(["train", "--data", SYN, "--epochs", "1", "--batch-size", "8", "--lr", "0.01", "--precision", "fp32",
-                 "--no-progress", "--out", str(run)]) == 0  # fmt: skip
-    return run
+    return make_run(tmp_path_factory.mktemp("units") / "run")
 
 
 def test_mining_a_split_equals_sorting_all_its_activations(tiny_run: Path) -> None:
-    session = open_session(tiny_run, precision_name="fp32")
+    session = open_session(tiny_run, SYN, precision_name="fp32")
     units = mine_top_units(session, "val", k=9, batch_size=16, progress=False)  # 40 images in 3 batches
     model = session.loaded.model.eval()
     captured: dict[str, torch.Tensor] = {}
@@ -71,7 +68,7 @@ def test_mining_a_split_equals_sorting_all_its_activations(tiny_run: Path) -> No
 
 
 def test_mined_units_are_cached_in_the_run_folder(tiny_run: Path) -> None:
-    session = open_session(tiny_run, precision_name="fp32")
+    session = open_session(tiny_run, SYN, precision_name="fp32")
     first, built = load_or_mine(session, tiny_run, progress=False, log=lambda _: None)
     again, built_again = load_or_mine(session, tiny_run, progress=False, log=lambda _: None)
     assert built and not built_again
