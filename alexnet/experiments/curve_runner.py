@@ -2,7 +2,9 @@
 
 A network point is finished when its ``metrics.jsonl`` holds every epoch (``runner.run_status``:
 a checkpoint is resumed exactly, a folder of other settings stops with one line); a baseline
-point when its ``metrics.json`` exists (``alexnet baseline`` resumes its own stages). After each
+point when its ``metrics.json`` exists (``alexnet baseline`` resumes its own stages); a probe
+point when its ``probe.json`` exists (what ``alexnet probe --json`` prints, kept in the point's
+folder: the probe's own file in the source run is rewritten by every probe of it). After each
 point the process CPU seconds it took are kept in ``COST`` beside the run (``resumed``: true when
 part of the work was done by an earlier, killed invocation, so the count is a lower bound).
 """
@@ -20,13 +22,14 @@ from alexnet.baselines import fit_baseline
 from alexnet.errors import UserError
 from alexnet.experiments.plans import PlannedRun
 from alexnet.experiments.runner import read_metrics, run_status
-from alexnet.experiments.scaling import CurvePlan, Point
+from alexnet.experiments.scaling import CurvePlan, Point, ProbeSpec
 from alexnet.io import atomic_write_json
 from alexnet.runfolder import run_folder_lock
 from alexnet.training.trainer import train
 
 COST = "experiment-cost.json"
 BASELINE_METRICS = "metrics.json"
+PROBE_RESULT = "probe.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ def point_status(point: Point) -> str:
     """``done``, ``partial`` (work to resume) or ``new``."""
     if point.train is not None:
         return run_status(PlannedRun(point.system, point.seed, point.train))
+    if point.probe is not None:
+        return "done" if (point.folder / PROBE_RESULT).is_file() else "new"
     if (point.folder / BASELINE_METRICS).is_file():
         return "done"
     return "partial" if (point.folder / "config.json").is_file() else "new"
@@ -72,6 +77,9 @@ def _source_of(plan: CurvePlan, point: Point) -> Point:
 
 
 def _run_point(point: Point, resume: bool) -> None:
+    if point.probe is not None:
+        _run_probe(point.probe, point.folder)
+        return
     if point.baseline is not None:
         fit_baseline(point.baseline, point.folder, progress=False)
         return
@@ -84,9 +92,31 @@ def _run_point(point: Point, resume: bool) -> None:
         )
 
 
+def _run_probe(spec: ProbeSpec, folder: Path) -> None:
+    """``alexnet probe``'s computation (the same calls as its command), kept in ``folder``."""
+    from alexnet.baselines.probe import ProbeConfig, probe
+    from alexnet.evaluation.features import session_for
+    from alexnet.inference import open_predictor
+
+    predictor = open_predictor(spec.run, spec.device, spec.precision)
+    session = session_for(predictor.require_network("probe"), spec.data, predictor.precision, same_classes=False)
+    result = probe(session, ProbeConfig(layers=(spec.layer,), train_images=0), progress=False, log=lambda _m: None)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / PROBE_RESULT, result.to_dict())
+
+
 def point_result(point: Point) -> dict[str, Any]:
     """What a finished point measured: test error, training error, CPU and wall seconds, FLOPs."""
     cost = _json(point.folder / COST)
+    if point.probe is not None:
+        rows = {r["name"]: r for r in _json(point.folder / PROBE_RESULT).get("rows", [])}
+        row = rows.get(point.probe.layer, {})
+        test = 1 - row["test_acc"] if "test_acc" in row else None
+        train_err = 1 - row["train_acc"] if "train_acc" in row else None
+        return {"system": point.system, "n": point.n, "seed": point.seed, "test_err": test, "train_err": train_err,
+                "wall_seconds": cost.get("wall_seconds"), "cpu_seconds": cost.get("cpu_seconds"),
+                "cpu_partial": cost.get("resumed", True), "flops": None, "folder": str(point.folder),
+                "command": point.command()}  # fmt: skip
     if point.train is not None:
         records = read_metrics(point.folder)
         last = records[-1] if records else {}

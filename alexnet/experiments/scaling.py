@@ -35,8 +35,8 @@ from alexnet.training.trainer import TrainConfig
 NETWORK = "alexnet-small"
 HAND_CRAFTED = ("hog", "hog-rbf", "sift-fv")
 SCALING_SYSTEMS = (*HAND_CRAFTED, NETWORK)
-# transfer: the network from scratch, a linear classifier on the source net's frozen fc7
-# (`--freeze features`), fine-tuning all layers (`--init-from`), HOG + linear SVM
+# transfer: the network from scratch, the project's linear SVM on the source net's frozen fc7
+# (`alexnet probe SOURCE --layers fc7`), fine-tuning all layers (`--init-from`), HOG + linear SVM
 TRANSFER_SYSTEMS = ("scratch", "frozen-fc7", "fine-tune", "hog")
 TRAINED = (NETWORK, "scratch", "frozen-fc7", "fine-tune")
 TRANSFER_SOURCE, TRANSFER_TARGET = (0, 4), (5, 9)  # Fashion-MNIST classes: learn on 0-4, reuse on 5-9
@@ -118,9 +118,25 @@ def parse_systems(text: str, experiment: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class ProbeSpec:
+    """A linear SVM on ``layer`` of the trained network ``run``, fitted on all of ``data``'s
+    training images and scored on its test images (``alexnet probe``)."""
+
+    run: str
+    data: str
+    layer: str = "fc7"
+    device: str = "auto"
+    precision: str = "auto"
+
+    def command(self) -> str:
+        return shlex.join(["alexnet", "probe", self.run, "--data", self.data, "--layers", self.layer,
+                           "--train-images", "0", "--json"])  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Point:
     """One run of a curve: ``system`` at ``n`` images per class, seed ``seed``; exactly one of
-    ``train`` / ``baseline`` is set. ``needs``: the run folder it starts from (transfer)."""
+    ``train`` / ``baseline`` / ``probe`` is set. ``needs``: the run folder it starts from (transfer)."""
 
     system: str
     n: int | None
@@ -129,8 +145,11 @@ class Point:
     train: TrainConfig | None = None
     baseline: BaselineConfig | None = None
     needs: Path | None = None
+    probe: ProbeSpec | None = None
 
     def command(self) -> str:
+        if self.probe is not None:
+            return self.probe.command()
         return train_command(self.train) if self.train is not None else baseline_command(self.baseline, self.folder)  # type: ignore[arg-type]
 
 
@@ -224,8 +243,8 @@ def make_curve_plan(name: str, data: str, budget_name: str = "quick", out: str |
                     cfg = BaselineConfig(data=point_data, features=system, seed=seed, l2=DEFAULT_L2[system])
                     points.append(Point(system, n, seed, folder, baseline=cfg))
                 elif system == "frozen-fc7":
-                    points.append(_train_point(system, n, seed, point_data, images, budget, folder, runtime,
-                                               init_from=str(source_folder), freeze="features"))  # fmt: skip
+                    spec = ProbeSpec(str(source_folder), point_data, device=device, precision=precision)
+                    points.append(Point(system, n, seed, folder, probe=spec, needs=source_folder))
                 elif system == "fine-tune":
                     points.append(_train_point(system, n, seed, point_data, images, budget, folder, runtime,
                                                init_from=str(source_folder)))  # fmt: skip
