@@ -104,7 +104,12 @@ def test_printed_commands_are_the_planned_runs(tmp_path) -> None:
         argv = shlex.split(point.command())[1:]
         args = build_parser().parse_args(argv)
         if point.probe is not None:
-            assert (args.run, args.data, args.layers, args.train_images) == (point.probe.run, point.probe.data, "fc7", 0)
+            assert (args.run, args.data, args.layers, args.train_images) == (
+                point.probe.run,
+                point.probe.data,
+                "fc7",
+                0,
+            )
             continue
         if point.train is not None and point.train.init_from:  # resolving --init-from needs the trained source
             assert (args.init_from, args.freeze or "none") == (point.train.init_from, point.train.freeze)
@@ -207,7 +212,7 @@ def test_transfer_trains_the_source_first_and_reuses_it(tmp_path) -> None:
     frozen = next(p for p in plan.points if p.system == "frozen-fc7")
     assert frozen.probe.run == str(plan.sources[0].folder)
     probed = json.loads((frozen.folder / "probe.json").read_text())
-    assert probed["train_images"] == 5 * 4 and [r["name"] for r in probed["rows"]][0] == "fc7"
+    assert probed["train_images"] == 5 * 4 and probed["rows"][0]["name"] == "fc7"
     tuned = next(p for p in plan.points if p.system == "fine-tune")
     assert json.loads((tuned.folder / "config.json").read_text())["config"]["init_from"] == str(plan.sources[0].folder)
     assert {(c["challenger"], c["incumbent"]) for c in result["crossovers"]} >= {("scratch", "frozen-fc7")}
