@@ -68,6 +68,19 @@ def test_probe_equals_a_direct_fit(tiny_run: Path) -> None:
     assert row.test_acc == pytest.approx(float((svm.predict(x_val).numpy() == y_val).mean()))
 
 
+def test_probe_runs_hog_in_its_worker_threads(tiny_run: Path) -> None:
+    # 200 images of 28 px: HOG splits the batch into chunks that run in a thread pool when torch has
+    # more than one thread; those threads are outside any inference mode of the caller.
+    session = open_session(tiny_run, "synthetic:classes=3,size=28,train=200,val=20,channels=1", precision_name="fp32")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = probe(session, ProbeConfig(layers=("fc7",), max_iter=20), progress=False, log=lambda _: None)
+    finally:
+        torch.set_num_threads(previous)
+    assert [r.name for r in result.rows] == ["fc7", "hog", "pixels"] and result.train_images == 200
+
+
 def test_probe_command_prints_the_table_and_saves_it(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli_main(capsys, "probe", str(tiny_run), "--layers", "conv1,fc6", "--train-images", "24",
                               "--no-progress", "--precision", "fp32")  # fmt: skip

@@ -160,7 +160,7 @@ class _Store:
         self.pos += take
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: HOG fills its tensors from worker threads, outside that (thread-local) mode
 def _extract(session: Session, split: str, n: int, cfg: ProbeConfig, extractors: dict[str, Extractor],
              progress: bool) -> _Store:  # fmt: skip
     model = session.loaded.model.eval()
