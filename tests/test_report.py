@@ -262,6 +262,21 @@ def test_report_draws_a_saved_probe(tiny_run: Path, tmp_path: Path, capsys: pyte
     assert "earlier checkpoint" not in probe
 
 
+def test_layers_section_of_the_paper_net(tmp_path: Path) -> None:
+    from alexnet.evaluation.features import open_session
+    from alexnet.reporting.html import Section
+    from alexnet.reporting.layers import layers_section
+    from tests.helpers.interop import make_run
+
+    run = make_run(tmp_path / "paper", "alexnet")  # freshly initialised, RGB, 4 classes, crop 227
+    session = open_session(run, "synthetic:classes=4,size=227,train=4,val=6,channels=3", precision_name="fp32")
+    s = Section("layers", "")
+    layers_section(s, session, run, progress=False, log=lambda _: None)
+    html = "".join(s.blocks)
+    assert "<td>conv5</td><td>163x163</td>" in html
+    assert html.count('alt="conv') == 5 and (run / "layers" / "top9-val.json").is_file()
+
+
 def test_baseline_run_says_which_sections_have_no_meaning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "baseline"
     run.mkdir()
