@@ -24,11 +24,10 @@ from alexnet.experiments.plans import PlannedRun
 from alexnet.experiments.runner import read_metrics, run_status
 from alexnet.experiments.scaling import CurvePlan, Point, ProbeSpec
 from alexnet.io import atomic_write_json
-from alexnet.runfolder import run_folder_lock
+from alexnet.runfolder import BASELINE_METRICS, CONFIG, run_folder_lock
 from alexnet.training.trainer import train
 
 COST = "experiment-cost.json"
-BASELINE_METRICS = "metrics.json"
 PROBE_RESULT = "probe.json"
 
 
@@ -50,7 +49,7 @@ def point_status(point: Point) -> str:
         return "done" if (point.folder / PROBE_RESULT).is_file() else "new"
     if (point.folder / BASELINE_METRICS).is_file():
         return "done"
-    return "partial" if (point.folder / "config.json").is_file() else "new"
+    return "partial" if (point.folder / CONFIG).is_file() else "new"
 
 
 def run_curve_plan(plan: CurvePlan, on_event: Callable[[PointEvent], None] | None = None) -> None:
@@ -120,7 +119,7 @@ def point_result(point: Point) -> dict[str, Any]:
     if point.train is not None:
         records = read_metrics(point.folder)
         last = records[-1] if records else {}
-        config = _json(point.folder / "config.json")
+        config = _json(point.folder / CONFIG)
         per_image = config.get("resolved", {}).get("train_flops_per_image")  # 3x forward, also for frozen layers
         flops = per_image * last["step"] * point.train.recipe.batch_size if per_image and last else None
         test, train_err, wall = last.get("val_top1_err"), last.get("train_top1_err"), last.get("train_seconds_total")
@@ -137,7 +136,7 @@ def point_result(point: Point) -> dict[str, Any]:
 
 
 def _classes(point: Point) -> int | None:
-    return len(_json(point.folder / "config.json").get("classes", [])) or None
+    return len(_json(point.folder / CONFIG).get("classes", [])) or None
 
 
 def _json(path: Path) -> dict[str, Any]:
