@@ -43,6 +43,7 @@ _STEP_FILE = re.compile(r"^step-(\d{8,})\.pt$")  # step_file_name's
 RunKind = Literal["network", "baseline", "imported"]
 NETWORK, BASELINE, IMPORTED = "network", "baseline", "imported"  # run_kind's answers
 BASELINE_KIND = "alexnet-baseline"  # config.json's "kind" in a baseline run folder (alexnet.baselines)
+IMPORTED_KEY = "imported"  # config.json's record of where an imported run's weights came from (alexnet.interop)
 # What a folder holds, in folder_contents' words (refusals quote them).
 TRAINED_RUN, IMPORTED_RUN = "a trained run", "an imported run"  # alexnet train; alexnet.interop.runs.write_run
 BASELINE_RUN, PREPARED_DATASET = "a baseline run", "a prepared dataset"
@@ -167,7 +168,7 @@ def run_kind(path: str | Path) -> RunKind | None:
         return BASELINE
     if not last_checkpoint(path).is_file():
         return None
-    return IMPORTED if config is not None and "imported" in config else NETWORK
+    return IMPORTED if config is not None and IMPORTED_KEY in config else NETWORK
 
 
 def folder_contents(folder: str | Path) -> str | None:
@@ -191,7 +192,7 @@ def folder_contents(folder: str | Path) -> str | None:
             config = None
     if config is not None and config.get("kind") == BASELINE_KIND:
         return BASELINE_RUN
-    if config is not None and "imported" in config and not {METRICS, "tensorboard"} & set(names):
+    if config is not None and IMPORTED_KEY in config and not {METRICS, "tensorboard"} & set(names):
         return IMPORTED_RUN
     if {CHECKPOINTS, METRICS, "tensorboard"} & set(names) or config is not None and "resolved" in config:
         return TRAINED_RUN

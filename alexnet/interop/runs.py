@@ -16,6 +16,7 @@ from alexnet.checkpoint import Checkpoint, DataSpec, save_checkpoint
 from alexnet.data.convention import InputConvention
 from alexnet.errors import UserError
 from alexnet.runfolder import (
+    IMPORTED_KEY,
     IMPORTED_RUN,
     check_folder_path,
     claim_folder,
@@ -67,7 +68,7 @@ def _write(
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         data = DataSpec.of(data_name, False, convention)
         save_checkpoint(ckpt, Checkpoint(weights=model.state_dict(), model_name=model_name, model_options=model_options,
-                                         classes=tuple(classes), data=data, config={"imported": provenance}))  # fmt: skip
-        write_config(out, {"imported": provenance, "model": model_name, "model_options": model_options})
+                                         classes=tuple(classes), data=data, config={IMPORTED_KEY: provenance}))  # fmt: skip
+        write_config(out, {IMPORTED_KEY: provenance, "model": model_name, "model_options": model_options})
     except OSError as e:
         raise UserError(f"cannot write the run folder {out}: {e.strerror or e}") from None
