@@ -89,7 +89,7 @@ def test_power_law_fit_recovers_a_known_curve() -> None:
 
 def test_network_recipe_floors_the_steps_and_fits_the_batch_to_the_data() -> None:
     (small, small_k), (large, large_k) = (network_recipe(n, epochs=4, min_steps=1000) for n in (100, 60_000))
-    assert (small.batch_size, small_k, large.batch_size, large_k) == (8, 20, 128, 1)
+    assert (small.batch_size, small_k, large.batch_size, large_k) == (32, 20, 128, 1)
     for r, images in ((small, 100 * small_k), (large, 60_000)):
         assert r.epochs * (images // r.batch_size) >= 1000 and r.epochs >= 4
     assert large.epochs == 4 and small.lr <= large.lr
