@@ -22,6 +22,7 @@ from alexnet.checkpoint import (
 from alexnet.data.pipeline import InputNorm
 from alexnet.errors import UserError
 from alexnet.runfolder import prune_step_checkpoints, step_file_name
+from tests.helpers.hostile import apply_edits
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -101,14 +102,7 @@ FIELDS = ["model", "model_name", "model_options", "num_classes", "classes", "dat
 @FUZZ
 @given(edits=st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=3))
 def test_wrong_fields_give_a_clear_error(tmp_path: Path, edits: list[tuple[str, object]]) -> None:
-    d = tiny_checkpoint().to_dict()
-    for name, value in edits:
-        head, _, tail = name.partition(".")
-        if tail:
-            if isinstance(d.get(head), dict):
-                d[head][tail] = value
-        else:
-            d[head] = value
+    d = apply_edits(tiny_checkpoint().to_dict(), edits)
     path = tmp_path / "fields.pt"
     torch.save(d, path)
     try:

@@ -49,7 +49,7 @@ def test_checkpoint_fields_at_any_magnitude_load_or_give_one_line(tmp_path: Path
         from PIL import Image
         from alexnet.data.images import load_image
         from alexnet.evaluation import load_model
-        from tests.helpers.hostile import make_run
+        from tests.helpers.hostile import apply_edits, make_run
 
         raw = torch.load(make_run(work / "run") / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
         image = work / "image.png"
@@ -61,13 +61,7 @@ def test_checkpoint_fields_at_any_magnitude_load_or_give_one_line(tmp_path: Path
         @FUZZ
         @given(edits=st.lists(st.tuples(st.sampled_from(FIELDS), st.one_of(JUNK, TENSORS)), min_size=1, max_size=3))
         def check(edits):
-            d = {**raw, "data": dict(raw["data"])}
-            for name, value in edits:
-                head, _, tail = name.partition(".")
-                if tail:
-                    d[head][tail] = value
-                else:
-                    d[head] = value
+            d = apply_edits({**raw, "data": dict(raw["data"])}, edits)
             path = work / "fuzz.pt"
             torch.save(d, path)
             try:

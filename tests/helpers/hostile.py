@@ -8,7 +8,9 @@ import resource
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,3 +67,15 @@ def child(code: str, timeout: float = 120, **kwargs: object) -> subprocess.Compl
 
 def peak_rss(proc: subprocess.CompletedProcess[str]) -> int:
     return int(proc.stdout.strip().splitlines()[-1])
+
+
+def apply_edits(d: dict[str, Any], edits: Iterable[tuple[str, object]]) -> dict[str, Any]:
+    """``d`` with each ``(name, value)`` of ``edits`` set in place: ``name`` is a key, or
+    ``key.subkey`` (set where ``d[key]`` is a dict). For fuzzing stored records field by field."""
+    for name, value in edits:
+        head, _, tail = name.partition(".")
+        if not tail:
+            d[head] = value
+        elif isinstance(d.get(head), dict):
+            d[head][tail] = value
+    return d
