@@ -63,7 +63,7 @@ def test_probe_equals_a_direct_fit(tiny_run: Path) -> None:
     x_val, y_val = conv2_features("val", False)
     svm = LinearSVM(SvmParams(max_iter=60)).fit(x_train, y_train, 3)
     row = result.rows[0]
-    assert row.dims == x_train.shape[1] == 64 * 8 * 8 and row.shape == "64x8x8 (pooled from 64x13x13)"
+    assert row.dims == x_train.shape[1] == 64 * 5 * 5 and row.shape == "64x5x5 (pooled from 64x13x13)"
     assert row.train_acc == pytest.approx(float((svm.predict(x_train).numpy() == y_train).mean()))
     assert row.test_acc == pytest.approx(float((svm.predict(x_val).numpy() == y_val).mean()))
 

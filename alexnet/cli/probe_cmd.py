@@ -19,8 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated layers to probe (default conv1..fc7)")  # fmt: skip
     p.add_argument("--train-images", type=non_negative_int, default=10_000, metavar="N",
                    help="training images the probes are fitted on, a fixed random sample (default 10000; 0: all)")
-    p.add_argument("--max-dims", type=positive_int, default=4096, metavar="D",
-                   help="inputs per probe: conv maps and pixels are average-pooled to fit (default 4096)")
+    p.add_argument("--max-dims", type=positive_int, default=2048, metavar="D",
+                   help="inputs per probe: conv maps and pixels are average-pooled to fit (default 2048)")
+    p.add_argument("--max-iter", type=positive_int, default=100, metavar="N",
+                   help="L-BFGS iterations of each linear SVM (default 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runtime_options(p)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = open_predictor(args.run, args.device, args.precision)
     # Any classes: a probe fits its own classifier on the features (an ImageNet net on other data).
     session = session_for(predictor.require_network("probe"), args.data, predictor.precision, same_classes=False)
-    cfg = ProbeConfig(layers=layers, train_images=args.train_images, max_dims=args.max_dims)
+    cfg = ProbeConfig(layers=layers, train_images=args.train_images, max_dims=args.max_dims, max_iter=args.max_iter)
     log = (lambda _msg: None) if args.json else print
     result = probe(session, cfg, progress=show_progress(args), log=log)
     path = save_probe(args.run, session, result)
