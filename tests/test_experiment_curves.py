@@ -73,7 +73,7 @@ def test_crossover_on_curves_with_a_known_answer() -> None:
     seeds = crossover_over_seeds(sizes, [[0.5, 0.3, 0.1], [0.5, 0.2, 0.1], [0.5, 0.4, 0.3]], [[0.3, 0.2, 0.2]] * 3)
     crossed = [10**2.5, 100.0]  # the second seed is level at 100
     assert seeds["mean"] == pytest.approx(np.mean(crossed)) and seeds["std"] == pytest.approx(np.std(crossed, ddof=1))
-    assert (seeds["crossed"], seeds["ahead"], seeds["behind"]) == (2, 0, 1)
+    assert (seeds["crossed"], seeds["ahead"], seeds["behind"], seeds["ahead_at_largest"]) == (2, 0, 1, 2)
 
 
 def test_power_law_fit_recovers_a_known_curve() -> None:

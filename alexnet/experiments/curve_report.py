@@ -75,7 +75,8 @@ def curves_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         )
         lines.append(
             f"* {c['challenger']} reaches {c['incumbent']} at N = {where} images/class "
-            f"({c['crossed']} seed(s) cross, {c['ahead']} ahead from the smallest size, {c['behind']} never)"
+            f"({c['crossed']} seed(s) cross, {c['ahead']} ahead from the smallest size, {c['behind']} never; "
+            f"ahead at the largest size in {c['ahead_at_largest']} of {len(c['per_seed'])})"
         )
     lines += ["", f"Power-law fits err = a·N^b + c over every seed's point (Hestness et al. 2017: b ≈ {result['hestness_beta']}):",
               "", "| system | a | b ± s.e. | c | RMS residual |", "|---|---|---|---|---|"]  # fmt: skip

@@ -47,8 +47,9 @@ def crossover_over_seeds(sizes: Sequence[float], challenger: Sequence[Sequence[f
     mean = float(np.mean(crossed)) if crossed else None
     std = float(np.std(crossed, ddof=1)) if len(crossed) >= 2 else None
     states = [p["state"] for p in per_seed]
+    last = sum(c[-1] <= i[-1] for c, i in zip(challenger, incumbent))  # a curve ahead at first may fall behind
     return {"per_seed": per_seed, "mean": mean, "std": std, "crossed": len(crossed),
-            "ahead": states.count("ahead"), "behind": states.count("behind")}  # fmt: skip
+            "ahead": states.count("ahead"), "behind": states.count("behind"), "ahead_at_largest": last}  # fmt: skip
 
 
 def power_law(n: Sequence[float], err: Sequence[float]) -> dict[str, Any] | None:
