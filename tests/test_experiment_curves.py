@@ -216,3 +216,23 @@ def test_transfer_trains_the_source_first_and_reuses_it(tmp_path) -> None:
     tuned = next(p for p in plan.points if p.system == "fine-tune")
     assert json.loads((tuned.folder / "config.json").read_text())["config"]["init_from"] == str(plan.sources[0].folder)
     assert {(c["challenger"], c["incumbent"]) for c in result["crossovers"]} >= {("scratch", "frozen-fc7")}
+
+
+def test_a_network_point_killed_mid_run_resumes_exactly(tmp_path) -> None:
+    from alexnet.training.trainer import train
+
+    plan = _tiny(make_curve_plan("data-scaling", TINY, sizes=(4,), systems=("alexnet-small",), seeds=1, out=tmp_path))
+    point = plan.points[0]
+    point = dataclasses.replace(
+        point, train=dataclasses.replace(point.train, recipe=point.train.recipe.with_overrides(epochs=2))
+    )
+    plan = dataclasses.replace(plan, points=(point,))
+    short = dataclasses.replace(point.train, recipe=point.train.recipe.with_overrides(epochs=1), progress=False)
+    train(short)  # the "kill": one of two epochs done, its checkpoint on disk
+    first = read_metrics(point.folder)
+    events: list[PointEvent] = []
+    run_curve_plan(plan, events.append)
+    assert [e.state for e in events] == ["resume", "done"]
+    after = read_metrics(point.folder)
+    assert len(after) == 2 and after[:1] == first
+    assert json.loads((point.folder / "experiment-cost.json").read_text())["resumed"] is True
