@@ -229,6 +229,7 @@ def make_curve_plan(name: str, data: str, budget_name: str = "quick", out: str |
     if target and info.info.num_classes <= target[1]:
         raise UserError(f"transfer learns on classes 0-4 and reuses on 5-9; {data} has {info.info.num_classes} classes")
     classes = (target[1] - target[0] + 1) if target else info.info.num_classes
+    open_dataset(subset_source(data, sizes[0], 0, budget.val, target))  # a source that cannot be cut: one line now
     sources, points = [], []
     for seed in range(seeds_n):
         source_folder = root / "source" / f"seed-{seed}"
