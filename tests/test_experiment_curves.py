@@ -104,11 +104,12 @@ def test_printed_commands_are_the_planned_runs(tmp_path) -> None:
         argv = shlex.split(point.command())[1:]
         args = build_parser().parse_args(argv)
         if point.probe is not None:
-            assert (args.run, args.data, args.layers, args.train_images) == (
+            assert (args.run, args.data, args.layers, args.train_images, args.max_iter) == (
                 point.probe.run,
                 point.probe.data,
                 "fc7",
                 0,
+                300,
             )
             continue
         if point.train is not None and point.train.init_from:  # resolving --init-from needs the trained source

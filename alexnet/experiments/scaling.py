@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from alexnet.baselines import DEFAULT_L2, BaselineConfig
+from alexnet.baselines.svm import SvmParams
 from alexnet.data.subset import SEPARATOR
 from alexnet.errors import UserError
 from alexnet.training.lr_finder import step_scaled_lr
@@ -130,10 +131,11 @@ class ProbeSpec:
     layer: str = "fc7"
     device: str = "auto"
     precision: str = "auto"
+    max_iter: int = SvmParams.max_iter  # pinned: the baselines' L-BFGS iterations, not the probe command's default
 
     def command(self) -> str:
         return shlex.join(["alexnet", "probe", self.run, "--data", self.data, "--layers", self.layer,
-                           "--train-images", "0", "--json"])  # fmt: skip
+                           "--train-images", "0", "--max-iter", str(self.max_iter), "--json"])  # fmt: skip
 
 
 @dataclass(frozen=True)
