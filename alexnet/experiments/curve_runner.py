@@ -99,7 +99,12 @@ def _run_probe(spec: ProbeSpec, folder: Path) -> None:
 
     predictor = open_predictor(spec.run, spec.device, spec.precision)
     session = session_for(predictor.require_network("probe"), spec.data, predictor.precision, same_classes=False)
-    result = probe(session, ProbeConfig(layers=(spec.layer,), train_images=0, max_iter=spec.max_iter), progress=False, log=lambda _m: None)
+    result = probe(
+        session,
+        ProbeConfig(layers=(spec.layer,), train_images=0, max_iter=spec.max_iter),
+        progress=False,
+        log=lambda _m: None,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / PROBE_RESULT, result.to_dict())
 
