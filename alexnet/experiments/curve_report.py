@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from alexnet.experiments.analysis import summarize
 from alexnet.experiments.curve_runner import point_result
 from alexnet.experiments.curves import HESTNESS_BETA, crossover_over_seeds, power_law
+from alexnet.experiments.report import pyplot, save_figure, write_results
 from alexnet.experiments.scaling import HAND_CRAFTED, NETWORK, CurvePlan, size_name
-from alexnet.io import atomic_write, atomic_write_json, atomic_write_text
 
 BEST_HAND_CRAFTED = "best hand-crafted"
 # transfer: (challenger, incumbent) pairs whose crossover the report gives
@@ -96,26 +98,14 @@ def curves_markdown(result: dict[str, Any], plot: str | None = None) -> str:
 
 def write_curve_outputs(result: dict[str, Any], folder: str | Path) -> dict[str, str]:
     """``results.json``, ``results.md`` and (with matplotlib) ``curves.png`` in ``folder``."""
-    folder = Path(folder)
-    written = {"json": str(folder / "results.json"), "markdown": str(folder / "results.md")}
-    plot = folder / "curves.png"
-    if draw_curves(result, plot):
-        written["plot"] = str(plot)
-    atomic_write_json(folder / "results.json", result)
-    atomic_write_text(folder / "results.md", curves_markdown(result, plot.name if "plot" in written else None))
-    return written
+    return write_results(result, folder, curves_markdown, draw_curves)
 
 
 def draw_curves(result: dict[str, Any], path: Path) -> bool:
     """Test error against images per class (with the power-law fits), CPU seconds and FLOPs;
     ``False`` (nothing drawn) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -142,8 +132,5 @@ def draw_curves(result: dict[str, Any], path: Path) -> bool:
         ax.set_ylabel("test top-1 error")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{result['experiment']} ({result['data']}, {result['seeds']} seed(s); dashed: power-law fits)")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path, f"{result['experiment']} ({result['data']}, {result['seeds']} seed(s); dashed: power-law fits)")
     return True

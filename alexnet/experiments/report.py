@@ -5,6 +5,7 @@ Drawing only: every number comes from :func:`alexnet.experiments.analysis.analys
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,25 +103,54 @@ def to_markdown(result: dict[str, Any], plot: str | None = None) -> str:
 def write_outputs(result: dict[str, Any], folder: str | Path) -> dict[str, str]:
     """``results.json``, ``results.md`` and (when matplotlib is installed) ``curves.png`` in
     ``folder``; returns what was written (``plot`` missing when there is no plot)."""
+    return write_results(result, folder, to_markdown, None if result["experiment"] == "ten-crop" else draw_curves)
+
+
+def write_results(
+    result: dict[str, Any],
+    folder: str | Path,
+    markdown: Callable[[dict[str, Any], str | None], str],
+    draw: Callable[[dict[str, Any], Path], bool] | None,
+) -> dict[str, str]:
+    """Every experiment's outputs: ``curves.png`` when ``draw`` draws one, then ``results.json``
+    and ``results.md`` (which links the plot when there is one); returns the paths written."""
     folder = Path(folder)
     written = {"json": str(folder / "results.json"), "markdown": str(folder / "results.md")}
     plot = folder / "curves.png"
-    if result["experiment"] != "ten-crop" and draw_curves(result, plot):
+    if draw is not None and draw(result, plot):
         written["plot"] = str(plot)
     atomic_write_json(folder / "results.json", result)
-    atomic_write_text(folder / "results.md", to_markdown(result, plot.name if "plot" in written else None))
+    atomic_write_text(folder / "results.md", markdown(result, plot.name if "plot" in written else None))
     return written
 
 
-def draw_curves(result: dict[str, Any], path: Path) -> bool:
-    """Training error per epoch of every run, by arm (log scale, as Figure 1), beside the
-    validation error; ``False`` (nothing drawn) when matplotlib is not installed."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or ``None`` when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path, title: str) -> None:
+    """Title, lay out, write atomically as PNG and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def draw_curves(result: dict[str, Any], path: Path) -> bool:
+    """Training error per epoch of every run, by arm (log scale, as Figure 1), beside the
+    validation error; ``False`` (nothing drawn) when matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -137,8 +167,5 @@ def draw_curves(result: dict[str, Any], path: Path) -> bool:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{result['experiment']} ({result['data']}, {result['seeds']} seed(s), one line per run)")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path, f"{result['experiment']} ({result['data']}, {result['seeds']} seed(s), one line per run)")
     return True
