@@ -185,6 +185,25 @@ async def _send_error(send: Any, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def read_uploads(request: Request, cfg: ServeConfig) -> list[tuple[str, bytes]]:
+    """The images of a request: every file of a multipart form (at most ``cfg.max_files``), or the raw body."""
+    uploads: list[tuple[str, bytes]] = []
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=cfg.max_files, max_fields=cfg.max_files, max_part_size=cfg.max_body)
+        except HTTPException as e:  # starlette's: too many files or a malformed form
+            raise ApiError(413 if "many" in str(e.detail).lower() else 400, str(e.detail)) from None
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                uploads.append((value.filename or "file", await value.read()))
+        await form.close()
+        if not uploads:
+            raise ApiError(400, "the form has no file; send the image as a file field or as the raw body")
+    else:
+        uploads.append(("body", await request.body()))
+    return uploads
+
+
 def create_app(cfg: ServeConfig) -> Any:
     """The FastAPI app serving ``cfg.source`` (the model is loaded here, once)."""
     if FastAPI is None:
@@ -238,7 +257,7 @@ def create_app(cfg: ServeConfig) -> Any:
         k = min(5, classes) if k is None else k
         if k > classes:
             raise ApiError(422, f"k: must be between 1 and {classes} (the model's classes), got {k}")
-        uploads = await read_uploads(request)
+        uploads = await read_uploads(request, cfg)
         images = [await run_in_threadpool(predictor.decode, data, name) for name, data in uploads]
         results = await run_in_threadpool(predictor.topk, torch.stack(images), k)
         ms = (time.perf_counter() - start) * 1000
@@ -252,31 +271,13 @@ def create_app(cfg: ServeConfig) -> Any:
                       with_map: bool = Query(False, alias="map", description="also the map as rows of numbers"),
                       ) -> dict[str, Any]:  # fmt: skip
         start = time.perf_counter()
-        uploads = await read_uploads(request)
+        uploads = await read_uploads(request, cfg)
         images = [await run_in_threadpool(predictor.decode, data, name) for name, data in uploads]
         results = [await run_in_threadpool(predictor.explain, image, method, target, with_map) for image in images]
         ms = (time.perf_counter() - start) * 1000
         if len(results) == 1:
             return {"model": predictor.name} | results[0] | {"ms": ms}
         return {"model": predictor.name, "results": [{"file": n} | r for (n, _), r in zip(uploads, results)], "ms": ms}
-
-    async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
-        """The images of a request: every file of a multipart form, or the raw body."""
-        uploads: list[tuple[str, bytes]] = []
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            try:
-                form = await request.form(max_files=cfg.max_files, max_fields=cfg.max_files, max_part_size=cfg.max_body)
-            except HTTPException as e:  # starlette's: too many files or a malformed form
-                raise ApiError(413 if "many" in str(e.detail).lower() else 400, str(e.detail)) from None
-            for _, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    uploads.append((value.filename or "file", await value.read()))
-            await form.close()
-            if not uploads:
-                raise ApiError(400, "the form has no file; send the image as a file field or as the raw body")
-        else:
-            uploads.append(("body", await request.body()))
-        return uploads
 
     return BodyLimit(app, cfg.max_body)
 
