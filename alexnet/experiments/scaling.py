@@ -15,9 +15,9 @@ until the run has at least ``min_steps`` optimizer steps. A fixed epoch count wo
 images per class 1-2 steps per epoch and measure the optimizer's budget, not the data; with the
 floor every size gets at least that many updates. The rate is the project's step-scaled
 rule (:func:`~alexnet.training.lr_finder.step_scaled_lr`: the recipe's 0.1 x (steps / 1,872) ** 0.5
-for shorter runs), as ``alexnet train`` applies it by default. (The ablations' recipe, dropout 0.5
-at a fifth of the rate, sat near chance for hundreds of small-batch steps: measured, quick budget,
-10 and 30 images per class ended at 36% and 62% test error with 44% and 66% training error.)
+for shorter runs), as ``alexnet train`` applies it by default. The ablations' recipe (dropout 0.5
+at a fifth of the rate) was not used: it sits near chance for hundreds of small-batch steps
+(docs/usage.md, the learning curves).
 """
 
 from __future__ import annotations
