@@ -74,6 +74,11 @@ class Predictor(ABC):
         self._lock = threading.Lock()  # forward passes take turns: one model, many server threads
 
     @property
+    def lock(self) -> threading.Lock:
+        """Held while the network runs; work that hooks the shared network (saliency maps) holds it too."""
+        return self._lock
+
+    @property
     def transform(self) -> EvalTransform:
         """The model's eval transform (decode, normalise)."""
         return eval_transform(self.convention)

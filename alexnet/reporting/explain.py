@@ -54,7 +54,7 @@ def explain_pixels(predictor: Predictor, pixels: torch.Tensor, method: str, targ
     x = predictor.transform.normalize(pixels[None].to(predictor.device))
     started = time.perf_counter()
     # The predictor's lock: a map hooks the shared network, so no other request may run it meanwhile.
-    with predictor._lock, autocast(predictor.device, predictor.precision):
+    with predictor.lock, autocast(predictor.device, predictor.precision):
         heat, index, probability = explain(loaded.model.eval(), x, method, target)
     return Explanation(method, heat.float(), index, predictor.classes[index], probability, time.perf_counter() - started)
 
