@@ -127,6 +127,8 @@ def probe_accuracy(layers: Sequence[str], accuracy: Sequence[float], references:
     ax.plot(range(len(layers)), [100 * a for a in accuracy], "o-", color=CORRECT, label="layer + linear SVM")
     for (name, value), style in zip(references.items(), ("--", ":", "-.")):
         ax.axhline(100 * value, color=OTHER if name != "hog" else "#a23b00", linestyle=style, label=f"{name} + linear SVM")
+    values = [100 * v for v in (*accuracy, *references.values())]
+    ax.set_ylim(min(values) - 1, max(values) + 1)  # the reference lines inside the axes, not on their edge
     ax.set_xticks(range(len(layers)), layers)
     ax.set(ylabel="test accuracy (%)", title="how linearly separable each layer is")
     ax.grid(alpha=0.3, axis="y")
