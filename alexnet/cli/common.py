@@ -41,6 +41,13 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def png_file(text: str) -> str:
+    """A path ending in ``.png``, as an argparse type (figures are written as PNG only)."""
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"must be a .png file, got {text!r}")
+    return text
+
+
 def int_in(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in ``low..high`` (``--port``: 1..65535)."""
 

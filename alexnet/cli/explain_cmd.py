@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from alexnet.cli.common import add_runtime_options, non_negative_int
+from alexnet.cli.common import add_runtime_options, non_negative_int, png_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam", help="default gradcam")
     p.add_argument("--class", dest="target", type=non_negative_int, metavar="INDEX",
                    help="explain this class index (default: each image's predicted class)")  # fmt: skip
-    p.add_argument("--out", metavar="FILE.png", help="draw each image beside its map into this PNG")
+    p.add_argument("--out", type=png_file, metavar="FILE.png", help="draw each image beside its map into this PNG")
     p.add_argument("--json", action="store_true", help="print JSON, with each map as rows of numbers")
     add_runtime_options(p)
     p.set_defaults(func=run)
@@ -32,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.reporting.explain import NO_LAYERS, explain_pixels, overlay
     from alexnet.runfolder import BASELINE, run_kind
 
-    if args.out and not args.out.lower().endswith(".png"):
-        raise UserError(f"--out must be a .png file, got {args.out}")
     if run_kind(args.run) == BASELINE:
         raise UserError(f"{args.run} is a baseline run: {NO_LAYERS}")
     predictor = open_predictor(args.run, args.device, args.precision)

@@ -10,7 +10,7 @@ import json
 import statistics
 import time
 
-from alexnet.cli.common import add_runtime_options, positive_int, show_progress
+from alexnet.cli.common import add_runtime_options, png_file, positive_int, show_progress
 
 TARGET_MS = 50.0  # the goal: one query against 60,000 indexed images on 2 cores
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="data source (default: the one the run was trained on)")
     p.add_argument("--split", default="train", choices=("train", "val"), help="split to search (default train)")
     p.add_argument("--k", type=positive_int, default=8, help="neighbours per image (default 8)")
-    p.add_argument("--out", metavar="GRID.png", help="also draw each image beside its neighbours")
+    p.add_argument("--out", type=png_file, metavar="GRID.png", help="also draw each image beside its neighbours")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while building the index")
     add_runtime_options(p)
@@ -33,13 +33,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from alexnet.data.images import load_image
-    from alexnet.errors import UserError
     from alexnet.evaluation.features import features_of, images_at, session_for
     from alexnet.evaluation.retrieval import load_or_build_index
     from alexnet.inference import open_predictor
 
-    if args.out and not args.out.lower().endswith(".png"):
-        raise UserError(f"--out must be a .png file, got {args.out}")
     predictor = open_predictor(args.run, args.device, args.precision)
     session = session_for(predictor.require_network("similar (fc7 distances)"), args.data, predictor.precision)
     m = session.loaded
