@@ -166,3 +166,10 @@ def test_the_chance_warning_tells_a_slow_start_from_a_divergence() -> None:
     assert above is not None and "lower --lr such as 0.001" in above  # alive but above chance: diverging
     dead = ChanceWatch(num_classes=10, total_steps=100, lr=0.01, alive=False).verdict(chance, 30)
     assert dead is not None and "lower --lr such as 0.001" in dead
+    # learned first (an epoch well below chance), then back at chance: a collapse, whatever the layers say
+    collapsed = ChanceWatch(num_classes=5, total_steps=520, lr=0.0527, alive=True, learned_loss=0.71)
+    message = collapsed.verdict(math.log(5), 156)
+    assert message is not None and "collapsed" in message and "0.71" in message and "starting slowly" not in message
+    assert "lower --lr such as 0.013175" in message
+    barely = ChanceWatch(num_classes=10, total_steps=100, lr=0.01, alive=True, learned_loss=0.97 * chance)
+    assert "starting slowly" in (barely.verdict(chance, 30) or "")  # never clearly below chance: no collapse

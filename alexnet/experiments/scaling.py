@@ -13,9 +13,10 @@ most 1/50 of the training set (32 images at least), the set repeated until an ep
 2,000 images (``@repeat=K``: one validation pass per 2,000 training images), and epochs raised
 until the run has at least ``min_steps`` optimizer steps. A fixed epoch count would give 10
 images per class 1-2 steps per epoch and measure the optimizer's budget, not the data; with the
-floor every size gets at least that many updates. The rate is the project's step-scaled
-rule (:func:`~alexnet.training.lr_finder.step_scaled_lr`: the recipe's 0.1 x (steps / 1,872) ** 0.5
-for shorter runs), as ``alexnet train`` applies it by default. The ablations' recipe (dropout 0.5
+floor every size gets at least that many updates. The rate is the recipe's 0.1 per batch of 128
+scaled linearly to the batch (Goyal et al. 2017), then by the project's step-scaled rule
+(:func:`~alexnet.training.lr_finder.step_scaled_lr`: x (steps / 1,872) ** 0.5 for shorter runs),
+as ``alexnet train`` applies it by default. The ablations' recipe (dropout 0.5
 at a fifth of the rate) was not used: it sits near chance for hundreds of small-batch steps
 (docs/usage.md, the learning curves).
 """
@@ -197,7 +198,9 @@ def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe 
     repeat = max(1, math.ceil(EPOCH_IMAGES / train_images))
     steps_per_epoch = train_images * repeat // batch
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    lr = step_scaled_lr(base.lr, base.lr_reference_steps, epochs * steps_per_epoch)
+    # The recipe's rate is for its own batch; a smaller batch takes proportionally less (Goyal et
+    # al. 2017's linear rule): at 4x the per-image rate, batch 32 collapsed to chance in 1 of 3 seeds.
+    lr = step_scaled_lr(base.lr * batch / base.batch_size, base.lr_reference_steps, epochs * steps_per_epoch)
     return base.with_overrides(
         batch_size=batch, epochs=epochs, lr=float(f"{lr:.3g}")
     ), repeat  # 3 digits: readable commands

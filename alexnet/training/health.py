@@ -37,6 +37,9 @@ class ChanceWatch:
     # Whether every layer still had live units on the check step's batch (set by the trainer from
     # :func:`activation_report`; None: not looked at). Alive at chance is a slow start, not a divergence.
     alive: bool | None = None
+    # The lowest epoch-mean training loss before the check step (set by the trainer; None: no epoch
+    # finished yet). Back at chance after learning is a collapse, not a slow start.
+    learned_loss: float | None = None
     _sum: torch.Tensor | None = field(default=None, repr=False)
     _count: int = 0
 
@@ -70,6 +73,14 @@ class ChanceWatch:
         if self.fired or not (math.isfinite(mean_loss) and mean_loss >= (1 - self.tolerance) * self.chance_loss):
             return None
         self.fired = True
+        if self.learned_loss is not None and self.learned_loss < (1 - 2 * self.tolerance) * self.chance_loss:
+            return (
+                f"warning: after {step}/{self.total_steps} steps the training loss ({mean_loss:.3f}) is back at chance "
+                f"level (ln {self.num_classes} = {self.chance_loss:.3f}) after reaching {self.learned_loss:.3f} in an "
+                f"earlier epoch: training collapsed, usually because the learning rate ({self.lr:g} at its peak) is too "
+                f"high for this batch size. The run goes on; to fix it, run again with a lower --lr such as "
+                f"{self.lr / 4:g}, or --lr auto (a range test picks the rate)"
+            )
         if self.alive and mean_loss <= (1 + self.tolerance) * self.chance_loss:  # at chance, not above it
             return (
                 f"warning: after {step}/{self.total_steps} steps the training loss ({mean_loss:.3f}) is still at "

@@ -192,6 +192,7 @@ def _train_epoch(run: LiveRun, progress: Progress, epoch: int, stop: Any) -> Met
         report = activation_report(run.model, inputs.pop(), run.precision) if inputs else None  # after its update
         if report is not None and progress.global_step == run.watch.check_step:
             run.watch.alive = all(a.dead_fraction < run.dead_watch.threshold for a in report.values())
+            run.watch.learned_loss = min((r["train_loss"] for r in progress.history), default=None)
         if (warning := run.watch.update(progress.global_step, loss)) and ctx.is_main:  # the chance-level warning
             log(warning)
         if report is not None and (warning := run.dead_watch.verdict(progress.global_step, report)) and ctx.is_main:
