@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from alexnet.data.convention import InputConvention, InputNorm
-from alexnet.errors import UserError
+from alexnet.errors import UserError, one_line
 from alexnet.io import atomic_write
 from alexnet.runfolder import BASELINE_RUN, LAST, folder_contents, last_checkpoint
 
@@ -143,10 +143,10 @@ class Checkpoint:
         try:
             model = models.create(self.model_name, self.num_classes, **self.model_options)
         except UserError as e:
-            raise UserError(f"{self.source}: {_brief(str(e), limit=300)}") from None
+            raise UserError(f"{self.source}: {one_line(str(e), limit=300)}") from None
         except Exception as e:  # noqa: BLE001 - option values of the wrong type reach the constructor
-            raise UserError(f"{self.source}: its model options {_brief(self.model_options)} do not build a model "
-                            f"({_brief(str(e))})") from None  # fmt: skip
+            raise UserError(f"{self.source}: its model options {one_line(self.model_options)} do not build a model "
+                            f"({one_line(str(e))})") from None  # fmt: skip
         self.load_weights_into(model)
         return model
 
@@ -179,12 +179,6 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
         raise UserError(f"{source} does not fit the model: {str(e).strip().splitlines()[0]}") from None
-
-
-def _brief(value: Any, limit: int = 160) -> str:
-    """``value`` on one line (a tensor's repr spans several), cut at ``limit`` characters."""
-    text = " ".join((value if isinstance(value, str) else repr(value)).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -340,7 +334,7 @@ def _parse(d: Any, source: str) -> Checkpoint:
         )
     version = d.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise UserError(f"{source} is a damaged checkpoint (format_version is {version!r})")
+        raise UserError(f"{source} is a damaged checkpoint (format_version is {one_line(version)})")
     if version > FORMAT_VERSION:
         raise UserError(f"{source} was written by a newer alexnet (format {version}); upgrade alexnet")
     missing = [k for k in REQUIRED if k not in d]

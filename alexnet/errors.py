@@ -1,4 +1,9 @@
-"""The one exception type that the command line turns into a one-line message and exit 2."""
+"""The one exception type that the command line turns into a one-line message and exit 2, and
+how a value from a user's file is quoted in such a message."""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class UserError(ValueError):
@@ -6,3 +11,10 @@ class UserError(ValueError):
 
     The message is one line that says what is wrong and what to do about it.
     """
+
+
+def one_line(value: Any, limit: int = 160) -> str:
+    """``value`` quoted on one line for a :class:`UserError` (a tensor's repr spans several lines,
+    a hostile file's value can be huge), cut at ``limit`` characters."""
+    text = " ".join((value if isinstance(value, str) else repr(value)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

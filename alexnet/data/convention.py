@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from alexnet.data.presets import Normalizer, centre_crop
+from alexnet.errors import one_line
 
 # The largest image side (and crop) a checkpoint or an exported model may ask inputs to be
 # resized to; the paper's is 256. Checked before any image is resized: a damaged or hostile
@@ -114,7 +115,7 @@ class InputConvention:
         if why:
             return why
         if self.channel_order not in CHANNEL_ORDERS or (self.channel_order == "L") != (self.channels == 1):
-            return f"channel_order {self.channel_order!r} does not fit {self.channels} channels"
+            return f"channel_order {one_line(self.channel_order)} does not fit {self.channels} channels"
         if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
             return f"pixel_scale is {self.pixel_scale}"
         return None
@@ -183,7 +184,7 @@ class InputConvention:
 
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"{value!r} is not a whole number")
+        raise ValueError(f"{one_line(value)} is not a whole number")
     return int(value)
 
 
