@@ -167,6 +167,7 @@ def test_data_scaling_runs_resumes_after_a_kill_and_reports(tmp_path) -> None:
     assert all(f is None or math.isfinite(f["b"]) for f in saved["fits"].values())
     md = Path(written["markdown"]).read_text()
     assert "alexnet train --data" in md and "alexnet baseline --data" in md
+    assert "sizes 4, 8, 12, 20 per class" in md  # the sizes run (--sizes), not the budget's default
 
 
 def _tiny(plan):

@@ -44,7 +44,7 @@ def analyse_curves(plan: CurvePlan) -> dict[str, Any]:
     crossovers = [{"challenger": a, "incumbent": b, **crossover_over_seeds(xs, curves[a], curves[b])}
                   for a, b in pairs if a in curves and b in curves and len(xs) >= 2]  # fmt: skip
     fits = {s: power_law([x for _ in plan.seeds for x in xs], [e for c in curves[s] for e in c]) for s in plan.systems}
-    return {"experiment": plan.name, "data": plan.data, "budget": plan.budget_name, "budget_detail": plan.budget.describe(),
+    return {"experiment": plan.name, "data": plan.data, "budget": plan.budget_name, "budget_detail": plan.budget.describe(plan.sizes),
             "seeds": len(plan.seeds), "sizes": [size_name(n) for n in plan.sizes], "sizes_numeric": xs,
             "systems": list(plan.systems), "rows": rows, "curves": curves, "crossovers": crossovers, "fits": fits,
             "hestness_beta": HESTNESS_BETA, "points": points}  # fmt: skip

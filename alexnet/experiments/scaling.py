@@ -69,10 +69,11 @@ class CurveBudget:
     min_steps: int
     source_per_class: int | None = None
 
-    def describe(self) -> str:
+    def describe(self, sizes: tuple[int | None, ...] | None = None) -> str:
+        """One line of what the budget runs, with the ``sizes`` actually run (``--sizes``) if given."""
         test = f"{self.val:,} test images" if self.val else "the whole test split"
         src = "" if self.source_per_class is None else f", source net on {self.source_per_class:,} images/class"
-        return (f"sizes {', '.join(size_name(n) for n in self.sizes)} per class, {test}, network >= {self.epochs} "
+        return (f"sizes {', '.join(size_name(n) for n in sizes or self.sizes)} per class, {test}, network >= {self.epochs} "
                 f"epochs and >= {self.min_steps} steps{src}")  # fmt: skip
 
 
