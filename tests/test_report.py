@@ -329,3 +329,22 @@ def test_devkit_synset_tree_reaches_the_manifest_and_the_report(tmp_path: Path, 
         assert "<td>1.00</td>" in severity and {i["alt"] for i in page.images} >= {"mistake severity histogram"}
     else:
         assert "No top-1 mistakes" in severity
+
+
+def test_report_of_an_imported_caffe_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Imported weights have no training history: the report says so and shows every layer."""
+    from tests.helpers.caffe import caffe_layers, write_files
+
+    rng = np.random.default_rng(0)
+    proto, weights, mean = write_files(tmp_path, caffe_layers(rng), v1=False,
+                                       mean_bgr=rng.uniform(80, 160, size=(3, 256, 256)).astype(np.float32))  # fmt: skip
+    run = tmp_path / "imported"
+    assert cli(capsys, "import", "caffe", str(proto), str(weights), "--mean", str(mean), "--out", str(run))[0] == 0
+    data = "synthetic:classes=10,size=227,train=20,val=12,channels=3"
+    code, _, err = cli(capsys, "report", str(run), "--data", data, "--no-progress")
+    assert code == 0, err
+    page = _Collect()
+    page.feed((run / "report.html").read_text())
+    assert page.sections == list(SECTIONS)
+    assert "Imported weights (alexnet import): no training history here." in (run / "report.html").read_text()
+    assert sum(i["alt"].startswith("conv") for i in page.images) >= 5  # conv1 kernels and the conv1..conv5 grids

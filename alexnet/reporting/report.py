@@ -53,12 +53,14 @@ from alexnet.reporting.layers import layers_section, probe_section, saliency_map
 from alexnet.runfolder import (
     CHECKPOINTS,
     CONFIG,
+    IMPORTED,
     LAST,
     METRICS,
     last_checkpoint,
     read_config,
     read_metrics,
     run_folder_lock,
+    run_kind,
 )
 
 SECTIONS = ("run", "curves", "figure3", "layers", "probe", "figure4-left", "figure4-right", "per-class", "confusion",
@@ -116,7 +118,7 @@ def read_run(path: str | Path) -> RunFolder:
     if not network and not config:
         raise UserError(f"{path} holds neither {CHECKPOINTS}/{LAST} nor {CONFIG}; it is not a run folder")
     history = read_metrics(path)
-    if not history:
+    if not history and run_kind(path) != IMPORTED:  # imported weights have no training history to show
         raise UserError(f"{path} has no metrics yet ({METRICS}); let the run finish an epoch first")
     predictions = None
     if not network and (path / PREDICTIONS).is_file():
@@ -179,7 +181,7 @@ def _fmt_pct(v: Any) -> str:
 
 
 def _run_section(s: Section, run: RunFolder, session: Session | None, options: ReportOptions) -> None:
-    last = run.history[-1]
+    last = run.history[-1] if run.history else {}
     cfg = run.config.get("config", {})
     rows: list[tuple[str, object]] = []
     if run.network and session is not None:
@@ -223,7 +225,9 @@ def _run_section(s: Section, run: RunFolder, session: Session | None, options: R
 def _curves_section(s: Section, run: RunFolder) -> None:
     history = [r for r in run.history if {"epoch", "lr", "train_loss"} <= r.keys()]
     if not history:
-        s.note(BASELINE_NOTE.format(what="it is not trained by epochs") if not run.network else "No per-epoch metrics.")
+        s.note(BASELINE_NOTE.format(what="it is not trained by epochs") if not run.network
+               else "Imported weights (alexnet import): no training history here." if not run.history
+               else "No per-epoch metrics.")  # fmt: skip
         return
     schedule = run.config.get("config", {}).get("recipe", {}).get("schedule")
     initial = run.config.get("resolved", {}).get("lr", history[0]["lr"])
