@@ -10,8 +10,10 @@ draws its own subsets, nested in N, and every N and system is tested on the same
 The network's recipe at N (:func:`network_recipe`): ``alexnet train``'s default (the ``small``
 recipe: one-cycle SGD with Nesterov momentum, label smoothing 0.1, no dropout) with a batch of at
 most 1/50 of the training set (32 images at least), the set repeated until an epoch holds
-2,000 images (``@repeat=K``: one validation pass per 2,000 training images), and epochs raised
-until the run has at least ``min_steps`` optimizer steps. A fixed epoch count would give 10
+2,000 images and at least as many as one validation pass reads (``@repeat=K``: at 10,000 test
+images a validation pass costs about a third of an epoch's training, not five times it), and at
+least ``epochs`` passes over the data (a repeated epoch is K of them) and ``min_steps`` optimizer
+steps. A fixed epoch count would give 10
 images per class 1-2 steps per epoch and measure the optimizer's budget, not the data; with the
 floor every size gets at least that many updates. The rate is the recipe's 0.1 per batch of 128
 scaled linearly to the batch (Goyal et al. 2017), then by the project's step-scaled rule
@@ -49,8 +51,9 @@ MAX_BATCH = SMALL.batch_size
 # many small steps rather than many epochs, whose per-epoch validation would dominate the cost.
 IMAGES_PER_BATCH = 50
 MIN_BATCH = 32
-# A smaller training set is repeated (``@repeat=K``) until an epoch has at least this many images:
-# one validation pass per 2,000 training images, not one per pass over 100 images.
+# A smaller training set is repeated (``@repeat=K``) until an epoch has at least this many images
+# (and at least the validation pass's images): one validation pass per 2,000 training images, not
+# one per pass over 100 images.
 EPOCH_IMAGES = 2000
 
 
@@ -188,17 +191,20 @@ def subset_source(data: str, n: int | None, draw: int, val: int | None, classes:
     return f"{data}{SEPARATOR}{','.join(parts)}" if parts else data
 
 
-def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe = SMALL) -> tuple[Recipe, int]:
-    """``base`` adapted to a training set of ``train_images``, and how many times over the set is
-    repeated per epoch (``repeat=K``; the rule of the module docstring)."""
+def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe = SMALL,
+                   val_images: int = 0) -> tuple[Recipe, int]:  # fmt: skip
+    """``base`` adapted to a training set of ``train_images`` validated on ``val_images`` per
+    epoch, and how many times over the set is repeated per epoch (``repeat=K``; the rule of the
+    module docstring)."""
     batch = MAX_BATCH
     while batch > MIN_BATCH and batch * IMAGES_PER_BATCH > train_images:
         batch //= 2
     while batch > train_images:  # fewer images than MIN_BATCH (tiny tests)
         batch //= 2
-    repeat = max(1, math.ceil(EPOCH_IMAGES / train_images))
+    repeat = max(1, math.ceil(max(EPOCH_IMAGES, val_images) / train_images))
     steps_per_epoch = train_images * repeat // batch
-    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    # ``epochs`` counts passes over the data: a repeated epoch is ``repeat`` of them already
+    epochs = max(math.ceil(epochs / repeat), math.ceil(min_steps / steps_per_epoch))
     # The recipe's rate is for its own batch; a smaller batch takes proportionally less (Goyal et
     # al. 2017's linear rule): at 4x the per-image rate, batch 32 collapsed to chance in 1 of 3 seeds.
     lr = step_scaled_lr(base.lr * batch / base.batch_size, base.lr_reference_steps, epochs * steps_per_epoch)
@@ -207,9 +213,10 @@ def network_recipe(train_images: int, epochs: int, min_steps: int, base: Recipe 
     ), repeat  # 3 digits: readable commands
 
 
-def _train_point(system: str, n: int | None, seed: int, data: str, images: int, budget: CurveBudget, folder: Path,
-                 runtime: dict[str, object], **warm: object) -> Point:  # fmt: skip
-    recipe, repeat = network_recipe(images, budget.epochs, budget.min_steps)
+def _train_point(system: str, n: int | None, seed: int, data: str, images: tuple[int, int], budget: CurveBudget,
+                 folder: Path, runtime: dict[str, object], **warm: object) -> Point:  # fmt: skip
+    """The network point; ``images``: its training and validation images."""
+    recipe, repeat = network_recipe(images[0], budget.epochs, budget.min_steps, val_images=images[1])
     if repeat > 1:
         data += f"{',' if SEPARATOR in data else SEPARATOR}repeat={repeat}"
     cfg = TrainConfig(data=data, recipe=recipe, out=str(folder), seed=seed, workers=0, **runtime, **warm)  # type: ignore[arg-type]
@@ -235,18 +242,23 @@ def make_curve_plan(name: str, data: str, budget_name: str = "quick", out: str |
     if target and info.info.num_classes <= target[1]:
         raise UserError(f"transfer learns on classes 0-4 and reuses on 5-9; {data} has {info.info.num_classes} classes")
     classes = (target[1] - target[0] + 1) if target else info.info.num_classes
+
+    def val_images(n_classes: int) -> int:  # one validation pass: the budget's count or the classes' share of the split
+        return budget.val or info.num_samples("val") * n_classes // info.info.num_classes
+
     open_dataset(subset_source(data, sizes[0], 0, budget.val, target))  # a source that cannot be cut: one line now
     sources, points = [], []
     for seed in range(seeds_n):
         source_folder = root / "source" / f"seed-{seed}"
         if name == "transfer":
             src_data = subset_source(data, budget.source_per_class, seed, budget.val, TRANSFER_SOURCE)
-            src_images = (budget.source_per_class or per_class) * (TRANSFER_SOURCE[1] + 1)
+            src_classes = TRANSFER_SOURCE[1] - TRANSFER_SOURCE[0] + 1
+            src_images = ((budget.source_per_class or per_class) * src_classes, val_images(src_classes))
             sources.append(_train_point("source", budget.source_per_class, seed, src_data, src_images, budget,
                                         source_folder, runtime))  # fmt: skip
         for n in sizes:
             point_data = subset_source(data, n, seed, budget.val, target)
-            images = (n or per_class) * classes
+            images = ((n or per_class) * classes, val_images(classes))
             for system in systems:
                 folder = root / system / f"n-{size_name(n)}" / f"seed-{seed}"
                 if system in HAND_CRAFTED:
