@@ -98,6 +98,25 @@ def test_network_recipe_floors_the_steps_and_fits_the_batch_to_the_data() -> Non
     assert hog.baseline.data + ",repeat=50" == net.train.data  # the same images; the network's epoch repeats them
 
 
+def test_an_epoch_holds_a_validation_pass_and_epochs_count_passes_over_the_data() -> None:
+    # 100 training images validated on 10,000 per epoch: the epoch is 100 passes, not 20, so the
+    # validation reads no more images than the training; 5 passes then need only one such epoch
+    recipe, repeat = network_recipe(100, epochs=5, min_steps=100, val_images=10_000)
+    assert repeat == 100 and recipe.epochs == 1 and recipe.epochs * 100 * repeat // recipe.batch_size >= 100
+    assert network_recipe(100, epochs=5, min_steps=100)[1] == 20  # without a validation set: 2,000 images
+    recipe, repeat = network_recipe(100, epochs=5, min_steps=2000, val_images=10_000)
+    assert recipe.epochs == math.ceil(2000 / (100 * repeat // recipe.batch_size))  # the step floor still holds
+    recipe, repeat = network_recipe(60_000, epochs=5, min_steps=100, val_images=10_000)
+    assert (repeat, recipe.epochs) == (1, 5)  # a large set: ``epochs`` passes as given
+    # the plans pass the validation images through (the full budget validates on the whole test
+    # split: 6,000 images, 3,000 of them in the transfer target's 5 classes)
+    data = TINY.replace("val=40", "val=6000")
+    plan = make_curve_plan("data-scaling", data, sizes=(4,), systems=("alexnet-small",), seeds=1, budget_name="full")
+    assert plan.points[0].train.data.endswith(f"repeat={6000 // 40}")  # 4 images x 10 classes per pass
+    plan = make_curve_plan("transfer", data, sizes=(4,), systems=("scratch",), seeds=1, budget_name="full")
+    assert plan.points[0].train.data.endswith(f"repeat={3000 // 20}")
+
+
 def test_printed_commands_are_the_planned_runs(tmp_path) -> None:
     plan = make_curve_plan("transfer", TINY, sizes=(4,), seeds=1, out=tmp_path)
     for point in (*plan.sources, *plan.points):
