@@ -209,3 +209,30 @@ def test_canonical_spelling_builds_the_same_network(name: str) -> None:
     spelled = models.create(canon_name, 10, **options)
     a, b = given.state_dict(), spelled.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _dropped_inputs(net: torch.nn.Module, modules: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[str, tuple]:
+    """What each of ``modules`` received and returned in one training-mode forward pass."""
+    seen: dict[str, tuple] = {}
+    hooks = [m.register_forward_hook(lambda _m, i, o, k=k: seen.update({k: (i[0], o)})) for k, m in modules.items()]
+    net.train()
+    net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_dropout_acts_on_the_outputs_of_fc6_and_fc7() -> None:
+    # Section 4.2: "setting to zero the output of each hidden neuron with probability 0.5" in "the
+    # first two fully-connected layers": fc6 reads pool5 whole; fc7 and fc8 read dropped activations.
+    torch.manual_seed(0)
+    net = models.create("alexnet-small", 10, in_channels=1, dropout=0.5)
+    c = net.classifier
+    seen = _dropped_inputs(net, {"pool5": net.features.pool5, "fc6": c.fc6, "act6": c.act6, "fc7": c.fc7,
+                                 "act7": c.act7, "fc8": c.fc8}, torch.randn(8, 1, 28, 28))  # fmt: skip
+    assert torch.equal(seen["fc6"][0], torch.flatten(seen["pool5"][1], 1))  # no dropout before fc6
+    for layer, source in (("fc7", "act6"), ("fc8", "act7")):
+        before, after = seen[source][1], seen[layer][0]
+        kept = after != 0
+        torch.testing.assert_close(after[kept], 2 * before[kept])  # inverted dropout: kept units x 1/(1-p)
+        assert 0.4 < (~kept & (before > 0)).sum() / (before > 0).sum() < 0.6  # about half the active units dropped

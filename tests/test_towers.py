@@ -91,3 +91,22 @@ def test_cli_bad_towers_on_is_a_one_line_error(tmp_path: Path, capsys: pytest.Ca
     code = main(["train", "--data", "synthetic:classes=4,size=28,train=8,val=8", "--towers-on", "cuda:0",
                  "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip
     assert_one_line_error((code, capsys.readouterr().err), "towers_on")
+
+
+def test_each_tower_drops_its_own_fc6_and_fc7_outputs() -> None:
+    # Dropout where the single-device net has it (section 4.2: the outputs of fc6 and fc7), applied
+    # to each tower's half before it is shared, so both towers' fc7 (and fc8) read the same units.
+    torch.manual_seed(0)
+    towers = split_towers(models.create("alexnet-small", 10, dropout=0.5, **OPTIONS), "cpu,cpu")
+    t0 = towers.towers[0]
+    seen: dict[str, tuple] = {}
+    hooks = [t0[k].register_forward_hook(lambda _m, i, o, k=k: seen.update({k: (i[0], o)}))
+             for k in ("pool5", "fc6", "act6", "drop6", "act7", "drop7")]  # fmt: skip
+    towers.train()
+    features = towers.forward_features(torch.randn(8, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    assert seen["fc6"][0].shape[1] == 2 * torch.flatten(seen["pool5"][1], 1).shape[1]  # both towers' pool5, undropped
+    for drop, act in (("drop6", "act6"), ("drop7", "act7")):
+        assert torch.equal(seen[drop][0], seen[act][1])  # dropout comes right after the activation
+    assert torch.equal(features[:, : seen["drop7"][1].shape[1]], seen["drop7"][1])  # fc7's output is returned dropped

@@ -241,15 +241,17 @@ def _features(
 
 
 def _classifier(inputs: int, width: int, num_classes: int, dropout: float, act: Callable[[], nn.Module]) -> nn.Sequential:
-    """fc6 .. fc8 with dropout before fc6 and fc7 (section 4.2)."""
+    """fc6 .. fc8, dropout on the outputs of fc6 and fc7: section 4.2 drops "the output of each
+    hidden neuron" of "the first two fully-connected layers" (as Caffe's bvlc_alexnet; torchvision
+    drops fc6's input and fc6's output instead)."""
     return nn.Sequential(
         OrderedDict(
-            drop6=nn.Dropout(dropout),
             fc6=nn.Linear(inputs, width),
             act6=act(),
-            drop7=nn.Dropout(dropout),
+            drop6=nn.Dropout(dropout),
             fc7=nn.Linear(width, width),
             act7=act(),
+            drop7=nn.Dropout(dropout),
             fc8=nn.Linear(width, num_classes),
         )
     )

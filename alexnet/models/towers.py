@@ -44,7 +44,7 @@ from alexnet.models.alexnet import AlexNet
 # Layers cut in half along their outputs, in forward order, and the other per-tower modules.
 SPLIT_LAYERS = {"features": ("conv1", "conv2", "conv3", "conv4", "conv5"), "classifier": ("fc6", "fc7")}
 TOWER_MODULES = ("act1", "norm1", "pool1", "act2", "norm2", "pool2", "act3", "act4", "act5", "pool5",
-                 "drop6", "act6", "drop7", "act7")  # fmt: skip
+                 "act6", "drop6", "act7", "drop7")  # fmt: skip
 
 
 def parse_devices(spec: str | Sequence[str]) -> tuple[torch.device, torch.device]:
@@ -155,9 +155,8 @@ class TwoTowerAlexNet(nn.Module):
         h = self._both("act3", self._both("conv3", self._shared(h)))  # both towers feed conv3
         h = self._both("act4", self._both("conv4", h))
         h = self._both("pool5", self._both("act5", self._both("conv5", h)))
-        h = self._both("drop6", [torch.flatten(v, 1) for v in h])
-        h = self._both("drop7", self._both("act6", self._both("fc6", self._shared(h))))
-        h = self._both("act7", self._both("fc7", self._shared(h)))
+        h = self._both("drop6", self._both("act6", self._both("fc6", self._shared([torch.flatten(v, 1) for v in h]))))
+        h = self._both("drop7", self._both("act7", self._both("fc7", self._shared(h))))
         return torch.cat([v.to(self.devices[0]) for v in h], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
