@@ -9,6 +9,7 @@ import json
 import math
 import re
 import shlex
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,13 @@ from alexnet.cli.train_cmd import config_from_args
 from alexnet.data import open_dataset
 from alexnet.data.subset import parse_subset
 from alexnet.errors import UserError
+from alexnet.experiments import curve_runner
 from alexnet.experiments.curve_report import analyse_curves, write_curve_outputs
 from alexnet.experiments.curve_runner import PointEvent, point_status, run_curve_plan
 from alexnet.experiments.curves import crossover, crossover_over_seeds, power_law
 from alexnet.experiments.runner import read_metrics
 from alexnet.experiments.scaling import make_curve_plan, network_recipe, parse_sizes, parse_systems
+from alexnet.runfolder import run_folder_lock
 from tests.helpers.cli import assert_one_line_error, cli_main
 
 TINY = "synthetic:classes=10,size=28,train=400,val=40,channels=1"
@@ -237,6 +240,35 @@ def test_transfer_trains_the_source_first_and_reuses_it(tmp_path) -> None:
     tuned = next(p for p in plan.points if p.system == "fine-tune")
     assert json.loads((tuned.folder / "config.json").read_text())["config"]["init_from"] == str(plan.sources[0].folder)
     assert {(c["challenger"], c["incumbent"]) for c in result["crossovers"]} >= {("scratch", "frozen-fc7")}
+
+
+def test_points_another_process_holds_are_passed_over_and_waited_for(tmp_path, monkeypatch) -> None:
+    """Two processes on one curve plan share out its points: while another one (here a thread, as
+    a second process would) holds the transfer source, this one passes over it and the points
+    that start from it, runs the rest, then waits, and runs the source and its dependents after."""
+    monkeypatch.setattr(curve_runner, "POLL_SECONDS", 0.05)
+    plan = _tiny(make_curve_plan("transfer", TINY, sizes=(4,), seeds=1, out=tmp_path, progress=False))
+    plan = dataclasses.replace(plan, sources=_tiny(dataclasses.replace(plan, points=plan.sources)).points)
+    locked, release, events = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with run_folder_lock(plan.sources[0].folder):
+            locked.set()
+            release.wait(120)
+
+    def on_event(e: PointEvent) -> None:
+        events.append((e.state, e.point.system))
+        if all(point_status(p) == "done" for p in plan.points if p.needs is None):
+            release.set()  # the "other process" lets go once everything else is done
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(60)
+    run_curve_plan(plan, on_event)  # training needs the main thread (signal handlers)
+    holder.join(10)
+    assert [s for state, s in events if state == "busy"] == ["source", "frozen-fc7", "fine-tune"]
+    assert [s for state, s in events if state == "done"] == ["scratch", "hog", "source", "frozen-fc7", "fine-tune"]
+    assert all(point_status(p) == "done" for p in (*plan.sources, *plan.points))
 
 
 def test_a_network_point_killed_mid_run_resumes_exactly(tmp_path) -> None:

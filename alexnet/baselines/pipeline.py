@@ -162,11 +162,14 @@ def topk_errors(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, floa
     return 1 - hit[:, 0].float().mean().item(), 1 - hit.any(1).float().mean().item()
 
 
-def fit_baseline(cfg: BaselineConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def fit_baseline(cfg: BaselineConfig, out: str | Path, progress: bool = True, lock_held: bool = False) -> dict[str, Any]:
     """Fit (or resume) the baseline ``cfg`` in run folder ``out``; returns its metrics.
 
     The run folder has one writer: a second ``alexnet baseline`` on it gets a one-line error.
+    ``lock_held``: the caller holds the folder's lock (:func:`~alexnet.runfolder.run_folder_lock`).
     """
+    if lock_held:
+        return _fit_baseline(cfg, Path(out), progress)
     with run_folder_lock(out):
         return _fit_baseline(cfg, Path(out), progress)
 

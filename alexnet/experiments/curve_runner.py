@@ -7,6 +7,11 @@ point when its ``probe.json`` exists (what ``alexnet probe --json`` prints, kept
 folder: the probe's own file in the source run is rewritten by every probe of it). After each
 point the process CPU seconds it took are kept in ``COST`` beside the run (``resumed``: true when
 part of the work was done by an earlier, killed invocation, so the count is a lower bound).
+
+Each point runs under its folder's lock, as :func:`~alexnet.experiments.runner.run_plan`'s runs:
+the same command started in a second terminal shares out the points (a process passes over the
+points another one holds, and the points that start from a source net another one is training,
+and waits for them at the end).
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from typing import Any
 from alexnet.baselines import fit_baseline
 from alexnet.errors import UserError
 from alexnet.experiments.plans import PlannedRun
-from alexnet.experiments.runner import read_metrics, run_status
+from alexnet.experiments.runner import POLL_SECONDS, read_metrics, run_status
 from alexnet.experiments.scaling import CurvePlan, Point, ProbeSpec
 from alexnet.io import atomic_write_json
-from alexnet.runfolder import BASELINE_METRICS, CONFIG, run_folder_lock
+from alexnet.runfolder import BASELINE_METRICS, CONFIG, FolderInUse, run_folder_lock
 from alexnet.training.trainer import train
 
 COST = "experiment-cost.json"
@@ -33,7 +38,8 @@ PROBE_RESULT = "probe.json"
 
 @dataclass(frozen=True)
 class PointEvent:
-    """Progress for the caller: ``state`` is ``skip``, ``start``, ``resume`` or ``done``."""
+    """Progress for the caller: ``state`` is ``skip``, ``busy`` (another process holds it: waited
+    for at the end), ``start``, ``resume`` or ``done``."""
 
     state: str
     index: int
@@ -53,22 +59,48 @@ def point_status(point: Point) -> str:
 
 
 def run_curve_plan(plan: CurvePlan, on_event: Callable[[PointEvent], None] | None = None) -> None:
-    """Train and fit every unfinished point of ``plan`` (the transfer source nets first)."""
+    """Train and fit every unfinished point of ``plan`` (the transfer source nets first), passing
+    over the points another process holds and waiting for them at the end."""
     emit = on_event or (lambda _e: None)
     todo = (*plan.sources, *plan.points)
-    for i, point in enumerate(todo):
-        state = point_status(point)
+    pending, told = list(range(len(todo))), set()
+    while pending:
+        busy: list[int] = []
+        for i in pending:
+            point = todo[i]
+            try:
+                if point.needs is not None and any(todo[j].folder == point.needs for j in busy):
+                    raise FolderInUse(f"{point.needs} is being trained by another process")
+                _run_unfinished(plan, point, lambda state, i=i, point=point: emit(PointEvent(state, i, len(todo), point)))
+            except FolderInUse:
+                if i not in told:
+                    told.add(i)
+                    emit(PointEvent("busy", i, len(todo), point))
+                busy.append(i)
+        if busy:
+            time.sleep(POLL_SECONDS)
+        pending = busy
+
+
+def _run_unfinished(plan: CurvePlan, point: Point, emit: Callable[[str], None]) -> None:
+    """Run ``point`` under its folder's lock unless it is finished (:class:`FolderInUse` if another
+    process holds it)."""
+    if point_status(point) == "done":
+        emit("skip")
+        return
+    with run_folder_lock(point.folder):
+        state = point_status(point)  # again, under the lock: another process may have finished it
         if state == "done":
-            emit(PointEvent("skip", i, len(todo), point))
-            continue
+            emit("skip")
+            return
         if point.needs is not None and point_status(_source_of(plan, point)) != "done":
             raise UserError(f"{point.folder} starts from {point.needs}, which is unfinished")
-        emit(PointEvent("resume" if state == "partial" else "start", i, len(todo), point))
+        emit("resume" if state == "partial" else "start")
         cpu, wall = time.process_time(), time.perf_counter()
         _run_point(point, resume=state == "partial")
         atomic_write_json(point.folder / COST, {"cpu_seconds": time.process_time() - cpu,
                                                 "wall_seconds": time.perf_counter() - wall, "resumed": state != "new"})  # fmt: skip
-        emit(PointEvent("done", i, len(todo), point))
+    emit("done")
 
 
 def _source_of(plan: CurvePlan, point: Point) -> Point:
@@ -76,15 +108,15 @@ def _source_of(plan: CurvePlan, point: Point) -> Point:
 
 
 def _run_point(point: Point, resume: bool) -> None:
+    """One point, its folder's lock held by the caller."""
     if point.probe is not None:
         _run_probe(point.probe, point.folder)
         return
     if point.baseline is not None:
-        fit_baseline(point.baseline, point.folder, progress=False)
+        fit_baseline(point.baseline, point.folder, progress=False, lock_held=True)
         return
     assert point.train is not None
-    with run_folder_lock(point.folder):
-        train(point.train, resume=resume, lock_held=True)
+    train(point.train, resume=resume, lock_held=True)
     if len(read_metrics(point.folder)) < point.train.recipe.epochs:
         raise UserError(
             f"{point.folder} stopped short of {point.train.recipe.epochs} epochs; run the same command again"
