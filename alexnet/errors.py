@@ -1,5 +1,6 @@
-"""The one exception type that the command line turns into a one-line message and exit 2, and
-how a value from a user's file is quoted in such a message."""
+"""The exception types that the command line turns into one line: :class:`UserError` (exit 2) and
+:class:`Interrupted` (exit 128 + the signal), and how a value from a user's file is quoted in
+such a message."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ class UserError(ValueError):
 
     The message is one line that says what is wrong and what to do about it.
     """
+
+
+class Interrupted(Exception):
+    """A signal (SIGINT, SIGTERM) stopped the work after saving what it had; the same command
+    resumes it. ``signum``: the signal, for the exit status 128 + ``signum``."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        self.signum = signum
+        super().__init__(message)
 
 
 def one_line(value: Any, limit: int = 160) -> str:

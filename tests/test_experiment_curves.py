@@ -9,7 +9,11 @@ import json
 import math
 import re
 import shlex
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +32,7 @@ from alexnet.experiments.curves import crossover, crossover_over_seeds, power_la
 from alexnet.experiments.runner import read_metrics
 from alexnet.experiments.scaling import make_curve_plan, network_recipe, parse_sizes, parse_systems
 from alexnet.runfolder import run_folder_lock
-from tests.helpers.cli import assert_one_line_error, cli_main
+from tests.helpers.cli import REPO, assert_one_line_error, cli_main
 
 TINY = "synthetic:classes=10,size=28,train=400,val=40,channels=1"
 
@@ -289,3 +293,22 @@ def test_a_network_point_killed_mid_run_resumes_exactly(tmp_path) -> None:
     after = read_metrics(point.folder)
     assert len(after) == 2 and after[:1] == first
     assert json.loads((point.folder / "experiment-cost.json").read_text())["resumed"] is True
+
+
+def test_ctrl_c_during_a_point_is_one_line_and_leaves_it_to_resume(tmp_path) -> None:
+    argv = [sys.executable, "-m", "alexnet", "experiment", "data-scaling", "--data", TINY, "--sizes", "4",
+            "--systems", "alexnet-small", "--seeds", "1", "--no-progress", "--precision", "fp32", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "data-scaling" / "alexnet-small" / "n-4" / "seed-0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not metrics.is_file():  # the first epoch is done: the point is inside its training loop
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("run the same command again to resume")
+    rows = len(read_metrics(metrics.parent))
+    plan = make_curve_plan("data-scaling", TINY, sizes=(4,), systems=("alexnet-small",), seeds=1, out=tmp_path,
+                           precision="fp32")
+    assert point_status(plan.points[0]) == "partial" and rows < plan.points[0].train.recipe.epochs

@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from alexnet.errors import UserError
+from alexnet.errors import Interrupted, UserError
 
 EXIT_USAGE = 2
 
@@ -79,6 +79,9 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     except UserError as e:
         print(f"alexnet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as e:  # a run inside a larger command (an experiment): it saved its state
+        print(f"alexnet: {e}; run the same command again to resume", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
         return 130

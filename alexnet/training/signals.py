@@ -9,13 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alexnet.errors import Interrupted
 
-class TrainingInterrupted(Exception):
+
+class TrainingInterrupted(Interrupted):
     """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can be resumed."""
 
     def __init__(self, signum: int, checkpoint: Path) -> None:
-        self.signum, self.checkpoint = signum, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint saved to {checkpoint}")
+        self.checkpoint = checkpoint
+        super().__init__(signum, f"stopped by {signal.Signals(signum).name}; checkpoint saved to {checkpoint}")
 
 
 @contextmanager
