@@ -297,7 +297,7 @@ def test_a_network_point_killed_mid_run_resumes_exactly(tmp_path) -> None:
 
 def test_ctrl_c_during_a_point_is_one_line_and_leaves_it_to_resume(tmp_path) -> None:
     argv = [sys.executable, "-m", "alexnet", "experiment", "data-scaling", "--data", TINY, "--sizes", "4",
-            "--systems", "alexnet-small", "--seeds", "1", "--no-progress", "--precision", "fp32", "--out", str(tmp_path)]  # fmt: skip
+            "--systems", "hog,alexnet-small", "--seeds", "1", "--no-progress", "--precision", "fp32", "--out", str(tmp_path)]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "data-scaling" / "alexnet-small" / "n-4" / "seed-0" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -308,7 +308,8 @@ def test_ctrl_c_during_a_point_is_one_line_and_leaves_it_to_resume(tmp_path) -> 
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("run the same command again to resume")
+    assert re.search(r"1/2: hog n=4 seed 0: done in \d+m\d\ds", err), err  # each finished point says its time
     rows = len(read_metrics(metrics.parent))
-    plan = make_curve_plan("data-scaling", TINY, sizes=(4,), systems=("alexnet-small",), seeds=1, out=tmp_path,
+    plan = make_curve_plan("data-scaling", TINY, sizes=(4,), systems=("hog", "alexnet-small"), seeds=1, out=tmp_path,
                            precision="fp32")
-    assert point_status(plan.points[0]) == "partial" and rows < plan.points[0].train.recipe.epochs
+    assert point_status(plan.points[1]) == "partial" and rows < plan.points[1].train.recipe.epochs

@@ -152,6 +152,8 @@ def _print_curve_plan(plan: CurvePlan) -> None:
 def _describe_point(name: str, e: PointEvent) -> str:
     verb = {"skip": "already finished, skipped", "busy": "another process is running it (waiting for it at the end)",
             "resume": "resuming", "start": "running", "done": "done"}[e.state]  # fmt: skip
+    if e.state == "done" and e.seconds is not None:
+        verb += f" in {_duration(e.seconds)}"
     return f"[{name}] {e.index + 1}/{e.total}: {e.point.system} n={size_name(e.point.n)} seed {e.point.seed}: {verb}  ({e.point.folder})"
 
 

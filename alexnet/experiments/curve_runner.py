@@ -39,12 +39,13 @@ PROBE_RESULT = "probe.json"
 @dataclass(frozen=True)
 class PointEvent:
     """Progress for the caller: ``state`` is ``skip``, ``busy`` (another process holds it: waited
-    for at the end), ``start``, ``resume`` or ``done``."""
+    for at the end), ``start``, ``resume`` or ``done`` (``seconds``: the wall time it took)."""
 
     state: str
     index: int
     total: int
     point: Point
+    seconds: float | None = None
 
 
 def point_status(point: Point) -> str:
@@ -71,7 +72,7 @@ def run_curve_plan(plan: CurvePlan, on_event: Callable[[PointEvent], None] | Non
             try:
                 if point.needs is not None and any(todo[j].folder == point.needs for j in busy):
                     raise FolderInUse(f"{point.needs} is being trained by another process")
-                _run_unfinished(plan, point, lambda state, i=i, point=point: emit(PointEvent(state, i, len(todo), point)))
+                _run_unfinished(plan, point, lambda state, t=None, i=i, p=point: emit(PointEvent(state, i, len(todo), p, t)))
             except FolderInUse:
                 if i not in told:
                     told.add(i)
@@ -82,7 +83,7 @@ def run_curve_plan(plan: CurvePlan, on_event: Callable[[PointEvent], None] | Non
         pending = busy
 
 
-def _run_unfinished(plan: CurvePlan, point: Point, emit: Callable[[str], None]) -> None:
+def _run_unfinished(plan: CurvePlan, point: Point, emit: Callable[..., None]) -> None:
     """Run ``point`` under its folder's lock unless it is finished (:class:`FolderInUse` if another
     process holds it)."""
     if point_status(point) == "done":
@@ -96,11 +97,12 @@ def _run_unfinished(plan: CurvePlan, point: Point, emit: Callable[[str], None]) 
         if point.needs is not None and point_status(_source_of(plan, point)) != "done":
             raise UserError(f"{point.folder} starts from {point.needs}, which is unfinished")
         emit("resume" if state == "partial" else "start")
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         _run_point(point, resume=state == "partial")
-        atomic_write_json(point.folder / COST, {"cpu_seconds": time.process_time() - cpu,
-                                                "wall_seconds": time.perf_counter() - wall, "resumed": state != "new"})  # fmt: skip
-    emit("done")
+        wall = time.perf_counter() - start
+        atomic_write_json(point.folder / COST, {"cpu_seconds": time.process_time() - cpu, "wall_seconds": wall,
+                                                "resumed": state != "new"})  # fmt: skip
+    emit("done", wall)
 
 
 def _source_of(plan: CurvePlan, point: Point) -> Point:
