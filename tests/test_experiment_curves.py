@@ -28,7 +28,7 @@ from alexnet.errors import UserError
 from alexnet.experiments import curve_runner
 from alexnet.experiments.curve_report import analyse_curves, write_curve_outputs
 from alexnet.experiments.curve_runner import PointEvent, point_status, run_curve_plan
-from alexnet.experiments.curves import crossover, crossover_over_seeds, power_law
+from alexnet.experiments.curves import confidence_interval, crossover, crossover_over_seeds, power_law
 from alexnet.experiments.runner import read_metrics
 from alexnet.experiments.scaling import make_curve_plan, network_recipe, parse_sizes, parse_systems
 from alexnet.runfolder import run_folder_lock
@@ -81,6 +81,12 @@ def test_crossover_on_curves_with_a_known_answer() -> None:
     crossed = [10**2.5, 100.0]  # the second seed is level at 100
     assert seeds["mean"] == pytest.approx(np.mean(crossed)) and seeds["std"] == pytest.approx(np.std(crossed, ddof=1))
     assert (seeds["crossed"], seeds["ahead"], seeds["behind"], seeds["ahead_at_largest"]) == (2, 0, 1, 2)
+    # three seeds crossing at 500, 600, 700: mean 600, std 100, t(0.975, 2) = 4.303 -> +- 248.4
+    three = crossover_over_seeds(sizes, [[0.5, 0.3, 0.1]] * 3, [[0.3, 0.2, 0.2]] * 3)
+    assert three["ci95"] == pytest.approx((three["mean"], three["mean"]))  # identical seeds: no width
+    lo, hi = confidence_interval([500.0, 600.0, 700.0])
+    assert (lo, hi) == pytest.approx((600 - 248.42, 600 + 248.42), abs=0.01)
+    assert confidence_interval([500.0]) is None
 
 
 def test_power_law_fit_recovers_a_known_curve() -> None:

@@ -70,11 +70,13 @@ def curves_markdown(result: dict[str, Any], plot: str | None = None) -> str:
         cpu = _num(r["cpu_seconds"]["mean"]) + (" (≥, resumed)" if r["cpu_partial"] else "")
         lines.append(f"| {r['system']} | {r['n']} | {_pct(r['test_err'])} | {_pct(r['train_err'])} | {cpu} | "
                      f"{_num(r['flops']['mean'])} |")  # fmt: skip
-    lines += ["", "Crossovers (log-linear interpolation per seed; mean ± std of the seeds that cross):", ""]
+    lines += ["", "Crossovers (log-linear interpolation per seed; mean ± std and 95% t interval of the seeds that cross):", ""]
     for c in result["crossovers"]:
         where = (
             "-" if c["mean"] is None else f"{c['mean']:.0f}" + (f" ± {c['std']:.0f}" if c["std"] is not None else "")
         )
+        if c.get("ci95"):
+            where += f" (95% CI {max(c['ci95'][0], 0):.0f}-{c['ci95'][1]:.0f})"
         lines.append(
             f"* {c['challenger']} reaches {c['incumbent']} at N = {where} images/class "
             f"({c['crossed']} seed(s) cross, {c['ahead']} ahead from the smallest size, {c['behind']} never; "

@@ -3,8 +3,9 @@
 * :func:`crossover`: where a challenger's error curve first drops to an incumbent's or below,
   by linear interpolation of the error difference in log N between the two sizes around the
   sign change (curves are straight-ish on log axes). Computed per seed (each seed draws its own
-  subsets), then mean +- sample std over the seeds that cross inside the measured range; the
-  seeds that are already ahead at the smallest size or never ahead are counted, not averaged.
+  subsets), then mean +- sample std and a 95% t interval over the seeds that cross inside the
+  measured range; the seeds that are already ahead at the smallest size or never ahead are
+  counted, not averaged.
 * :func:`power_law`: ``err = a * N ** b + c`` by non-linear least squares
   (``scipy.optimize.curve_fit``) over every seed's point, with the exponent's standard error
   from the covariance and the residuals; Hestness et al. 2017 ("Deep learning scaling is
@@ -48,8 +49,21 @@ def crossover_over_seeds(sizes: Sequence[float], challenger: Sequence[Sequence[f
     std = float(np.std(crossed, ddof=1)) if len(crossed) >= 2 else None
     states = [p["state"] for p in per_seed]
     last = sum(c[-1] <= i[-1] for c, i in zip(challenger, incumbent))  # a curve ahead at first may fall behind
-    return {"per_seed": per_seed, "mean": mean, "std": std, "crossed": len(crossed),
+    return {"per_seed": per_seed, "mean": mean, "std": std, "ci95": confidence_interval(crossed), "crossed": len(crossed),
             "ahead": states.count("ahead"), "behind": states.count("behind"), "ahead_at_largest": last}  # fmt: skip
+
+
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student's t interval for the mean of ``values`` (seeds as independent draws): mean +-
+    t_{(1+level)/2, k-1} * std / sqrt(k); ``None`` for fewer than 2 values. With 3 seeds t = 4.30,
+    so the 95% interval is about 2.5 standard deviations wide on each side."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    half = float(t.ppf((1 + level) / 2, len(values) - 1)) * sem
+    return mean - half, mean + half
 
 
 def power_law(n: Sequence[float], err: Sequence[float]) -> dict[str, Any] | None:
