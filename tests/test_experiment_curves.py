@@ -25,7 +25,7 @@ from alexnet.cli.train_cmd import config_from_args
 from alexnet.data import open_dataset
 from alexnet.data.subset import parse_subset
 from alexnet.errors import UserError
-from alexnet.experiments import curve_runner
+from alexnet.experiments import runner
 from alexnet.experiments.curve_report import analyse_curves, write_curve_outputs
 from alexnet.experiments.curve_runner import PointEvent, point_status, run_curve_plan
 from alexnet.experiments.curves import confidence_interval, crossover, crossover_over_seeds, power_law
@@ -256,7 +256,7 @@ def test_points_another_process_holds_are_passed_over_and_waited_for(tmp_path, m
     """Two processes on one curve plan share out its points: while another one (here a thread, as
     a second process would) holds the transfer source, this one passes over it and the points
     that start from it, runs the rest, then waits, and runs the source and its dependents after."""
-    monkeypatch.setattr(curve_runner, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(runner, "POLL_SECONDS", 0.05)
     plan = _tiny(make_curve_plan("transfer", TINY, sizes=(4,), seeds=1, out=tmp_path, progress=False))
     plan = dataclasses.replace(plan, sources=_tiny(dataclasses.replace(plan, points=plan.sources)).points)
     locked, release, events = threading.Event(), threading.Event(), []

@@ -168,9 +168,7 @@ def fit_baseline(cfg: BaselineConfig, out: str | Path, progress: bool = True, lo
     The run folder has one writer: a second ``alexnet baseline`` on it gets a one-line error.
     ``lock_held``: the caller holds the folder's lock (:func:`~alexnet.runfolder.run_folder_lock`).
     """
-    if lock_held:
-        return _fit_baseline(cfg, Path(out), progress)
-    with run_folder_lock(out):
+    with run_folder_lock(out, take=not lock_held):
         return _fit_baseline(cfg, Path(out), progress)
 
 

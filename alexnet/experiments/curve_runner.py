@@ -26,7 +26,7 @@ from typing import Any
 from alexnet.baselines import fit_baseline
 from alexnet.errors import UserError
 from alexnet.experiments.plans import PlannedRun
-from alexnet.experiments.runner import POLL_SECONDS, read_metrics, run_status
+from alexnet.experiments.runner import read_metrics, run_status, share_out
 from alexnet.experiments.scaling import CurvePlan, Point, ProbeSpec
 from alexnet.io import atomic_write_json
 from alexnet.runfolder import BASELINE_METRICS, CONFIG, FolderInUse, run_folder_lock
@@ -64,23 +64,14 @@ def run_curve_plan(plan: CurvePlan, on_event: Callable[[PointEvent], None] | Non
     over the points another process holds and waiting for them at the end."""
     emit = on_event or (lambda _e: None)
     todo = (*plan.sources, *plan.points)
-    pending, told = list(range(len(todo))), set()
-    while pending:
-        busy: list[int] = []
-        for i in pending:
-            point = todo[i]
-            try:
-                if point.needs is not None and any(todo[j].folder == point.needs for j in busy):
-                    raise FolderInUse(f"{point.needs} is being trained by another process")
-                _run_unfinished(plan, point, lambda state, t=None, i=i, p=point: emit(PointEvent(state, i, len(todo), p, t)))
-            except FolderInUse:
-                if i not in told:
-                    told.add(i)
-                    emit(PointEvent("busy", i, len(todo), point))
-                busy.append(i)
-        if busy:
-            time.sleep(POLL_SECONDS)
-        pending = busy
+
+    def attempt(i: int, busy: list[int]) -> None:
+        point = todo[i]
+        if point.needs is not None and any(todo[j].folder == point.needs for j in busy):
+            raise FolderInUse(f"{point.needs} is being trained by another process")
+        _run_unfinished(plan, point, lambda state, seconds=None: emit(PointEvent(state, i, len(todo), point, seconds)))
+
+    share_out(len(todo), attempt, lambda i: emit(PointEvent("busy", i, len(todo), todo[i])))
 
 
 def _run_unfinished(plan: CurvePlan, point: Point, emit: Callable[..., None]) -> None:

@@ -219,44 +219,57 @@ def run_plan(plan: Plan, on_event: Callable[[RunEvent], None] | None = None) -> 
         find_copy_source(r, plan.out.parent) if s == "new" and _empty(r.folder) else None for s, r in zip(status, runs)
     ]
     to_train = [r for r, src in zip(runs, sources) if src is None]  # copies take no training time
-    at_start, started, told = epochs_done(to_train, epochs), time.monotonic(), set()
+    at_start, started = epochs_done(to_train, epochs), time.monotonic()
 
     def event(state: str, i: int, source: Path | None = None) -> RunEvent:
         eta = eta_seconds(time.monotonic() - started, to_train, epochs, at_start)
         return RunEvent(state, i, total, runs[i].arm, runs[i].seed, runs[i].folder, eta, source)
 
-    pending = list(range(total))
-    while pending:
-        busy = []
-        for i in pending:
-            run, source = runs[i], sources[i]
-            if source is not None and _empty(run.folder) and copy_run(source, run.folder):
-                emit(event("copy", i, source))
-                continue
-            try:
-                with run_folder_lock(run.folder):
-                    state = run_status(run)  # again, under the lock: another process may have trained it
-                    if state == "done":
-                        emit(event("skip", i))
-                        continue
-                    emit(event("resume" if state == "partial" else "start", i))
-                    train(run.config, resume=state == "partial", lock_held=True)
-                    if len(read_metrics(run.folder)) < epochs:  # a kill between the last checkpoint and its metrics row
-                        raise UserError(f"{run.folder} stopped short of {epochs} epochs; run the same command again")
-                    emit(event("done", i))
-            except FolderInUse:
-                if i not in told:
-                    told.add(i)
-                    emit(event("busy", i))
-                busy.append(i)
-        if busy:
-            time.sleep(POLL_SECONDS)
-        pending = busy
+    def attempt(i: int, _busy: list[int]) -> None:
+        run, source = runs[i], sources[i]
+        if source is not None and _empty(run.folder) and copy_run(source, run.folder):
+            emit(event("copy", i, source))
+            return
+        with run_folder_lock(run.folder):
+            state = run_status(run)  # again, under the lock: another process may have trained it
+            if state == "done":
+                emit(event("skip", i))
+                return
+            emit(event("resume" if state == "partial" else "start", i))
+            train(run.config, resume=state == "partial", lock_held=True)
+            if len(read_metrics(run.folder)) < epochs:  # a kill between the last checkpoint and its metrics row
+                raise UserError(f"{run.folder} stopped short of {epochs} epochs; run the same command again")
+            emit(event("done", i))
+
+    share_out(total, attempt, lambda i: emit(event("busy", i)))
     for view in plan.experiment.views:
         for i, run in enumerate(runs):
             if not view_result_path(run.folder, view).is_file():
                 emit(RunEvent("eval", i, total, view, run.seed, run.folder, None))
                 evaluate_view(run, view)  # two processes may both evaluate: equal results, written whole
+
+
+def share_out(count: int, attempt: Callable[[int, list[int]], None], on_busy: Callable[[int], None]) -> None:
+    """Call ``attempt(i, busy)`` for each of ``count`` jobs; a job whose folder another process
+    holds (:class:`FolderInUse`) is passed over (``on_busy(i)``, once) and tried again after the
+    others, every :data:`POLL_SECONDS`, until none is left. ``busy``: the jobs passed over so far
+    in this round (a job that depends on one of them can pass itself over by raising FolderInUse).
+    """
+    pending: list[int] = list(range(count))
+    told: set[int] = set()
+    while pending:
+        busy: list[int] = []
+        for i in pending:
+            try:
+                attempt(i, busy)
+            except FolderInUse:
+                if i not in told:
+                    told.add(i)
+                    on_busy(i)
+                busy.append(i)
+        if busy:
+            time.sleep(POLL_SECONDS)
+        pending = busy
 
 
 def epochs_done(runs: list[PlannedRun], epochs: int) -> int:
